@@ -1,0 +1,227 @@
+"""One typed settings object for every ctower process.
+
+Values come from, highest priority first: environment variables
+(``CTOWER_<FIELD>``; ``KAFKA_BOOTSTRAP`` also works for the broker), then an
+optional TOML file named by ``CTOWER_CONFIG``, then the defaults below. A bad
+value stops start-up with :class:`SettingsError`, whose message names the
+setting, so an operator never has to read a traceback to find a typo.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+STREAMS = ("scan", "order", "pickup", "logistics", "inventory", "coupon")
+"""The six event streams of the domain, one Kafka topic each."""
+
+CONTROL_TOPICS = ("coupon-policy", "coupon-decisions", "alerts", "dead-letter", "aggregates")
+"""Control and output topics. ``aggregates`` carries closed windows to the sink."""
+
+
+class SettingsError(RuntimeError):
+    """A setting has a bad value; the message names it and says what is wanted."""
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ctower"
+
+
+class Settings(BaseSettings):
+    """Everything a ctower process can be told from outside.
+
+    Durations are seconds. Secrets (tokens, passwords, webhook URLs) belong in
+    the environment only: they are never printed by :meth:`public_dict`.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="CTOWER_",
+        extra="forbid",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    # --- Kafka -----------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CTOWER_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP", "kafka_bootstrap"),
+        description="host:port[,host:port] of an existing cluster; unset = the local broker.",
+    )
+    kafka_port: int = Field(9092, ge=1024, le=65534, description="Port of the local broker.")
+    kafka_version: str = Field("4.1.1", description="Apache Kafka version fetched from Maven.")
+    topic_prefix: str = Field("ct.", description="Prefix of every topic name.")
+    topic_partitions: int = Field(4, ge=1, le=256, description="Partitions of new topics.")
+
+    # --- Store (ClickHouse) ----------------------------------------------
+    store_dsn: str | None = Field(
+        default=None,
+        description="chdb:///abs/path (embedded) or http(s)://host:8123; unset = chdb in data_dir.",
+    )
+    store_user: str = Field("default", description="ClickHouse user (server mode).")
+    store_password: str = Field("", description="ClickHouse password (server mode); secret.")
+    store_http_port: int = Field(
+        8124, ge=1024, le=65535,
+        description="Embedded mode: port where the sink serves ClickHouse's HTTP interface.",
+    )
+    sink_batch_rows: int = Field(10_000, ge=1, description="Rows per ClickHouse insert, at most.")
+    sink_batch_seconds: float = Field(1.0, gt=0, description="Longest wait before an insert.")
+
+    # --- Worker ----------------------------------------------------------
+    app_id: str = Field("ctower", description="Faust application id (consumer group).")
+    worker_web_host: str = Field("127.0.0.1", description="Bind address of the worker's web server.")
+    worker_web_port: int = Field(6066, ge=1024, le=65535, description="Worker web port.")
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Local state and data.")
+    grace_seconds: float = Field(
+        10.0, ge=0, description="Event-time lateness still counted in its window."
+    )
+    idle_close_seconds: float = Field(
+        10.0, gt=0,
+        description="A partition idle this long closes windows that ended before now - grace.",
+    )
+    batch_max_messages: int = Field(2_000, ge=1, description="Messages per processing batch.")
+    batch_within_seconds: float = Field(0.2, gt=0, description="Longest wait to fill a batch.")
+    ts_max_past_days: float = Field(
+        400.0, gt=0, description="Events older than this are malformed (dead-lettered)."
+    )
+    ts_max_future_seconds: float = Field(
+        3600.0, ge=0, description="Events further in the future than this are malformed."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- Dashboard -------------------------------------------------------
+    dashboard_port: int = Field(8501, ge=1024, le=65535, description="Streamlit port.")
+    language: Literal["zh", "en"] = Field("zh", description="Language of labels and messages.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("CTOWER_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise SettingsError(f"CTOWER_CONFIG: no such file: {config_file}")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        for part in value.split(","):
+            if not re.fullmatch(r"[A-Za-z0-9._\-\[\]:]+:\d{1,5}", part.strip()):
+                raise ValueError(f"expected host:port[,host:port], got {value!r}")
+        return value.strip()
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._\-]{0,100}", value):
+            raise ValueError("only letters, digits, '.', '_' and '-' are allowed in topic names")
+        return value
+
+    @field_validator("store_dsn")
+    @classmethod
+    def _check_dsn(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if value.startswith("chdb://"):
+            path = value[len("chdb://"):]
+            if not path.startswith("/"):
+                raise ValueError("an embedded store needs an absolute path: chdb:///abs/path")
+            return value
+        if re.fullmatch(r"https?://[^/\s]+(:\d+)?/?", value):
+            return value.rstrip("/")
+        raise ValueError("expected chdb:///abs/path or http(s)://host:port")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _ports_distinct(self) -> Settings:
+        ports = {
+            "kafka_port": self.kafka_port,
+            "kafka_port (controller, +1)": self.kafka_port + 1,
+            "store_http_port": self.store_http_port,
+            "worker_web_port": self.worker_web_port,
+            "dashboard_port": self.dashboard_port,
+        }
+        seen: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in seen:
+                raise ValueError(f"{name} and {seen[port]} are both {port}")
+            seen[port] = name
+        return self
+
+    # --- Derived values ---------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap servers to use: the configured cluster or the local broker."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def uses_local_kafka(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def dsn(self) -> str:
+        return self.store_dsn or f"chdb://{self.data_dir / 'clickhouse'}"
+
+    @property
+    def store_is_embedded(self) -> bool:
+        return self.dsn.startswith("chdb://")
+
+    @property
+    def chdb_path(self) -> Path:
+        if not self.store_is_embedded:
+            raise SettingsError("store_dsn: not an embedded (chdb://) store")
+        return Path(self.dsn[len("chdb://"):])
+
+    def topic(self, name: str) -> str:
+        """The full topic name of a stream or control topic (``scan`` -> ``ct.scan``)."""
+        return f"{self.topic_prefix}{name}"
+
+    @cached_property
+    def stream_topics(self) -> dict[str, str]:
+        return {stream: self.topic(stream) for stream in STREAMS}
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to print: secrets are masked."""
+        shown = self.model_dump(mode="json")
+        for secret in ("store_password",):
+            if shown.get(secret):
+                shown[secret] = "***"
+        return shown
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning validation failures into one readable message."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            env_name = f"CTOWER_{field.upper()}" if field != "settings" else "settings"
+            problems.append(f"{env_name}: {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("bad setting: " + "; ".join(problems)) from None
