@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     # --- Kafka -----------------------------------------------------------
     kafka_bootstrap: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("CTOWER_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP", "kafka_bootstrap"),
+        validation_alias=AliasChoices(
+            "CTOWER_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP", "kafka_bootstrap"
+        ),
         description="host:port[,host:port] of an existing cluster; unset = the local broker.",
     )
     kafka_port: int = Field(9092, ge=1024, le=65534, description="Port of the local broker.")
@@ -80,7 +82,7 @@ class Settings(BaseSettings):
 
     # --- Worker ----------------------------------------------------------
     app_id: str = Field("ctower", description="Faust application id (consumer group).")
-    worker_web_host: str = Field("127.0.0.1", description="Bind address of the worker's web server.")
+    worker_web_host: str = Field("127.0.0.1", description="Bind address of the worker web server.")
     worker_web_port: int = Field(6066, ge=1024, le=65535, description="Worker web port.")
     data_dir: Path = Field(default_factory=_default_data_dir, description="Local state and data.")
     grace_seconds: float = Field(

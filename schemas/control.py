@@ -49,7 +49,8 @@ class ClosedWindow(Struct, kw_only=True, array_like=False):
     closed_at: int
 
     def dedup_key(self) -> str:
-        return f"{self.aggregate}:{'|'.join(self.dims)}:{self.window_start}:{self.source_topic}:{self.partition}"
+        dims = "|".join(self.dims)
+        return f"{self.aggregate}:{dims}:{self.window_start}:{self.source_topic}:{self.partition}"
 
 
 class LateEvent(Struct, kw_only=True):
@@ -64,8 +65,13 @@ class LateEvent(Struct, kw_only=True):
     source_topic: str
     partition: int
     offset: int
+    index: int
+    """Position in a batch envelope (0 for a single event)."""
     event_ts: int
     watermark: int
+
+    def dedup_key(self) -> str:
+        return f"{self.source_topic}:{self.partition}:{self.offset}:{self.index}:{self.aggregate}"
 
 
 class CouponPolicy(Struct, kw_only=True, omit_defaults=True):

@@ -125,7 +125,7 @@ class EventDecoder(Generic[E]):
                 out.rejected.append(Rejected(-1, raw, classify(str(exc)), str(exc)))
                 return out
             if not elements:
-                out.rejected.append(Rejected(-1, raw, "empty_batch", "batch envelope with no events"))
+                out.rejected.append(Rejected(-1, raw, "empty_batch", "batch with no events"))
                 return out
         else:
             elements = [raw]

@@ -1,0 +1,79 @@
+"""The ``ctower`` command.
+
+Subcommands live beside the code they drive and are imported only when
+called: ``ctower sql`` should not pay for importing Faust and Streamlit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from ctower.settings import SettingsError, load_settings
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "kafka": ("ctower.broker.commands", "kafka"),
+    "worker": ("ctower.cli", "worker"),
+    "sink": ("ctower.streams.sinks.command", "sink"),
+    "simulate": ("ctower.simulator.command", "simulate"),
+    "sql": ("ctower.sql_command", "sql"),
+    "dashboard": ("ctower.dashboard.command", "dashboard"),
+    "demo": ("ctower.demo", "demo"),
+    "bench": ("ctower.bench", "bench"),
+    "settings": ("ctower.cli", "show_settings"),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module = importlib.import_module(target[0])
+        return getattr(module, target[1])
+
+
+@click.group(cls=LazyGroup)
+def cli() -> None:
+    """Retail control tower: Kafka, Faust workers, ClickHouse, dashboard."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def settings_or_exit(**overrides: Any) -> Any:
+    """The settings, or a clean exit naming the bad setting."""
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command()
+def worker() -> None:
+    """Run a stream-processing worker (several share the partitions)."""
+    from ctower.streams.worker import run_worker
+
+    run_worker(settings_or_exit())
+
+
+@click.command("settings")
+def show_settings() -> None:
+    """Print the settings in force (secrets masked)."""
+    click.echo(json.dumps(settings_or_exit().public_dict(), indent=2, ensure_ascii=False))
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except SettingsError as exc:  # raised by code paths that load settings themselves
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)

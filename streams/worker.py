@@ -1,0 +1,27 @@
+"""Running a worker process: topics first, then Faust's own Worker."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from ctower.settings import Settings
+from ctower.streams.app import build_app
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one worker until SIGTERM/SIGINT. Several workers share the partitions."""
+    from ctower.broker.topics import ensure_topics
+
+    ensure_topics(settings)
+    tower = build_app(settings)
+    worker = faust.Worker(
+        tower.app,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    worker.execute_from_commandline()
