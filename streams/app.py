@@ -10,6 +10,7 @@ per-message machinery is the floor (about 85 µs a message).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,11 +81,12 @@ def build_app(settings: Settings) -> ControlTower:
         key_serializer="raw", value_serializer="raw",
     )
 
-    def publish_closed(record: ClosedWindow) -> None:
+    def publish_closed(record: ClosedWindow, on_acked: Callable[[], None]) -> None:
         aggregates.send_soon(
             key=record.dedup_key().encode(),
             value=control_encoder.encode(record),
             headers={KIND_HEADER: b"closed_window"},
+            callback=lambda _fut: on_acked(),
         )
 
     def publish_late(record: LateEvent) -> None:
@@ -95,7 +97,9 @@ def build_app(settings: Settings) -> ControlTower:
         )
 
     def publish_dead_letter(record: DeadLetter) -> None:
-        dead_letters.send_soon(key=record.dedup_key().encode(), value=control_encoder.encode(record))
+        dead_letters.send_soon(
+            key=record.dedup_key().encode(), value=control_encoder.encode(record)
+        )
 
     for stream in STREAMS:
         topic_name = settings.topic(stream)
@@ -135,7 +139,14 @@ def build_app(settings: Settings) -> ControlTower:
 
     @app.timer(interval=1.0)
     async def close_idle_windows() -> None:
+        recovery = app.tables.recovery
+        recovered = (
+            not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
+        )
         for processor in tower.processors.values():
+            if recovered:
+                owned = recovery.actives_for_table.get(processor.state.table, ())
+                processor.state.adopt(tp.partition for tp in owned)
             processor.state.tick()
 
     @app.task

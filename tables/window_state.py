@@ -24,10 +24,12 @@ Exactness under at-least-once delivery rests on three rules:
 
 Windows close when the partition's watermark (max event time - grace)
 passes their end, or when the partition has been idle for
-``idle_close_ms`` and the wall clock (minus grace) passes it. Each closed
-(key, window) is published once; a crash between publishing and the
-marker's durability publishes the same partial again, which the store keeps
-once (same key).
+``idle_close_ms`` and the wall clock (minus grace) passes it. A closed
+window's marker is written only once the published record is acknowledged:
+the record and the marker live in different partitions, and a marker
+without its record would lose the window. A crash before that leaves the
+window open in the changelog; it is closed and published again after
+recovery, and the store keeps the same partial once (same key).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import msgspec
@@ -89,7 +92,7 @@ class WindowState:
         specs: Iterable[AggregateSpec],
         grace_ms: int,
         idle_close_ms: int,
-        publish_closed: Callable[[ClosedWindow], None],
+        publish_closed: Callable[[ClosedWindow, Callable[[], None]], None],
         publish_late: Callable[[LateEvent], None],
         marker_retention_ms: int = 300_000,
         clock: Callable[[], float] = time.time,
@@ -139,6 +142,16 @@ class WindowState:
                 part.by_end.setdefault(end, set()).add(wkey)
         part.marker_queue = deque(sorted(part.marker_queue))
         return part
+
+    def adopt(self, partitions: Iterable[int]) -> None:
+        """Load partitions this worker owns even if no message has come yet.
+
+        Without this, windows recovered after a restart would wait for new
+        traffic on their partition before they could close. Call it only once
+        the table's recovery is complete.
+        """
+        for partition in partitions:
+            self.partition(partition)
 
     def drop(self, partition: int) -> None:
         """Forget a partition given to another worker (its table moves with it)."""
@@ -243,13 +256,13 @@ class WindowState:
         if not due:
             return 0
         now_ms = int(self.clock() * 1000)
-        send = self.table.send_changelog
-        data = self.table.data
         closed = 0
         for end in due:
             for key in sorted(part.by_end.pop(end)):
                 current = part.open.pop(key)
                 through = current[0]
+                part.markers[key] = through
+                part.marker_queue.append((now_ms, key))
                 self.publish_closed(
                     ClosedWindow(
                         aggregate=key[0],
@@ -261,17 +274,23 @@ class WindowState:
                         partition=partition,
                         through_offset=through,
                         closed_at=now_ms,
-                    )
+                    ),
+                    partial(self._write_marker, part, partition, key, through, now_ms),
                 )
-                raw_key = _encode([partition, key[0], list(key[1]), key[2]])
-                raw_value = _encode([through, now_ms])
-                data[raw_key] = raw_value
-                send(partition, raw_key, raw_value)
-                part.markers[key] = through
-                part.marker_queue.append((now_ms, key))
                 closed += 1
         self.windows_closed += closed
         return closed
+
+    def _write_marker(
+        self, part: _Partition, partition: int, key: WindowKey, through: int, closed_at: int
+    ) -> None:
+        """Called once the closed window's record is acknowledged by Kafka."""
+        if self._parts.get(partition) is not part or key not in part.markers:
+            return  # the partition moved to another worker, or the marker expired
+        raw_key = _encode([partition, key[0], list(key[1]), key[2]])
+        raw_value = _encode([through, closed_at])
+        self.table.data[raw_key] = raw_value
+        self.table.send_changelog(partition, raw_key, raw_value)
 
     def _purge_markers(self, partition: int, part: _Partition) -> None:
         horizon = int(self.clock() * 1000) - self.marker_retention_ms
