@@ -1,0 +1,84 @@
+"""The dashboard's questions, as SQL over the aggregate views.
+
+Kept apart from the page so they can be tested against a real store, and so
+the page never builds SQL from user input (every value is a bound parameter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from clickhouse_connect.driver.client import Client
+
+
+@dataclass(frozen=True)
+class Pulse:
+    """Headline figures over a time range of closed minutes."""
+
+    scans: int
+    add_to_cart: int
+    orders: int
+    paid_orders: int
+    gmv_yuan: float
+    pickup_arrivals: int
+    pickups_served: int
+    minutes: int
+
+    @property
+    def conversion(self) -> float | None:
+        """Paid orders per scan: how well in-store interest turns into sales."""
+        return self.paid_orders / self.scans if self.scans else None
+
+
+def sales_pulse(client: Client, minutes: int) -> Pulse:
+    row = client.query(
+        """
+        SELECT sum(scans), sum(add_to_cart), sum(orders), sum(paid_orders), sum(gmv_fen),
+               sum(pickup_arrivals), sum(pickups_served), uniqExact(window_start)
+        FROM store_minute_v
+        WHERE window_start >= (SELECT max(window_start) FROM store_minute)
+                              - toIntervalMinute({minutes:UInt32} - 1)
+        """,
+        parameters={"minutes": minutes},
+    ).first_row
+    values = [int(v or 0) for v in row]
+    return Pulse(
+        scans=values[0],
+        add_to_cart=values[1],
+        orders=values[2],
+        paid_orders=values[3],
+        gmv_yuan=values[4] / 100,
+        pickup_arrivals=values[5],
+        pickups_served=values[6],
+        minutes=values[7],
+    )
+
+
+def minute_trend(client: Client, minutes: int) -> pd.DataFrame:
+    """Per-minute totals over all stores for the last ``minutes`` closed minutes."""
+    return client.query_df(
+        """
+        SELECT window_start AS minute, sum(scans) AS scans, sum(orders) AS orders,
+               sum(paid_orders) AS paid_orders, sum(gmv_fen) / 100 AS gmv_yuan
+        FROM store_minute_v
+        WHERE window_start >= (SELECT max(window_start) FROM store_minute)
+                              - toIntervalMinute({minutes:UInt32} - 1)
+        GROUP BY minute ORDER BY minute
+        """,
+        parameters={"minutes": minutes},
+    )
+
+
+def top_stores(client: Client, minutes: int, limit: int = 10) -> pd.DataFrame:
+    return client.query_df(
+        """
+        SELECT store_id, sum(gmv_fen) / 100 AS gmv_yuan, sum(paid_orders) AS paid_orders,
+               sum(scans) AS scans
+        FROM store_minute_v
+        WHERE window_start >= (SELECT max(window_start) FROM store_minute)
+                              - toIntervalMinute({minutes:UInt32} - 1)
+        GROUP BY store_id ORDER BY gmv_yuan DESC LIMIT {limit:UInt32}
+        """,
+        parameters={"minutes": minutes, "limit": limit},
+    )
