@@ -1,0 +1,5 @@
+"""``python -m ctower`` is the ``ctower`` command."""
+
+from ctower.cli import main
+
+main()

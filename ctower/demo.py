@@ -1,0 +1,119 @@
+"""``ctower demo``: the whole control tower on one machine, in one command.
+
+Starts, in order: the local Kafka broker (unless KAFKA_BOOTSTRAP points at a
+cluster), the topics, the sink (which owns the embedded store and serves it
+to the others), a worker, the simulator at a live rate, and the dashboard.
+Ctrl-C stops what this command started, in reverse order, and nothing else.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from ctower.settings import Settings
+
+
+@dataclass
+class Children:
+    log_dir: Path
+    started: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ctower", *args], stdout=log, stderr=subprocess.STDOUT
+        )
+        self.started.append((name, proc))
+        click.echo(f"  started {name:<10} pid {proc.pid:<7} log {self.log_dir / f'{name}.log'}")
+        return proc
+
+    def check(self) -> None:
+        for name, proc in self.started:
+            if proc.poll() is not None:
+                tail = (self.log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise click.ClickException(f"{name} exited with {proc.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.started):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                click.echo(f"  stopped {name}")
+
+
+def wait_for_http(url: str, children: Children, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children.check()
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise click.ClickException(f"{url} did not answer within {timeout:.0f} s")
+
+
+@click.command()
+@click.option("--rate", default=300, show_default=True, help="Simulated events per second.")
+@click.option("--batch", default=20, show_default=True, help="Events per Kafka message.")
+@click.option("--no-dashboard", is_flag=True, help="Do not start the dashboard.")
+def demo(rate: int, batch: int, no_dashboard: bool) -> None:
+    """Run broker, sink, worker, simulator and dashboard until Ctrl-C."""
+    from ctower.broker.local import LocalKafka
+    from ctower.broker.topics import ensure_topics
+    from ctower.cli import settings_or_exit
+
+    settings: Settings = settings_or_exit()
+    log_dir = settings.data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    broker = LocalKafka(settings) if settings.uses_local_kafka else None
+    broker_was_running = broker is not None and broker.status().running
+    children = Children(log_dir)
+    stop_requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        click.echo(f"Kafka: {settings.bootstrap}")
+        if broker is not None:
+            broker.up()
+        ensure_topics(settings)
+        children.start("sink", "sink")
+        if settings.store_is_embedded:
+            wait_for_http(f"http://127.0.0.1:{settings.store_http_port}/ping", children, 120)
+        children.start("worker", "worker")
+        wait_for_http(f"http://127.0.0.1:{settings.worker_web_port}/stats/", children, 120)
+        children.start("simulator", "simulate", "--rate", str(rate), "--batch", str(batch))
+        if not no_dashboard:
+            children.start("dashboard", "dashboard")
+            wait_for_http(f"http://127.0.0.1:{settings.dashboard_port}", children, 120)
+            click.echo(f"\nDashboard: http://127.0.0.1:{settings.dashboard_port}")
+        click.echo(f"Worker stats: http://127.0.0.1:{settings.worker_web_port}/stats/")
+        click.echo('Query: ctower sql "SELECT * FROM store_minute_v ORDER BY window_start DESC '
+                   'LIMIT 10"')
+        click.echo("Ctrl-C stops everything this command started.")
+        while not stop_requested:
+            children.check()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        click.echo("\nstopping...")
+        children.stop()
+        if broker is not None and not broker_was_running:
+            broker.down()
+            click.echo("  stopped kafka")
