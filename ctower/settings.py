@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # --- Dashboard -------------------------------------------------------
+    dashboard_host: str = Field(
+        "127.0.0.1", description="Streamlit bind address (0.0.0.0 inside a container)."
+    )
     dashboard_port: int = Field(8501, ge=1024, le=65535, description="Streamlit port.")
     language: Literal["zh", "en"] = Field("zh", description="Language of labels and messages.")
 

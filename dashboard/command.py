@@ -12,10 +12,10 @@ import click
 PAGE = Path(__file__).with_name("app.py")
 
 
-def streamlit_command(port: int, headless: bool = True) -> list[str]:
+def streamlit_command(host: str, port: int, headless: bool = True) -> list[str]:
     return [
         sys.executable, "-m", "streamlit", "run", str(PAGE),
-        "--server.address", "127.0.0.1",
+        "--server.address", host,
         "--server.port", str(port),
         "--server.headless", "true" if headless else "false",
         "--browser.gatherUsageStats", "false",
@@ -29,6 +29,7 @@ def dashboard() -> None:
     from ctower.cli import settings_or_exit
 
     settings = settings_or_exit()
-    click.echo(f"dashboard: http://127.0.0.1:{settings.dashboard_port}")
+    click.echo(f"dashboard: http://{settings.dashboard_host}:{settings.dashboard_port}")
     env = dict(os.environ, PYTHONSAFEPATH="1")
-    raise SystemExit(subprocess.call(streamlit_command(settings.dashboard_port), env=env))
+    command = streamlit_command(settings.dashboard_host, settings.dashboard_port)
+    raise SystemExit(subprocess.call(command, env=env))

@@ -1,0 +1,91 @@
+"""Create the project's topics, idempotently, before anything produces to them.
+
+Why not rely on the broker's auto-creation: an auto-created topic gets the
+broker's defaults, so ``coupon-policy`` would not be compacted (it must be:
+it holds the latest policy per key, read from the beginning at start-up) and
+the partition count would be whatever the cluster says rather than
+``CTOWER_TOPIC_PARTITIONS``. Running this every start is cheap and safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from ctower.settings import CONTROL_TOPICS, STREAMS, Settings
+
+COMPACTED = frozenset({"coupon-policy"})
+"""Topics that keep only the latest record per key (``cleanup.policy=compact``)."""
+
+
+def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Full topic name -> topic configs, for every stream and control topic."""
+    return {
+        settings.topic(name): ({"cleanup.policy": "compact"} if name in COMPACTED else {})
+        for name in (*STREAMS, *CONTROL_TOPICS)
+    }
+
+
+def _leaders_ready(admin: KafkaAdminClient, names: list[str]) -> bool:
+    try:
+        described: list[dict[str, Any]] = admin.describe_topics(names)
+    except KafkaError:
+        return False
+    if len(described) < len(names):
+        return False
+    return all(
+        topic.get("error_code", 0) == 0
+        and topic.get("partitions")
+        and all(p.get("leader_id", -1) >= 0 for p in topic["partitions"])
+        for topic in described
+    )
+
+
+def ensure_topics(settings: Settings, timeout: float = 30) -> list[str]:
+    """Create the missing topics of ``settings``; return the names created (maybe none).
+
+    Waits until every created partition has a leader, so a producer started
+    right after this call does not race the controller. Replication is 1 on
+    the local single-node broker; on another cluster the cluster's default
+    replication factor applies.
+    """
+    replication = 1 if settings.uses_local_kafka else -1
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap,
+        client_id="ctower-topics",
+        request_timeout_ms=int(timeout * 1000),
+    )
+    try:
+        specs = topic_specs(settings)
+        existing = set(admin.list_topics())
+        missing = [name for name in specs if name not in existing]
+        created: list[str] = []
+        for name in missing:
+            new = NewTopic(
+                name,
+                num_partitions=settings.topic_partitions,
+                replication_factor=replication,
+                topic_configs=specs[name] or None,
+            )
+            try:
+                admin.create_topics([new], timeout_ms=int(timeout * 1000))
+            except TopicAlreadyExistsError:
+                continue  # someone else (another worker) created it meanwhile: fine
+            created.append(name)
+        deadline = time.monotonic() + timeout
+        while created and not _leaders_ready(admin, created):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"topics created on {settings.bootstrap} but without partition leaders "
+                    f"after {timeout:.0f} s: {', '.join(created)}"
+                )
+            time.sleep(0.1)
+        return created
+    finally:
+        with contextlib.suppress(Exception):
+            admin.close()
