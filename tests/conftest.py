@@ -11,7 +11,12 @@ other's events.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,3 +88,98 @@ def settings_factory(
 @pytest.fixture
 def settings(settings_factory: Callable[..., Settings]) -> Settings:
     return settings_factory()
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTOWER_")}
+    env.pop("KAFKA_BOOTSTRAP", None)
+    for name, value in settings.model_dump(mode="json").items():
+        if value is not None:
+            env[f"CTOWER_{name.upper()}"] = str(value)
+    env["PYTHONSAFEPATH"] = "1"
+    return env
+
+
+class CtowerProcess:
+    """A real ``python -m ctower ...`` child with its log kept for failures."""
+
+    def __init__(self, settings: Settings, log_dir: Path, name: str, *args: str) -> None:
+        self.name = name
+        self.args = args
+        self.settings = settings
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> CtowerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ctower", *self.args],
+            env=env_for(self.settings), stdout=log, stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or commit anything."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def wait_http(self, url: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise AssertionError(f"{self.name} exited early:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"{url} did not answer in {timeout} s:\n{self.log_tail()}")
+
+
+@pytest.fixture
+def ctower_process(tmp_path: Path) -> Iterator[Callable[..., CtowerProcess]]:
+    """Start ``ctower`` subcommands as real processes; all are stopped afterwards."""
+    started: list[CtowerProcess] = []
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir(exist_ok=True)
+
+    def start(settings: Settings, name: str, *args: str) -> CtowerProcess:
+        process = CtowerProcess(settings, log_dir, name, *args).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in reversed(started):
+        process.stop()
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float, message: str, every: float = 0.5
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``message``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{message} (last: {last!r})")
