@@ -183,3 +183,9 @@ def wait_until(
             return last
         time.sleep(every)
     raise AssertionError(f"{message} (last: {last!r})")
+
+
+@pytest.fixture
+def poll() -> Callable[..., Any]:
+    """``wait_until`` for tests (conftest is not importable in importlib mode)."""
+    return wait_until

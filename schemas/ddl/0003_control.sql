@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS late_events
     source_topic LowCardinality(String),
     partition    Int32,
     offset       Int64,
-    index        Int32,
+    `index`      Int32,
     event_ts     DateTime64(3, 'UTC'),
     watermark    DateTime64(3, 'UTC'),
     ingested_at  DateTime64(3, 'UTC') DEFAULT now64(3)
@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS dead_letters
     source_topic LowCardinality(String),
     partition    Int32,
     offset       Int64,
-    index        Int32,
+    `index`      Int32,
     reason       LowCardinality(String),
     detail       String,
     raw          String,

@@ -159,16 +159,26 @@ SELECT
 FROM coupon_decisions FINAL
 GROUP BY campaign_id, store_id;
 
--- The policy in force per (campaign, store): the latest one set.
+-- The policy in force per (campaign, store): the latest one set. The fields
+-- travel together in one tuple so that a NULL cap set later (no cap) wins
+-- over an earlier number (argMax alone would skip the NULL).
 CREATE VIEW IF NOT EXISTS coupon_policy_current_v AS
 SELECT
     campaign_id,
     store_id,
-    argMax(cap_per_window, set_at)   AS cap_per_window,
-    argMax(window_seconds, set_at)   AS window_seconds,
-    argMax(per_member_limit, set_at) AS per_member_limit,
-    argMax(paused, set_at)           AS paused,
-    argMax(set_by, set_at)           AS set_by,
-    max(set_at)                      AS set_at
-FROM coupon_policies FINAL
-GROUP BY campaign_id, store_id;
+    latest.1 AS cap_per_window,
+    latest.2 AS window_seconds,
+    latest.3 AS per_member_limit,
+    latest.4 AS paused,
+    latest.5 AS set_by,
+    latest.6 AS set_at
+FROM
+(
+    SELECT
+        campaign_id,
+        store_id,
+        argMax((cap_per_window, window_seconds, per_member_limit, paused, set_by, set_at), set_at)
+            AS latest
+    FROM coupon_policies FINAL
+    GROUP BY campaign_id, store_id
+);
