@@ -37,12 +37,14 @@ class StoreUnavailable(RuntimeError):
     """The embedded store is held by another process, and no front of it answers."""
 
 
-def open_store(settings: Settings, *, owner: bool = False) -> Client:
+def open_store(settings: Settings, *, owner: bool = False, path_fallback: bool = True) -> Client:
     """A clickhouse-connect client for the configured store.
 
     ``owner`` is for the one process that writes an embedded store (the sink).
     Everybody else gets the owner's HTTP front if one answers, else the path
     itself; :class:`StoreUnavailable` says who holds the path when neither works.
+    A long-lived reader (the dashboard) passes ``path_fallback=False``: while it
+    held the path, a sink could not start.
     """
     if not settings.store_is_embedded:
         url = urlsplit(settings.dsn)
@@ -52,19 +54,27 @@ def open_store(settings: Settings, *, owner: bool = False) -> Client:
             secure=url.scheme == "https",
             username=settings.store_user,
             password=settings.store_password,
+            # one client is shared by the dashboard's threads: no server session
+            autogenerate_session_id=False,
         )
     path = settings.chdb_path
     if not owner:
         front = find_store_front(settings)
         if front is not None:
             return _front_client(front)
-        holder = lock_holder(path)
-        if holder is not None and holder != os.getpid():
-            raise StoreUnavailable(_unavailable_message(settings, holder))
+        if not path_fallback:
+            raise StoreUnavailable(
+                f"no store front answers for {settings.chdb_path} (looked at "
+                f"{settings.data_dir / STORE_URL_FILE} and port {settings.store_http_port}): "
+                "is the sink running?"
+            )
+    holder = lock_holder(path)
+    if holder is not None and holder != os.getpid():
+        raise StoreUnavailable(_unavailable_message(settings, holder, owner))
     path.mkdir(parents=True, exist_ok=True)
     try:
         return clickhouse_connect.get_client(interface="chdb", path=str(path))
-    except ProgrammingError as exc:
+    except ProgrammingError as exc:  # taken between our look and our open
         holder = lock_holder(path)
         if holder is None or holder == os.getpid():
             raise

@@ -27,7 +27,8 @@ minutes = st.sidebar.select_slider(t["range"], options=[15, 30, 60, 180, 720, 14
 
 @st.cache_resource
 def client():  # noqa: ANN201 - clickhouse-connect's client type
-    return open_store(settings)
+    # never fall back to opening the embedded path: holding it would stop the sink
+    return open_store(settings, path_fallback=False)
 
 
 @st.fragment(run_every=2)
