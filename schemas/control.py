@@ -71,7 +71,8 @@ class LateEvent(Struct, kw_only=True):
     watermark: int
 
     def dedup_key(self) -> str:
-        return f"{self.source_topic}:{self.partition}:{self.offset}:{self.index}:{self.aggregate}"
+        dims = "|".join(self.dims)  # a late order feeds one sku_sales window per line
+        return f"{self.source_topic}:{self.partition}:{self.offset}:{self.index}:{self.aggregate}:{dims}"
 
 
 class CouponPolicy(Struct, kw_only=True, omit_defaults=True):

@@ -241,7 +241,7 @@ def test_late_event_is_reported_once_and_not_counted() -> None:
     restarted.process([late_message])
     finish(restarted)
     late = [record for kind, record in broker.log if kind == "late"]
-    assert {record.dedup_key() for record in late} == {"ct.scan:0:20:0:store_minute"}
+    assert {record.dedup_key() for record in late} == {"ct.scan:0:20:0:store_minute:S0"}
     assert late[0].window_start == BASE_TS and late[0].dims == ["S0"]
     reference = Broker()
     ref_worker = start_worker(reference, grace_ms=5_000)
