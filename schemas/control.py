@@ -72,7 +72,8 @@ class LateEvent(Struct, kw_only=True):
 
     def dedup_key(self) -> str:
         dims = "|".join(self.dims)  # a late order feeds one sku_sales window per line
-        return f"{self.source_topic}:{self.partition}:{self.offset}:{self.index}:{self.aggregate}:{dims}"
+        where = f"{self.source_topic}:{self.partition}:{self.offset}:{self.index}"
+        return f"{where}:{self.aggregate}:{dims}"
 
 
 class CouponPolicy(Struct, kw_only=True, omit_defaults=True):
