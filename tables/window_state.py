@@ -312,6 +312,8 @@ class WindowState:
         now = self.clock()
         closed = 0
         for partition, part in list(self._parts.items()):
+            if part.max_ts == 0:
+                continue  # nothing seen yet: a replay of past events may be about to start
             if (now - part.last_seen) * 1000 < self.idle_close_ms:
                 continue
             wall_mark = int(now * 1000) - self.grace_ms

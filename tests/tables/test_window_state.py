@@ -289,3 +289,17 @@ def test_marker_waits_for_the_closed_record_ack() -> None:
     assert markers_in(broker.log) == []  # records sent, not yet acknowledged
     worker.flush_producer()
     assert len(markers_in(broker.log)) == 3
+
+
+def test_a_partition_that_saw_nothing_does_not_close_by_wall_clock() -> None:
+    """A worker started before a replay of past events must not call them late."""
+    broker = Broker()
+    worker = start_worker(broker)
+    worker.processor.state.adopt([0])
+    worker.clock.now += 3600
+    worker.processor.state.tick()
+    run(worker, scan_messages(12), batch=3)
+    finish(worker)
+    assert worker.processor.state.late_events == 0
+    scans = sum(row[STORE_MINUTE.index("scans")] for row in closed_windows(broker).values())
+    assert scans == sum(1 + offset % 3 for offset in range(12))
