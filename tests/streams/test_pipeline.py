@@ -1,0 +1,154 @@
+"""The whole pipeline on real components: the project's Kafka broker, worker
+and sink processes, the embedded ClickHouse store, and the simulator's
+ground truth. The aggregates in the store must equal the truth exactly,
+even when a worker is killed with SIGKILL halfway through.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctower.broker.topics import ensure_topics
+from ctower.settings import Settings
+from ctower.simulator.truth import load_truth, store_minute_truth
+from ctower.store import open_store
+from ctower.tables.aggregates import STORE_MINUTE
+
+pytestmark = pytest.mark.kafka
+
+FIELDS = STORE_MINUTE.fields
+
+
+def run_simulator(env: dict[str, str], *args: str, timeout: float = 300) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ctower", "simulate", "--quiet", *args],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def store_rows(settings: Settings) -> dict[tuple[str, int], dict[str, int]]:
+    client = open_store(settings, path_fallback=False)
+    columns = ", ".join(FIELDS)
+    result = client.query(
+        f"SELECT store_id, toUnixTimestamp64Milli(window_start), {columns} FROM store_minute_v"
+    )
+    return {
+        (row[0], int(row[1])): dict(zip(FIELDS, (int(v) for v in row[2:]), strict=True))
+        for row in result.result_rows
+    }
+
+
+def totals(rows: dict[Any, dict[str, int]]) -> dict[str, int]:
+    return {name: sum(row[name] for row in rows.values()) for name in FIELDS}
+
+
+def start_pipeline(
+    settings: Settings, ctower_process: Callable[..., Any]
+) -> tuple[Any, Any]:
+    ensure_topics(settings)
+    sink = ctower_process(settings, "sink", "sink")
+    sink.wait_http(f"http://127.0.0.1:{settings.store_http_port}/ping")
+    worker = ctower_process(settings, "worker", "worker")
+    worker.wait_http(f"http://127.0.0.1:{settings.worker_web_port}/stats/")
+    return sink, worker
+
+
+def wait_for_truth(
+    settings: Settings, truth_rows: dict[Any, dict[str, int]], poll: Callable[..., Any],
+    processes: list[Any], timeout: float = 180,
+) -> dict[Any, dict[str, int]]:
+    expected = totals(truth_rows)
+
+    def matched() -> Any:
+        for process in processes:
+            assert process.alive(), f"{process.name} died:\n{process.log_tail()}"
+        rows = store_rows(settings)
+        return rows if totals(rows) == expected else False
+
+    return poll(matched, timeout, f"store totals never reached {expected}", every=1.0)
+
+
+def test_aggregates_equal_the_simulator_truth(
+    settings_factory: Callable[..., Settings],
+    ctower_process: Callable[..., Any],
+    poll: Callable[..., Any],
+    tmp_path: Path,
+    env_for: Callable[[Settings], dict[str, str]],
+) -> None:
+    settings = settings_factory(idle_close_seconds=2)
+    sink, worker = start_pipeline(settings, ctower_process)
+    truth_path = tmp_path / "truth.json"
+    run_simulator(
+        env_for(settings), "--seed", "11", "--events", "20000", "--rate", "max", "--sim-rate", "4",
+        "--batch", "50", "--incidents", "malformed", "--truth", str(truth_path),
+    )
+    truth = load_truth(truth_path)
+    expected = store_minute_truth(truth)
+    assert sum(row["scans"] for row in expected.values()) > 1000
+    rows = wait_for_truth(settings, expected, poll, [sink, worker])
+    assert rows == expected
+
+    # every malformed event is in the dead letters, with the reason the truth names
+    malformed = truth["malformed"]
+    assert malformed
+    client = open_store(settings, path_fallback=False)
+
+    def dead_letters() -> Any:
+        found = client.query("SELECT reason, count() FROM dead_letters FINAL GROUP BY reason")
+        got = {reason: int(count) for reason, count in found.result_rows}
+        want: dict[str, int] = {}
+        for item in malformed:
+            want[item["reason"]] = want.get(item["reason"], 0) + 1
+        return got if got == want else False
+
+    poll(dead_letters, 60, "dead letters never matched the injected malformed events")
+
+
+def test_worker_killed_mid_stream_loses_and_doubles_nothing(
+    settings_factory: Callable[..., Settings],
+    ctower_process: Callable[..., Any],
+    poll: Callable[..., Any],
+    tmp_path: Path,
+    env_for: Callable[[Settings], dict[str, str]],
+) -> None:
+    settings = settings_factory(idle_close_seconds=2)
+    sink, worker = start_pipeline(settings, ctower_process)
+    truth_path = tmp_path / "truth.json"
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "ctower", "simulate", "--quiet", "--seed", "5",
+         "--events", "40000", "--rate", "5000", "--batch", "20", "--truth", str(truth_path)],
+        env=env_for(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    stats_url = f"http://127.0.0.1:{settings.worker_web_port}/stats/"
+
+    def worker_has_work() -> bool:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(stats_url, timeout=2) as answer:
+            stats = json.load(answer)
+        return sum(s["events"] for s in stats.values()) > 5000
+
+    poll(worker_has_work, 60, "the worker never got going")
+    worker.kill()
+    time.sleep(1)
+    restarted = ctower_process(settings, "worker-restarted", "worker")
+    restarted.wait_http(stats_url)
+    output, _ = simulator.communicate(timeout=300)
+    assert simulator.returncode == 0, output[-3000:]
+    expected = store_minute_truth(load_truth(truth_path))
+    rows = wait_for_truth(settings, expected, poll, [sink, restarted])
+    assert rows == expected
+    # and the raw events are there once each
+    client = open_store(settings, path_fallback=False)
+    sent = load_truth(truth_path)["events_sent"]
+    raw = int(client.query("SELECT count() FROM scan_events FINAL").first_row[0])
+    assert raw == sent["scan"]
