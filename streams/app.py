@@ -67,7 +67,7 @@ def build_app(settings: Settings) -> ControlTower:
         web_port=settings.worker_web_port,
         web_in_thread=False,
         stream_buffer_maxsize=max(4096, settings.batch_max_messages * 2),
-        broker_session_timeout=30.0,
+        broker_session_timeout=10.0,  # a killed worker's partitions move on sooner
         producer_linger=0.005,
     )
     tower = ControlTower(settings=settings, app=app)
@@ -106,9 +106,10 @@ def build_app(settings: Settings) -> ControlTower:
         table = app.Table(
             f"{stream}-windows",
             default=None,
-            schema=faust.Schema(
-                key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-            ),
+            # bytes in, bytes out: the state encodes itself (msgpack); Faust
+            # derives the changelog's "raw" serializers from these types
+            key_type=bytes,
+            value_type=bytes,
             partitions=settings.topic_partitions,
             extra_topic_configs=CHANGELOG_CONFIGS,
         )

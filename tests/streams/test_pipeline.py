@@ -124,7 +124,8 @@ def test_worker_killed_mid_stream_loses_and_doubles_nothing(
     truth_path = tmp_path / "truth.json"
     simulator = subprocess.Popen(
         [sys.executable, "-m", "ctower", "simulate", "--quiet", "--seed", "5",
-         "--events", "40000", "--rate", "5000", "--batch", "20", "--truth", str(truth_path)],
+         "--events", "60000", "--rate", "max", "--sim-rate", "10", "--batch", "10",
+         "--truth", str(truth_path)],
         env=env_for(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     stats_url = f"http://127.0.0.1:{settings.worker_web_port}/stats/"
@@ -135,7 +136,7 @@ def test_worker_killed_mid_stream_loses_and_doubles_nothing(
 
         with urllib.request.urlopen(stats_url, timeout=2) as answer:
             stats = json.load(answer)
-        return sum(s["events"] for s in stats.values()) > 5000
+        return sum(s["events"] for s in stats.values()) > 10_000
 
     poll(worker_has_work, 60, "the worker never got going")
     worker.kill()
