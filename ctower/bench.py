@@ -25,8 +25,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 from tqdm import tqdm
@@ -46,16 +48,6 @@ class Drain:
     @property
     def events_per_s(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
-
-
-def child_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CTOWER_")}
-    env.pop("KAFKA_BOOTSTRAP", None)
-    for name, value in settings.model_dump(mode="json").items():
-        if value is not None:
-            env[f"CTOWER_{name.upper()}"] = str(value)
-    env["PYTHONSAFEPATH"] = "1"
-    return env
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -119,78 +111,34 @@ async def bare_consume(settings: Settings, expected: int) -> Drain:
     return Drain(count, done - (first or started), done - started, 0.0)
 
 
-def drain_with_worker(settings: Settings, expected: int, log: Path) -> Drain:
+def drain(
+    settings: Settings, command: str, count: Callable[[], int | None], expected: int, log: Path
+) -> Drain:
+    """Start ``ctower <command>`` on the backlog and time it until ``count()`` reaches
+    ``expected``. ``count`` returns None while the process cannot answer yet."""
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ctower", "worker"], env=child_env(settings),
+        [sys.executable, "-m", "ctower", command], env=settings.child_env(),
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{settings.worker_web_port}/stats/"
     first = 0.0
-    count = 0
-    rss = 0.0
+    done_count = 0
     try:
-        with tqdm(total=expected, desc="worker", unit="ev", leave=False) as bar:
-            while count < expected:
+        with tqdm(total=expected, desc=command, unit="ev", leave=False) as bar:
+            while done_count < expected:
                 if proc.poll() is not None:
                     tail = log.read_text(errors="replace")[-3000:]
-                    raise click.ClickException(f"the worker exited:\n{tail}")
+                    raise click.ClickException(f"{command} exited:\n{tail}")
                 if time.perf_counter() - started > 1800:
-                    raise click.ClickException("the worker did not drain in 30 minutes")
+                    raise click.ClickException(f"{command} did not drain in 30 minutes")
                 time.sleep(0.1)
-                try:
-                    with urllib.request.urlopen(url, timeout=2) as answer:
-                        stats = json.load(answer)
-                except OSError:
-                    continue
-                now_count = sum(s["events"] for s in stats.values())
-                if now_count and not first:
-                    first = time.perf_counter()
-                bar.update(now_count - count)
-                count = now_count
-        done = time.perf_counter()
-        rss = peak_rss_mb(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return Drain(count, done - first, done - started, rss)
-
-
-def drain_with_sink(settings: Settings, expected: int, log: Path) -> Drain:
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ctower", "sink"], env=child_env(settings),
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )
-    from ctower.store import open_store
-
-    tables = [f"{stream}_events" for stream in STREAMS]
-    query = " + ".join(f"(SELECT count() FROM {table})" for table in tables)
-    client = None
-    count = 0
-    first = 0.0
-    try:
-        with tqdm(total=expected, desc="sink", unit="row", leave=False) as bar:
-            while count < expected:
-                if proc.poll() is not None:
-                    tail = log.read_text(errors="replace")[-3000:]
-                    raise click.ClickException(f"the sink exited:\n{tail}")
-                if time.perf_counter() - started > 1800:
-                    raise click.ClickException("the sink did not drain in 30 minutes")
-                time.sleep(0.5)
-                try:
-                    client = client or open_store(settings, path_fallback=False)
-                    now_count = int(client.query(f"SELECT {query}").first_row[0])
-                except Exception:
-                    client = None
+                now_count = count()
+                if now_count is None:
                     continue
                 if now_count and not first:
                     first = time.perf_counter()
-                bar.update(now_count - count)
-                count = now_count
+                bar.update(now_count - done_count)
+                done_count = now_count
         done = time.perf_counter()
         rss = peak_rss_mb(proc.pid)
     finally:
@@ -199,7 +147,39 @@ def drain_with_sink(settings: Settings, expected: int, log: Path) -> Drain:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-    return Drain(count, done - first, done - started, rss)
+    return Drain(done_count, done - first, done - started, rss)
+
+
+def worker_counter(settings: Settings) -> Callable[[], int | None]:
+    url = f"http://127.0.0.1:{settings.worker_web_port}/stats/"
+
+    def count() -> int | None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                stats = json.load(answer)
+        except OSError:
+            return None
+        return sum(s["events"] for s in stats.values())
+
+    return count
+
+
+def store_counter(settings: Settings) -> Callable[[], int | None]:
+    from ctower.store import open_store
+
+    query = " + ".join(f"(SELECT count() FROM {stream}_events)" for stream in STREAMS)
+    clients: list[Any] = []
+
+    def count() -> int | None:
+        try:
+            if not clients:
+                clients.append(open_store(settings, path_fallback=False))
+            return int(clients[0].query(f"SELECT {query}").first_row[0])
+        except Exception:  # the sink is still starting: its front is not up yet
+            clients.clear()
+            return None
+
+    return count
 
 
 def run_case(
@@ -221,13 +201,15 @@ def run_case(
     sent = produce(settings, events, batch, seed)
     raw = asyncio.run(bare_consume(settings, sent))
     click.echo(f"  bare aiokafka + decode: {raw.events_per_s:,.0f} events/s")
-    worker = drain_with_worker(settings, sent, settings.data_dir / "worker.log")
+    worker = drain(settings, "worker", worker_counter(settings), sent,
+                   settings.data_dir / "worker.log")
     click.echo(f"  one worker: {worker.events_per_s:,.0f} events/s "
                f"(drained {worker.events:,} in {worker.total_seconds:.1f} s from start, "
                f"peak RSS {worker.rss_mb:.0f} MB)")
     sink = None
     if with_sink:
-        sink = drain_with_sink(settings, sent, settings.data_dir / "sink.log")
+        sink = drain(settings, "sink", store_counter(settings), sent,
+                     settings.data_dir / "sink.log")
         click.echo(f"  sink into the store: {sink.events_per_s:,.0f} rows/s "
                    f"(drained in {sink.total_seconds:.1f} s from start, "
                    f"peak RSS {sink.rss_mb:.0f} MB)")

@@ -210,6 +210,22 @@ class Settings(BaseSettings):
     def stream_topics(self) -> dict[str, str]:
         return {stream: self.topic(stream) for stream in STREAMS}
 
+    def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment that gives a child process exactly these settings.
+
+        ``base`` (default: this process's environment) loses its own CTOWER_
+        variables and KAFKA_BOOTSTRAP first, so nothing leaks in from outside.
+        """
+        env = {
+            k: v for k, v in (os.environ if base is None else base).items()
+            if not k.startswith("CTOWER_") and k != "KAFKA_BOOTSTRAP"
+        }
+        for name, value in self.model_dump(mode="json").items():
+            if value is not None:
+                env[f"CTOWER_{name.upper()}"] = str(value)
+        env["PYTHONSAFEPATH"] = "1"
+        return env
+
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to print: secrets are masked."""
         shown = self.model_dump(mode="json")

@@ -8,33 +8,41 @@ windows are kept here, in plain dicts, and mirrored to a plain Faust table
 (raw bytes, changelog-backed) once per batch, with the partition given
 explicitly.
 
-Exactness under at-least-once delivery rests on three rules:
+What is written is what the producer can afford: producing records is the
+worker's main cost, so the unit of persistence is a *shard* of a window
+(partition, aggregate, window start, one of ``SHARDS`` slices of the keys),
+rewritten once per batch when it changed, and a closed window leaves one
+marker, not one per key.
 
-1. Every key carries its source partition, so each key is written from one
+Exactness under at-least-once delivery rests on these rules:
+
+1. Every record carries its source partition, so it is written from one
    partition only and its changelog lives in that partition.
-2. Every value carries ``through``, the last source offset folded into it.
-   After a crash Faust replays messages from the last commit; a message at
-   offset ``o`` is skipped for every key whose ``through >= o``. Each key's
-   value is one changelog record, so value and ``through`` are durable
-   together. Faust flushes the producer before it commits offsets, so
-   nothing acknowledged is lost.
-3. A closed window leaves a marker (its ``through``) for a while, so a
-   replayed event of a closed window is recognised instead of opening the
-   window again; the watermark is persisted for the same reason.
+2. Every key's entry carries ``through``, the last source offset folded into
+   it. After a crash Faust replays messages from the last commit; a message
+   at offset ``o`` is skipped for every key whose ``through >= o``. A shard
+   is one changelog record, so its entries and their ``through`` are durable
+   together. Faust flushes the producer before it commits offsets.
+3. A closed window leaves a marker holding the largest ``through`` of its
+   keys. Every event counted in a window precedes (in offset order) every
+   event that came too late for it, because the watermark only moves
+   forward; so a replayed event at or below the marker was counted, and one
+   above it is late. The watermark is persisted too.
+4. The marker is written only once the closed window's records are
+   acknowledged by Kafka: a marker without its records would lose the
+   window. A crash before that leaves the window open in the changelog; it
+   is closed and published again after recovery, and the store keeps the
+   same rows once (same key).
 
 Windows close when the partition's watermark (max event time - grace)
-passes their end, or when the partition has been idle for
-``idle_close_ms`` and the wall clock (minus grace) passes it. A closed
-window's marker is written only once the published record is acknowledged:
-the record and the marker live in different partitions, and a marker
-without its record would lose the window. A crash before that leaves the
-window open in the changelog; it is closed and published again after
-recovery, and the store keeps the same partial once (same key).
+passes their end, or, for a partition that has seen events, once it has
+been idle for ``idle_close_ms`` and the wall clock (minus grace) passes it.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -52,9 +60,21 @@ WindowKey = tuple[str, tuple[str, ...], int]
 Contributions = dict[WindowKey, list[int]]
 """What one message adds: per window key, one delta per aggregate field."""
 
+Window = tuple[str, int]
+"""(aggregate name, window start)."""
+
+SHARDS = 16
+"""Slices of a window's keys, each one changelog record."""
+
+_MARKER = -1
 _WATERMARK = "__watermark__"
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
+
+
+def shard_of(dims: tuple[str, ...]) -> int:
+    """A stable slice for a key (Python's str hash changes between processes)."""
+    return zlib.crc32("\x1f".join(dims).encode()) % SHARDS
 
 
 class ChangelogTable(Protocol):
@@ -66,14 +86,27 @@ class ChangelogTable(Protocol):
 
 
 @dataclass(slots=True)
+class _Bucket:
+    """One open window of one aggregate: its keys, sliced into shards."""
+
+    end: int
+    shards: list[dict[tuple[str, ...], list[int]]] = field(
+        default_factory=lambda: [{} for _ in range(SHARDS)]
+    )
+    """Per shard: dims -> [through, value per field...]."""
+    written: set[int] = field(default_factory=set)
+    """Shards that have a record in the changelog."""
+
+
+@dataclass(slots=True)
 class _Partition:
-    open: dict[WindowKey, list[int]] = field(default_factory=dict)
-    """Open windows: [through, value per field...]."""
-    by_end: dict[int, set[WindowKey]] = field(default_factory=dict)
-    markers: dict[WindowKey, int] = field(default_factory=dict)
-    """Closed windows still remembered: key -> through."""
-    marker_queue: deque[tuple[int, WindowKey]] = field(default_factory=deque)
-    dirty: set[WindowKey] = field(default_factory=set)
+    open: dict[Window, _Bucket] = field(default_factory=dict)
+    by_end: dict[int, set[Window]] = field(default_factory=dict)
+    markers: dict[Window, int] = field(default_factory=dict)
+    """Closed windows still remembered: window -> largest through."""
+    marker_queue: deque[tuple[int, Window]] = field(default_factory=deque)
+    dirty: set[tuple[str, int, int]] = field(default_factory=set)
+    """(aggregate, window start, shard) changed since the last flush."""
     max_ts: int = 0
     watermark: int = 0
     last_offset: int = -1
@@ -92,7 +125,7 @@ class WindowState:
         specs: Iterable[AggregateSpec],
         grace_ms: int,
         idle_close_ms: int,
-        publish_closed: Callable[[ClosedWindow, Callable[[], None]], None],
+        publish_closed: Callable[[list[ClosedWindow], Callable[[], None]], None],
         publish_late: Callable[[LateEvent], None],
         marker_retention_ms: int = 300_000,
         clock: Callable[[], float] = time.time,
@@ -108,6 +141,7 @@ class WindowState:
         self.clock = clock
         self._parts: dict[int, _Partition] = {}
         self.windows_closed = 0
+        self.keys_closed = 0
         self.late_events = 0
         self.replayed_skips = 0
 
@@ -121,6 +155,7 @@ class WindowState:
 
     def _load(self, partition: int) -> _Partition:
         part = _Partition(last_seen=self.clock())
+        shard_records = []
         for raw_key, raw_value in list(self.table.data.items()):
             if raw_value is None:
                 continue
@@ -130,18 +165,32 @@ class WindowState:
             value = _decode(raw_value)
             if key[1] == _WATERMARK:
                 part.last_offset, part.watermark, part.max_ts = value
-                continue
-            wkey: WindowKey = (key[1], tuple(key[2]), key[3])
-            through, closed_at, *values = value
-            if closed_at:
-                part.markers[wkey] = through
-                part.marker_queue.append((closed_at, wkey))
+            elif key[3] == _MARKER:
+                window = (key[1], key[2])
+                part.markers[window] = value[0]
+                part.marker_queue.append((value[1], window))
             else:
-                part.open[wkey] = [through, *values]
-                end = wkey[2] + self.specs[wkey[0]].window_ms
-                part.by_end.setdefault(end, set()).add(wkey)
+                shard_records.append((key, value))
         part.marker_queue = deque(sorted(part.marker_queue))
+        for (_, aggregate, start, shard), entries in shard_records:
+            window = (aggregate, start)
+            if window in part.markers:
+                # closed, and the crash came before its shards were deleted
+                self._delete(partition, aggregate, start, shard)
+                continue
+            bucket = self._bucket(part, window)
+            bucket.written.add(shard)
+            for dims, *entry in entries:
+                bucket.shards[shard][tuple(dims)] = entry
         return part
+
+    def _bucket(self, part: _Partition, window: Window) -> _Bucket:
+        bucket = part.open.get(window)
+        if bucket is None:
+            end = window[1] + self.specs[window[0]].window_ms
+            bucket = part.open[window] = _Bucket(end)
+            part.by_end.setdefault(end, set()).add(window)
+        return bucket
 
     def adopt(self, partitions: Iterable[int]) -> None:
         """Load partitions this worker owns even if no message has come yet.
@@ -164,24 +213,27 @@ class WindowState:
     def apply(self, partition: int, offset: int, contributions: Contributions) -> None:
         """Fold one message's contributions in, skipping keys that already hold it."""
         part = self.partition(partition)
-        open_windows = part.open
-        for key, deltas in contributions.items():
-            current = open_windows.get(key)
-            if current is None:
-                if part.markers.get(key, -1) >= offset:
+        for (aggregate, dims, start), deltas in contributions.items():
+            window = (aggregate, start)
+            bucket = part.open.get(window)
+            if bucket is None:
+                if part.markers.get(window, -1) >= offset:
                     self.replayed_skips += 1
                     continue
-                open_windows[key] = [offset, *deltas]
-                end = key[2] + self.specs[key[0]].window_ms
-                part.by_end.setdefault(end, set()).add(key)
-            elif current[0] >= offset:
+                bucket = self._bucket(part, window)
+            shard = shard_of(dims)
+            entries = bucket.shards[shard]
+            entry = entries.get(dims)
+            if entry is None:
+                entries[dims] = [offset, *deltas]
+            elif entry[0] >= offset:
                 self.replayed_skips += 1
                 continue
             else:
-                current[0] = offset
+                entry[0] = offset
                 for index, delta in enumerate(deltas, 1):
-                    current[index] += delta
-            part.dirty.add(key)
+                    entry[index] += delta
+            part.dirty.add((aggregate, start, shard))
 
     def late(
         self, partition: int, offset: int, key: WindowKey, event_ts: int, index: int = 0
@@ -189,17 +241,23 @@ class WindowState:
         """An event for a window the watermark has passed: count it as late,
         unless it is a replay of an event the window already holds."""
         part = self.partition(partition)
-        current = part.open.get(key)
-        through = current[0] if current is not None else part.markers.get(key, -1)
+        aggregate, dims, start = key
+        window = (aggregate, start)
+        bucket = part.open.get(window)
+        if bucket is not None:
+            entry = bucket.shards[shard_of(dims)].get(dims)
+            through = entry[0] if entry is not None else -1
+        else:
+            through = part.markers.get(window, -1)
         if through >= offset:
             self.replayed_skips += 1
             return
         self.late_events += 1
         self.publish_late(
             LateEvent(
-                aggregate=key[0],
-                dims=list(key[1]),
-                window_start=key[2],
+                aggregate=aggregate,
+                dims=list(dims),
+                window_start=start,
                 source_topic=self.source_topic,
                 partition=partition,
                 offset=offset,
@@ -223,33 +281,40 @@ class WindowState:
 
     # ------------------------------------------------- persistence and closing
     def flush(self, partition: int) -> int:
-        """Write changed keys, close due windows, persist the watermark.
+        """Write changed shards, close due windows, persist the watermark.
 
-        The order matters: values first, then closings, then the watermark, all
-        into the same changelog partition, so a durable watermark implies
-        durable values. Returns the number of windows closed.
+        All into the same changelog partition, in this order, so a durable
+        watermark implies durable shards. Returns the number of windows closed.
         """
         part = self.partition(partition)
-        send = self.table.send_changelog
-        data = self.table.data
-        for key in part.dirty:
-            current = part.open.get(key)
-            if current is None:
+        for aggregate, start, shard in part.dirty:
+            bucket = part.open.get((aggregate, start))
+            if bucket is None:
                 continue
-            raw_key = _encode([partition, key[0], list(key[1]), key[2]])
-            raw_value = _encode([current[0], 0, *current[1:]])
-            data[raw_key] = raw_value
-            send(partition, raw_key, raw_value)
+            entries = [[list(dims), *entry] for dims, entry in bucket.shards[shard].items()]
+            self._put(_encode([partition, aggregate, start, shard]), _encode(entries), partition)
+            bucket.written.add(shard)
         part.dirty.clear()
         closed = self._close_due(partition, part)
         if part.watermark_dirty or closed:
-            raw_key = _encode([partition, _WATERMARK])
-            raw_value = _encode([part.last_offset, part.watermark, part.max_ts])
-            data[raw_key] = raw_value
-            send(partition, raw_key, raw_value)
+            self._put(
+                _encode([partition, _WATERMARK]),
+                _encode([part.last_offset, part.watermark, part.max_ts]),
+                partition,
+            )
             part.watermark_dirty = False
         self._purge_markers(partition, part)
         return closed
+
+    def _put(self, raw_key: bytes, raw_value: bytes | None, partition: int) -> None:
+        if raw_value is None:
+            self.table.data.pop(raw_key, None)
+        else:
+            self.table.data[raw_key] = raw_value
+        self.table.send_changelog(partition, raw_key, raw_value)
+
+    def _delete(self, partition: int, aggregate: str, start: int, shard: int) -> None:
+        self._put(_encode([partition, aggregate, start, shard]), None, partition)
 
     def _close_due(self, partition: int, part: _Partition) -> int:
         due = sorted(end for end in part.by_end if end <= part.watermark)
@@ -258,50 +323,67 @@ class WindowState:
         now_ms = int(self.clock() * 1000)
         closed = 0
         for end in due:
-            for key in sorted(part.by_end.pop(end)):
-                current = part.open.pop(key)
-                through = current[0]
-                part.markers[key] = through
-                part.marker_queue.append((now_ms, key))
-                self.publish_closed(
+            for window in sorted(part.by_end.pop(end)):
+                bucket = part.open.pop(window)
+                aggregate, start = window
+                records = [
                     ClosedWindow(
-                        aggregate=key[0],
-                        dims=list(key[1]),
-                        window_start=key[2],
+                        aggregate=aggregate,
+                        dims=list(dims),
+                        window_start=start,
                         window_end=end,
-                        values=current[1:],
+                        values=entry[1:],
                         source_topic=self.source_topic,
                         partition=partition,
-                        through_offset=through,
+                        through_offset=entry[0],
                         closed_at=now_ms,
-                    ),
-                    partial(self._write_marker, part, partition, key, through, now_ms),
+                    )
+                    for shard in bucket.shards
+                    for dims, entry in shard.items()
+                ]
+                through = max((record.through_offset for record in records), default=-1)
+                part.markers[window] = through
+                part.marker_queue.append((now_ms, window))
+                on_acked = partial(
+                    self._write_marker, part, partition, window, through, now_ms, bucket.written
                 )
+                if records:
+                    self.publish_closed(records, on_acked)
+                else:
+                    on_acked()
                 closed += 1
+                self.keys_closed += len(records)
         self.windows_closed += closed
         return closed
 
     def _write_marker(
-        self, part: _Partition, partition: int, key: WindowKey, through: int, closed_at: int
+        self,
+        part: _Partition,
+        partition: int,
+        window: Window,
+        through: int,
+        closed_at: int,
+        written: set[int],
     ) -> None:
-        """Called once the closed window's record is acknowledged by Kafka."""
-        if self._parts.get(partition) is not part or key not in part.markers:
+        """Called once the closed window's records are acknowledged by Kafka."""
+        if self._parts.get(partition) is not part or window not in part.markers:
             return  # the partition moved to another worker, or the marker expired
-        raw_key = _encode([partition, key[0], list(key[1]), key[2]])
-        raw_value = _encode([through, closed_at])
-        self.table.data[raw_key] = raw_value
-        self.table.send_changelog(partition, raw_key, raw_value)
+        aggregate, start = window
+        self._put(
+            _encode([partition, aggregate, start, _MARKER]), _encode([through, closed_at]),
+            partition,
+        )
+        for shard in written:
+            self._delete(partition, aggregate, start, shard)
 
     def _purge_markers(self, partition: int, part: _Partition) -> None:
         horizon = int(self.clock() * 1000) - self.marker_retention_ms
         queue = part.marker_queue
         while queue and queue[0][0] < horizon:
-            _, key = queue.popleft()
-            if part.markers.pop(key, None) is None:
+            _, window = queue.popleft()
+            if part.markers.pop(window, None) is None:
                 continue
-            raw_key = _encode([partition, key[0], list(key[1]), key[2]])
-            self.table.data.pop(raw_key, None)
-            self.table.send_changelog(partition, raw_key, None)
+            self._delete(partition, window[0], window[1], _MARKER)
 
     def tick(self) -> int:
         """Close windows of idle partitions by the wall clock.
@@ -323,16 +405,14 @@ class WindowState:
             closed += self.flush(partition)
         return closed
 
-    def open_windows(self, partition: int | None = None) -> dict[WindowKey, list[int]]:
+    def open_windows(self) -> dict[WindowKey, list[int]]:
         """Open windows and their values (without ``through``), summed over partitions."""
         totals: dict[WindowKey, list[int]] = {}
-        parts = (
-            self._parts.items() if partition is None
-            else [(partition, self.partition(partition))]
-        )
-        for _, part in parts:
-            for key, current in part.open.items():
-                row = totals.setdefault(key, [0] * (len(current) - 1))
-                for index, value in enumerate(current[1:]):
-                    row[index] += value
+        for part in self._parts.values():
+            for (aggregate, start), bucket in part.open.items():
+                for shard in bucket.shards:
+                    for dims, entry in shard.items():
+                        row = totals.setdefault((aggregate, dims, start), [0] * (len(entry) - 1))
+                        for index, value in enumerate(entry[1:]):
+                            row[index] += value
         return totals

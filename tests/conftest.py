@@ -90,17 +90,6 @@ def settings(settings_factory: Callable[..., Settings]) -> Settings:
     return settings_factory()
 
 
-def env_for(settings: Settings) -> dict[str, str]:
-    """The environment that gives a child process exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CTOWER_")}
-    env.pop("KAFKA_BOOTSTRAP", None)
-    for name, value in settings.model_dump(mode="json").items():
-        if value is not None:
-            env[f"CTOWER_{name.upper()}"] = str(value)
-    env["PYTHONSAFEPATH"] = "1"
-    return env
-
-
 class CtowerProcess:
     """A real ``python -m ctower ...`` child with its log kept for failures."""
 
@@ -115,7 +104,7 @@ class CtowerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ctower", *self.args],
-            env=env_for(self.settings), stdout=log, stderr=subprocess.STDOUT,
+            env=self.settings.child_env(), stdout=log, stderr=subprocess.STDOUT,
         )
         return self
 
@@ -189,3 +178,9 @@ def wait_until(
 def poll() -> Callable[..., Any]:
     """``wait_until`` for tests (conftest is not importable in importlib mode)."""
     return wait_until
+
+
+@pytest.fixture
+def env_for() -> Callable[[Settings], dict[str, str]]:
+    """The environment that gives a child process a Settings object's values."""
+    return Settings.child_env
