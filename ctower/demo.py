@@ -67,8 +67,10 @@ def wait_for_http(url: str, children: Children, timeout: float) -> None:
 @click.command()
 @click.option("--rate", default=300, show_default=True, help="Simulated events per second.")
 @click.option("--batch", default=20, show_default=True, help="Events per Kafka message.")
+@click.option("--backfill", default=60_000, show_default=True,
+              help="Events of recent history sent first (0 for none).")
 @click.option("--no-dashboard", is_flag=True, help="Do not start the dashboard.")
-def demo(rate: int, batch: int, no_dashboard: bool) -> None:
+def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
     """Run broker, sink, worker, simulator and dashboard until Ctrl-C."""
     from ctower.broker.local import LocalKafka
     from ctower.broker.topics import ensure_topics
@@ -97,6 +99,18 @@ def demo(rate: int, batch: int, no_dashboard: bool) -> None:
             wait_for_http(f"http://127.0.0.1:{settings.store_http_port}/ping", children, 120)
         children.start("worker", "worker")
         wait_for_http(f"http://127.0.0.1:{settings.worker_web_port}/stats/", children, 120)
+        if backfill:
+            # the last hour or so first, so the dashboard has figures at once
+            click.echo(f"  backfilling {backfill:,} events of recent history...")
+            backfilling = children.start(
+                "backfill", "simulate", "--quiet", "--rate", "max", "--events", str(backfill),
+                "--batch", "100", "--sim-rate", "20",
+            )
+            backfilling.wait(timeout=600)
+            children.started.remove(("backfill", backfilling))
+            if backfilling.returncode:
+                children.check()
+                raise click.ClickException(f"backfill failed: see {log_dir / 'backfill.log'}")
         children.start("simulator", "simulate", "--rate", str(rate), "--batch", str(batch))
         if not no_dashboard:
             children.start("dashboard", "dashboard")
