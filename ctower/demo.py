@@ -65,14 +65,14 @@ def wait_for_http(url: str, children: Children, timeout: float) -> None:
 
 
 @click.command()
-@click.option("--rate", default=300, show_default=True, help="Simulated events per second.")
+@click.option("--rate", default=40, show_default=True, help="Simulated events per second.")
 @click.option("--batch", default=20, show_default=True, help="Events per Kafka message.")
-@click.option("--backfill", default=60_000, show_default=True,
+@click.option("--backfill", default=120_000, show_default=True,
               help="Events of recent history sent first (0 for none).")
 @click.option("--no-dashboard", is_flag=True, help="Do not start the dashboard.")
 def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
     """Run broker, sink, worker, simulator and dashboard until Ctrl-C."""
-    from ctower.broker.local import LocalKafka
+    from ctower.broker.local import BrokerError, LocalKafka
     from ctower.broker.topics import ensure_topics
     from ctower.cli import settings_or_exit
 
@@ -80,19 +80,23 @@ def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
     log_dir = settings.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     broker = LocalKafka(settings) if settings.uses_local_kafka else None
-    broker_was_running = broker is not None and broker.status().running
+    broker_started_here = False
     children = Children(log_dir)
-    stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
-        nonlocal stop_requested
-        stop_requested = True
+        raise KeyboardInterrupt
 
+    # both, explicitly: a shell's background job inherits SIGINT ignored
     signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     try:
         click.echo(f"Kafka: {settings.bootstrap}")
         if broker is not None:
-            broker.up()
+            broker_started_here = not broker.status().running
+            try:
+                broker.up()
+            except BrokerError as exc:
+                raise click.ClickException(str(exc)) from None
         ensure_topics(settings)
         children.start("sink", "sink")
         if settings.store_is_embedded:
@@ -100,11 +104,11 @@ def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
         children.start("worker", "worker")
         wait_for_http(f"http://127.0.0.1:{settings.worker_web_port}/stats/", children, 120)
         if backfill:
-            # the last hour or so first, so the dashboard has figures at once
+            # recent history at the live rate first, so the dashboard has figures at once
             click.echo(f"  backfilling {backfill:,} events of recent history...")
             backfilling = children.start(
                 "backfill", "simulate", "--quiet", "--rate", "max", "--events", str(backfill),
-                "--batch", "100", "--sim-rate", "20",
+                "--batch", "100", "--sim-rate", str(rate),
             )
             backfilling.wait(timeout=600)
             children.started.remove(("backfill", backfilling))
@@ -120,7 +124,7 @@ def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
         click.echo('Query: ctower sql "SELECT * FROM store_minute_v ORDER BY window_start DESC '
                    'LIMIT 10"')
         click.echo("Ctrl-C stops everything this command started.")
-        while not stop_requested:
+        while True:
             children.check()
             time.sleep(1)
     except KeyboardInterrupt:
@@ -128,6 +132,6 @@ def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
     finally:
         click.echo("\nstopping...")
         children.stop()
-        if broker is not None and not broker_was_running:
+        if broker is not None and broker_started_here:
             broker.down()
             click.echo("  stopped kafka")

@@ -43,14 +43,16 @@ def live() -> None:
         st.info(t["empty"])
         return
     cols = st.columns(5)
-    cols[0].metric(t["gmv"], f"¥{pulse.gmv_yuan:,.2f}")
+    cols[0].metric(t["gmv"], f"¥{pulse.gmv_yuan:,.0f}")
     cols[1].metric(t["paid_orders"], f"{pulse.paid_orders:,}")
     cols[2].metric(t["scans"], f"{pulse.scans:,}")
     conversion = pulse.conversion
     cols[3].metric(t["conversion"], f"{conversion:.1%}" if conversion is not None else "–")
     cols[4].metric(t["pickups_served"], f"{pulse.pickups_served:,}")
-    trend = minute_trend(client(), minutes)
-    figure = px.line(trend, x="minute", y=["scans", "orders", "paid_orders"],
+    trend = minute_trend(client(), minutes).rename(
+        columns={"scans": t["scans"], "orders": t["orders"], "paid_orders": t["paid_orders"]}
+    )
+    figure = px.line(trend, x="minute", y=[t["scans"], t["orders"], t["paid_orders"]],
                      labels={"value": "", "minute": t["minute"], "variable": ""})
     st.plotly_chart(figure, use_container_width=True)
     st.subheader(t["top_stores"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,4 +31,5 @@ def dashboard() -> None:
     click.echo(f"dashboard: http://{settings.dashboard_host}:{settings.dashboard_port}")
     env = dict(os.environ, PYTHONSAFEPATH="1")
     command = streamlit_command(settings.dashboard_host, settings.dashboard_port)
-    raise SystemExit(subprocess.call(command, env=env))
+    # become Streamlit: whoever stops this process (demo, compose, systemd) stops the server
+    os.execve(command[0], command, env)

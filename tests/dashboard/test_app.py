@@ -73,7 +73,7 @@ def test_figures_come_from_the_closed_windows(store: tuple[Settings, object]) ->
     ])
     app = run_page()
     metrics = {metric.label: metric.value for metric in app.metric}
-    assert metrics["GMV"] == f"¥{3 * (12345 + 500) / 100:,.2f}"
+    assert metrics["GMV"] == f"¥{3 * (12345 + 500) / 100:,.0f}"
     assert metrics["Paid orders"] == "12"
     assert metrics["Scans"] == "150"
     assert metrics["Scan-to-order conversion"] == f"{12 / 150:.1%}"
