@@ -2,7 +2,7 @@
 
 Each event stream has one agent and one changelog-backed table holding its
 windows (see ``tables/window_state.py`` for why the windows are ours). The
-agents read raw bytes and take batches (``take_events``): decoding with
+agents read raw bytes, fold each message at once and persist in batches: decoding with
 msgspec and folding a whole batch is what makes one worker fast; Faust's
 per-message machinery is the floor (about 85 µs a message).
 """
@@ -10,12 +10,13 @@ per-message machinery is the floor (about 85 µs a message).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 
 from ctower.schemas.control import ClosedWindow, DeadLetter, LateEvent
 from ctower.schemas.control import encoder as control_encoder
@@ -49,6 +50,7 @@ class ControlTower:
     settings: Settings
     app: faust.App
     processors: dict[str, StreamProcessor] = field(default_factory=dict)
+    pending: dict[str, PendingAcks] = field(default_factory=dict)
 
     def stats(self) -> dict[str, Any]:
         return {stream: proc.stats() for stream, proc in self.processors.items()}
@@ -154,7 +156,11 @@ def build_app(settings: Settings) -> ControlTower:
             topic_name, key_type=bytes, value_type=bytes,
             key_serializer="raw", value_serializer="raw",
         )
-        app.agent(source, name=f"{stream}-agent")(_agent_body(processor, settings))
+        pending = PendingAcks(
+            processor, settings.batch_max_messages, settings.batch_within_seconds
+        )
+        tower.pending[stream] = pending
+        app.agent(source, name=f"{stream}-agent")(_agent_body(pending))
 
     @app.timer(interval=1.0)
     async def close_idle_windows() -> None:
@@ -162,11 +168,14 @@ def build_app(settings: Settings) -> ControlTower:
         recovered = (
             not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
         )
+        for pending in tower.pending.values():
+            if pending.events:
+                await pending.settle()  # a quiet stream's last messages
         for processor in tower.processors.values():
             if recovered:
                 owned = recovery.actives_for_table.get(processor.state.table, ())
                 processor.state.adopt(tp.partition for tp in owned)
-            processor.state.tick()
+            processor.state.tick(caught_up=_caught_up(app, processor.topic))
 
     @app.task
     async def drop_monitor() -> None:
@@ -177,6 +186,9 @@ def build_app(settings: Settings) -> ControlTower:
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        # still ours until the revocation completes: persist and ack, then let go
+        for pending in tower.pending.values():
+            await pending.settle()
         for tp in revoked:
             for processor in tower.processors.values():
                 if tp.topic == processor.topic:
@@ -189,16 +201,61 @@ def build_app(settings: Settings) -> ControlTower:
     return tower
 
 
-def _agent_body(processor: StreamProcessor, settings: Settings) -> Any:
+def _caught_up(app: faust.App, topic: str) -> Callable[[int, int], bool]:
+    """Whether this worker has read everything Kafka holds for a partition."""
+
+    def check(partition: int, last_offset: int) -> bool:
+        highwater = app.consumer.highwater(TP(topic, partition))
+        return highwater is not None and last_offset + 1 >= highwater
+
+    return check
+
+
+class PendingAcks:
+    """Messages folded into state but neither persisted nor acknowledged yet.
+
+    Acks follow durability: :meth:`settle` flushes the state, then acks, so
+    Faust can never commit an offset whose effect is only in memory. This
+    replaces ``stream.take_events``, whose buffer stalled an agent for good
+    when a rebalance came while it was full (seen here with two workers;
+    robinhood/faust#262 and #678 report the same family of hangs).
+    """
+
+    def __init__(self, processor: StreamProcessor, max_messages: int, max_seconds: float) -> None:
+        self.processor = processor
+        self.max_messages = max_messages
+        self.max_seconds = max_seconds
+        self.events: list[EventT] = []
+        self.stream: StreamT | None = None
+        self.since = time.monotonic()
+
+    def due(self) -> bool:
+        return len(self.events) >= self.max_messages or (
+            bool(self.events) and time.monotonic() - self.since >= self.max_seconds
+        )
+
+    async def settle(self) -> None:
+        events, self.events = self.events, []
+        self.since = time.monotonic()
+        self.processor.flush()
+        if self.stream is not None:
+            for event in events:
+                await self.stream.ack(event)
+
+
+def _agent_body(pending: PendingAcks) -> Any:
+    processor = pending.processor
+
     async def agent(stream: StreamT) -> None:
-        events: list[EventT]
-        async for events in stream.take_events(
-            settings.batch_max_messages, within=settings.batch_within_seconds
-        ):
-            processor.process(
-                RawMessage(ev.message.partition, ev.message.offset, ev.message.value)
-                for ev in events
-            )
+        manual = stream.noack()
+        pending.stream = manual
+        event: EventT
+        async for event in manual.events():
+            message = event.message
+            processor.absorb(RawMessage(message.partition, message.offset, message.value))
+            pending.events.append(event)
+            if pending.due():
+                await pending.settle()
 
     agent.__name__ = f"{processor.stream}_agent"
     return agent

@@ -47,14 +47,20 @@ class StreamProcessor:
         self.events = 0
         self.messages = 0
         self.dead_letters: Counter[str] = Counter()
+        self._touched: set[int] = set()
 
     def process(self, batch: Iterable[RawMessage]) -> None:
-        now_ms = int(time.time() * 1000)
-        state = self.state
-        touched: set[int] = set()
+        """Fold a batch in and persist it (what tests and one-shot callers want)."""
         for message in batch:
-            partition, offset = message.partition, message.offset
-            decoded = self.decoder.decode(message.value, now_ms)
+            self.absorb(message)
+        self.flush()
+
+    def absorb(self, message: RawMessage) -> None:
+        """Fold one message into the in-memory state; :meth:`flush` persists it."""
+        partition, offset = message.partition, message.offset
+        decoded = self.decoder.decode(message.value)
+        if decoded.rejected:
+            received_at = int(time.time() * 1000)
             for rejected in decoded.rejected:
                 self.dead_letters[rejected.reason] += 1
                 self.publish_dead_letter(
@@ -66,22 +72,28 @@ class StreamProcessor:
                         reason=rejected.reason,
                         detail=rejected.detail,
                         raw=rejected.raw,
-                        received_at=now_ms,
+                        received_at=received_at,
                     )
                 )
-            events = decoded.events
-            max_ts = 0
-            if events:
-                fold = MessageFold(state, partition, offset)
-                self.fold(events, fold)
-                state.apply(partition, offset, fold.contributions)
-                max_ts = max(ev.ts for ev in events)  # type: ignore[type-var]
-                self.events += len(events)
-            state.observe(partition, offset, max_ts)
-            touched.add(partition)
-            self.messages += 1
+        events = decoded.events
+        max_ts = 0
+        state = self.state
+        if events:
+            fold = MessageFold(state, partition, offset)
+            self.fold(events, fold)
+            state.apply(partition, offset, fold.contributions)
+            max_ts = max(ev.ts for ev in events)  # type: ignore[type-var]
+            self.events += len(events)
+        state.observe(partition, offset, max_ts)
+        self._touched.add(partition)
+        self.messages += 1
+
+    def flush(self) -> None:
+        """Persist what was absorbed, for the partitions this worker still owns."""
+        touched, self._touched = self._touched, set()
         for partition in touched:
-            state.flush(partition)
+            if self.state.owns(partition):
+                self.state.flush(partition)
 
     def stats(self) -> dict[str, object]:
         return {

@@ -202,6 +202,10 @@ class WindowState:
         for partition in partitions:
             self.partition(partition)
 
+    def owns(self, partition: int) -> bool:
+        """Loaded here and not dropped: this worker may write the partition."""
+        return partition in self._parts
+
     def drop(self, partition: int) -> None:
         """Forget a partition given to another worker (its table moves with it)."""
         self._parts.pop(partition, None)
@@ -385,11 +389,15 @@ class WindowState:
                 continue
             self._delete(partition, window[0], window[1], _MARKER)
 
-    def tick(self) -> int:
+    def tick(self, caught_up: Callable[[int, int], bool] | None = None) -> int:
         """Close windows of idle partitions by the wall clock.
 
         A quiet store must still see its last minute closed; and at the end of
-        a replay of past events this closes everything that is left.
+        a replay of past events this closes everything that is left. Idle
+        means caught up: ``caught_up(partition, last_offset)`` says whether
+        nothing more is waiting in Kafka. A partition whose consumer is paused
+        (a rebalance) with a backlog behind it is not idle, and closing its
+        windows by the wall clock would make the backlog late.
         """
         now = self.clock()
         closed = 0
@@ -397,6 +405,8 @@ class WindowState:
             if part.max_ts == 0:
                 continue  # nothing seen yet: a replay of past events may be about to start
             if (now - part.last_seen) * 1000 < self.idle_close_ms:
+                continue
+            if caught_up is not None and not caught_up(partition, part.last_offset):
                 continue
             wall_mark = int(now * 1000) - self.grace_ms
             if wall_mark > part.watermark:

@@ -153,3 +153,44 @@ def test_worker_killed_mid_stream_loses_and_doubles_nothing(
     sent = load_truth(truth_path)["events_sent"]
     raw = int(client.query("SELECT count() FROM scan_events FINAL").first_row[0])
     assert raw == sent["scan"]
+
+
+def test_a_second_worker_joining_mid_stream_shares_the_partitions_exactly(
+    settings_factory: Callable[..., Settings],
+    ctower_process: Callable[..., Any],
+    poll: Callable[..., Any],
+    tmp_path: Path,
+    env_for: Callable[[Settings], dict[str, str]],
+) -> None:
+    settings = settings_factory(idle_close_seconds=2)
+    sink, first = start_pipeline(settings, ctower_process)
+    truth_path = tmp_path / "truth.json"
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "ctower", "simulate", "--quiet", "--seed", "8",
+         "--events", "60000", "--rate", "max", "--sim-rate", "10", "--batch", "10",
+         "--truth", str(truth_path)],
+        env=env_for(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+    def events_seen(port: int) -> int:
+        import json
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats/", timeout=2) as answer:
+                return sum(s["events"] for s in json.load(answer).values())
+        except OSError:
+            return 0
+
+    poll(lambda: events_seen(settings.worker_web_port) > 10_000, 60, "no progress")
+    free = settings_factory()  # same topics and group, fresh free ports
+    second_settings = settings.model_copy(
+        update={"worker_web_port": free.worker_web_port, "data_dir": tmp_path / "second"}
+    )
+    second = ctower_process(second_settings, "second-worker", "worker")
+    output, _ = simulator.communicate(timeout=300)
+    assert simulator.returncode == 0, output[-3000:]
+    expected = store_minute_truth(load_truth(truth_path))
+    rows = wait_for_truth(settings, expected, poll, [sink, first, second])
+    assert rows == expected
+    assert events_seen(second_settings.worker_web_port) > 0  # it did take partitions

@@ -324,3 +324,16 @@ def test_a_partition_that_saw_nothing_does_not_close_by_wall_clock() -> None:
     assert worker.processor.state.late_events == 0
     scans = sum(row[STORE_MINUTE.index("scans")] for row in closed_windows(broker).values())
     assert scans == sum(1 + offset % 3 for offset in range(12))
+
+
+def test_a_partition_with_a_backlog_is_not_idle() -> None:
+    """A paused consumer (a rebalance) with messages waiting must not close by wall clock."""
+    broker = Broker()
+    worker = start_worker(broker)
+    run(worker, scan_messages(3), batch=3)
+    worker.clock.now += 3600
+    worker.processor.state.tick(caught_up=lambda partition, last: last >= 10)
+    assert closed_windows(broker) == {}  # offsets 3..10 still waiting in Kafka
+    worker.processor.state.tick(caught_up=lambda partition, last: last >= 2)
+    worker.flush_producer()
+    assert len(closed_windows(broker)) == 3
