@@ -229,13 +229,19 @@ def bench(events: int, batch: int, single_events: int, seed: int, no_sink: bool)
     from ctower.cli import settings_or_exit
 
     settings: Settings = settings_or_exit()
-    if settings.uses_local_kafka:
-        LocalKafka(settings).up()
+    broker = LocalKafka(settings) if settings.uses_local_kafka else None
+    started_broker = broker is not None and not broker.status().running
+    if broker is not None:
+        broker.up()
     click.echo(f"cores: {os.cpu_count()}, Kafka: {settings.bootstrap}")
-    if single_events:
-        raw1, worker1, _ = run_case(settings, "single", single_events, 1, seed, False)
-        click.echo(f"  single: worker/bare = {worker1.events_per_s / raw1.events_per_s:.3f}")
-    raw, worker, _sink = run_case(settings, "batched", events, batch, seed, not no_sink)
+    try:
+        if single_events:
+            raw1, worker1, _ = run_case(settings, "single", single_events, 1, seed, False)
+            click.echo(f"  single: worker/bare = {worker1.events_per_s / raw1.events_per_s:.3f}")
+        raw, worker, _sink = run_case(settings, "batched", events, batch, seed, not no_sink)
+    finally:
+        if started_broker and broker is not None:
+            broker.down()
     ratio = worker.events_per_s / raw.events_per_s if raw.events_per_s else 0.0
     click.echo(
         f"RESULT events_per_s={worker.events_per_s:.0f} raw_events_per_s={raw.events_per_s:.0f} "
