@@ -47,6 +47,9 @@ def cli() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # the Kafka clients narrate every connection at INFO; their warnings still show
+    for chatty in ("kafka", "aiokafka"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def settings_or_exit(**overrides: Any) -> Any:
