@@ -184,3 +184,9 @@ def poll() -> Callable[..., Any]:
 def env_for() -> Callable[[Settings], dict[str, str]]:
     """The environment that gives a child process a Settings object's values."""
     return Settings.child_env
+
+
+@pytest.fixture(name="free_port")
+def free_port_fixture() -> Callable[[], int]:
+    """``free_port`` for tests (conftest is not importable in importlib mode)."""
+    return free_port

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,45 +15,38 @@ from ctower.broker.commands import NOT_RUNNING_EXIT_CODE, kafka
 pytestmark = pytest.mark.kafka
 
 
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port >= 65000:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair")
-
-
-def _env(tmp_path: Path, **extra: str | None) -> dict[str, str | None]:
+@pytest.fixture
+def cli_env(tmp_path: Path, free_port: Callable[[], int]) -> Callable[..., dict[str, str | None]]:
     """An environment for one invocation: nothing inherited that could point elsewhere."""
-    env: dict[str, str | None] = {
-        "KAFKA_BOOTSTRAP": None,
-        "CTOWER_KAFKA_BOOTSTRAP": None,
-        "CTOWER_CONFIG": None,
-        "CTOWER_DATA_DIR": str(tmp_path / "data"),
-        "CTOWER_KAFKA_PORT": str(_free_port_pair()),
-    }
-    env.update(extra)
-    return env
+
+    def make(**extra: str | None) -> dict[str, str | None]:
+        env: dict[str, str | None] = {
+            "KAFKA_BOOTSTRAP": None,
+            "CTOWER_KAFKA_BOOTSTRAP": None,
+            "CTOWER_CONFIG": None,
+            "CTOWER_DATA_DIR": str(tmp_path / "data"),
+            "CTOWER_KAFKA_PORT": str(free_port()),
+        }
+        env.update(extra)
+        return env
+
+    return make
 
 
-def test_bad_setting_is_a_clean_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(kafka, ["status"], env=_env(tmp_path, CTOWER_KAFKA_PORT="nope"))
+def test_bad_setting_is_a_clean_error(
+    tmp_path: Path, cli_env: Callable[..., dict[str, str | None]]
+) -> None:
+    result = CliRunner().invoke(kafka, ["status"], env=cli_env(CTOWER_KAFKA_PORT="nope"))
     assert result.exit_code == 1
     assert "Error: bad setting: CTOWER_KAFKA_PORT" in result.output
     assert "Traceback" not in result.output
 
 
-def test_local_up_status_down(tmp_path: Path) -> None:
+def test_local_up_status_down(
+    tmp_path: Path, cli_env: Callable[..., dict[str, str | None]]
+) -> None:
     runner = CliRunner()
-    env = _env(tmp_path)
+    env = cli_env()
     port = env["CTOWER_KAFKA_PORT"]
 
     stopped = runner.invoke(kafka, ["status"], env=env)
@@ -80,8 +74,10 @@ def test_local_up_status_down(tmp_path: Path) -> None:
     assert again.exit_code == 0 and "was not running" in again.output
 
 
-def test_taken_port_is_a_clean_error(tmp_path: Path) -> None:
-    env = _env(tmp_path)
+def test_taken_port_is_a_clean_error(
+    tmp_path: Path, cli_env: Callable[..., dict[str, str | None]]
+) -> None:
+    env = cli_env()
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", int(env["CTOWER_KAFKA_PORT"] or 0)))
         squatter.listen()
@@ -91,9 +87,11 @@ def test_taken_port_is_a_clean_error(tmp_path: Path) -> None:
     assert "CTOWER_KAFKA_PORT" in result.output
 
 
-def test_external_cluster(tmp_path: Path, kafka_bootstrap: str) -> None:
+def test_external_cluster(
+    tmp_path: Path, kafka_bootstrap: str, cli_env: Callable[..., dict[str, str | None]]
+) -> None:
     prefix = f"c{uuid.uuid4().hex[:8]}."
-    env = _env(tmp_path, KAFKA_BOOTSTRAP=kafka_bootstrap, CTOWER_TOPIC_PREFIX=prefix)
+    env = cli_env(KAFKA_BOOTSTRAP=kafka_bootstrap, CTOWER_TOPIC_PREFIX=prefix)
     runner = CliRunner()
 
     up = runner.invoke(kafka, ["up", "--timeout", "30"], env=env)

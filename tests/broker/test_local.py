@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,23 +22,6 @@ from ctower.broker.local import BrokerError, LocalKafka, fetch_jars, jars_dir
 from ctower.settings import load_settings
 
 pytestmark = pytest.mark.kafka
-
-
-def _free_port_pair() -> int:
-    """A free port whose neighbour (the controller port) is free too."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port >= 65000:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair")
 
 
 def _consume_all(bootstrap: str, topic: str, expect: int, timeout: float = 30) -> list[bytes]:
@@ -70,8 +53,8 @@ def _pid_exists(pid: int) -> bool:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[LocalKafka]:
-    local = LocalKafka(load_settings(data_dir=tmp_path / "data", kafka_port=_free_port_pair()))
+def broker(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[LocalKafka]:
+    local = LocalKafka(load_settings(data_dir=tmp_path / "data", kafka_port=free_port()))
     try:
         yield local
     finally:
@@ -128,8 +111,10 @@ def test_lifecycle_keeps_data_across_restarts(broker: LocalKafka) -> None:
 
 
 @pytest.mark.parametrize("taken", ["client", "controller"])
-def test_taken_port_is_a_clear_error(tmp_path: Path, taken: str) -> None:
-    port = _free_port_pair()
+def test_taken_port_is_a_clear_error(
+    tmp_path: Path, taken: str, free_port: Callable[[], int]
+) -> None:
+    port = free_port()
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port if taken == "client" else port + 1))
         squatter.listen()
@@ -143,9 +128,11 @@ def test_taken_port_is_a_clear_error(tmp_path: Path, taken: str) -> None:
     assert not local.status().running
 
 
-def test_broker_exiting_early_quotes_its_log(tmp_path: Path) -> None:
+def test_broker_exiting_early_quotes_its_log(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
     # Storage "formatted" for another node: the real broker refuses to start.
-    local = LocalKafka(load_settings(data_dir=tmp_path, kafka_port=_free_port_pair()))
+    local = LocalKafka(load_settings(data_dir=tmp_path, kafka_port=free_port()))
     meta = tmp_path / "kafka" / "data" / "meta.properties"
     meta.parent.mkdir(parents=True)
     meta.write_text("version=1\ncluster.id=AAAAAAAAAAAAAAAAAAAAAA\nnode.id=7\n")
@@ -169,8 +156,10 @@ def test_external_cluster_is_only_checked(tmp_path: Path, kafka_bootstrap: str) 
     assert not (tmp_path / "kafka").exists()  # nothing was started or written here
 
 
-def test_unreachable_external_cluster_is_a_clear_error(tmp_path: Path) -> None:
-    nowhere = f"127.0.0.1:{_free_port_pair()}"
+def test_unreachable_external_cluster_is_a_clear_error(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"
     remote = LocalKafka(load_settings(kafka_bootstrap=nowhere, data_dir=tmp_path))
     with pytest.raises(BrokerError, match="KAFKA_BOOTSTRAP") as caught:
         remote.up(timeout=3)
@@ -199,7 +188,9 @@ def test_failed_fetch_quotes_maven(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert not (tmp_path / "cache" / "kafka" / "0.0.1-no-such-version" / "libs").exists()
 
 
-def test_missing_java_and_maven_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_java_and_maven_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_port: Callable[[], int]
+) -> None:
     java = shutil.which("java")
     assert java, "these tests need Java"
     monkeypatch.setenv("CTOWER_CACHE_DIR", str(tmp_path / "cache"))
@@ -207,7 +198,7 @@ def test_missing_java_and_maven_are_named(tmp_path: Path, monkeypatch: pytest.Mo
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
-    local = LocalKafka(load_settings(data_dir=tmp_path, kafka_port=_free_port_pair()))
+    local = LocalKafka(load_settings(data_dir=tmp_path, kafka_port=free_port()))
     with pytest.raises(BrokerError, match="Java is not installed"):
         local.up(timeout=10)
 

@@ -6,9 +6,11 @@ even when a worker is killed with SIGKILL halfway through.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,25 @@ def run_simulator(env: dict[str, str], *args: str, timeout: float = 300) -> None
         env=env, capture_output=True, text=True, timeout=timeout,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def start_simulator(env: dict[str, str], seed: int, truth_path: Path) -> subprocess.Popen[bytes]:
+    """60k events of simulated history (all six streams), sent as fast as possible."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ctower", "simulate", "--quiet", "--seed", str(seed),
+         "--events", "60000", "--rate", "max", "--sim-rate", "10", "--batch", "10",
+         "--truth", str(truth_path)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+def events_seen(port: int) -> int:
+    """Events a worker has folded so far (0 while it cannot answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats/", timeout=2) as answer:
+            return sum(s["events"] for s in json.load(answer).values())
+    except OSError:
+        return 0
 
 
 def store_rows(settings: Settings) -> dict[tuple[str, int], dict[str, int]]:
@@ -122,23 +143,9 @@ def test_worker_killed_mid_stream_loses_and_doubles_nothing(
     settings = settings_factory(idle_close_seconds=2)
     sink, worker = start_pipeline(settings, ctower_process)
     truth_path = tmp_path / "truth.json"
-    simulator = subprocess.Popen(
-        [sys.executable, "-m", "ctower", "simulate", "--quiet", "--seed", "5",
-         "--events", "60000", "--rate", "max", "--sim-rate", "10", "--batch", "10",
-         "--truth", str(truth_path)],
-        env=env_for(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    simulator = start_simulator(env_for(settings), 5, truth_path)
     stats_url = f"http://127.0.0.1:{settings.worker_web_port}/stats/"
-
-    def worker_has_work() -> bool:
-        import json
-        import urllib.request
-
-        with urllib.request.urlopen(stats_url, timeout=2) as answer:
-            stats = json.load(answer)
-        return sum(s["events"] for s in stats.values()) > 10_000
-
-    poll(worker_has_work, 60, "the worker never got going")
+    poll(lambda: events_seen(settings.worker_web_port) > 10_000, 60, "the worker never got going")
     worker.kill()
     time.sleep(1)
     restarted = ctower_process(settings, "worker-restarted", "worker")
@@ -165,23 +172,7 @@ def test_a_second_worker_joining_mid_stream_shares_the_partitions_exactly(
     settings = settings_factory(idle_close_seconds=2)
     sink, first = start_pipeline(settings, ctower_process)
     truth_path = tmp_path / "truth.json"
-    simulator = subprocess.Popen(
-        [sys.executable, "-m", "ctower", "simulate", "--quiet", "--seed", "8",
-         "--events", "60000", "--rate", "max", "--sim-rate", "10", "--batch", "10",
-         "--truth", str(truth_path)],
-        env=env_for(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-
-    def events_seen(port: int) -> int:
-        import json
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats/", timeout=2) as answer:
-                return sum(s["events"] for s in json.load(answer).values())
-        except OSError:
-            return 0
-
+    simulator = start_simulator(env_for(settings), 8, truth_path)
     poll(lambda: events_seen(settings.worker_web_port) > 10_000, 60, "no progress")
     free = settings_factory()  # same topics and group, fresh free ports
     second_settings = settings.model_copy(
