@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -205,10 +204,6 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The full topic name of a stream or control topic (``scan`` -> ``ct.scan``)."""
         return f"{self.topic_prefix}{name}"
-
-    @cached_property
-    def stream_topics(self) -> dict[str, str]:
-        return {stream: self.topic(stream) for stream in STREAMS}
 
     def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The environment that gives a child process exactly these settings.

@@ -11,6 +11,13 @@ from dataclasses import dataclass
 import pandas as pd
 from clickhouse_connect.driver.client import Client
 
+LAST_MINUTES = (
+    "window_start >= (SELECT max(window_start) FROM store_minute)"
+    " - toIntervalMinute({minutes:UInt32} - 1)"
+)
+"""The last ``minutes`` closed minutes, counted back from the newest one (not
+from the wall clock, so a replay of past days shows its own last hour)."""
+
 
 @dataclass(frozen=True)
 class Pulse:
@@ -33,12 +40,11 @@ class Pulse:
 
 def sales_pulse(client: Client, minutes: int) -> Pulse:
     row = client.query(
-        """
+        f"""
         SELECT sum(scans), sum(add_to_cart), sum(orders), sum(paid_orders), sum(gmv_fen),
                sum(pickup_arrivals), sum(pickups_served), uniqExact(window_start)
         FROM store_minute_v
-        WHERE window_start >= (SELECT max(window_start) FROM store_minute)
-                              - toIntervalMinute({minutes:UInt32} - 1)
+        WHERE {LAST_MINUTES}
         """,
         parameters={"minutes": minutes},
     ).first_row
@@ -58,12 +64,11 @@ def sales_pulse(client: Client, minutes: int) -> Pulse:
 def minute_trend(client: Client, minutes: int) -> pd.DataFrame:
     """Per-minute totals over all stores for the last ``minutes`` closed minutes."""
     return client.query_df(
-        """
+        f"""
         SELECT window_start AS minute, sum(scans) AS scans, sum(orders) AS orders,
                sum(paid_orders) AS paid_orders, sum(gmv_fen) / 100 AS gmv_yuan
         FROM store_minute_v
-        WHERE window_start >= (SELECT max(window_start) FROM store_minute)
-                              - toIntervalMinute({minutes:UInt32} - 1)
+        WHERE {LAST_MINUTES}
         GROUP BY minute ORDER BY minute
         """,
         parameters={"minutes": minutes},
@@ -72,13 +77,12 @@ def minute_trend(client: Client, minutes: int) -> pd.DataFrame:
 
 def top_stores(client: Client, minutes: int, limit: int = 10) -> pd.DataFrame:
     return client.query_df(
-        """
+        f"""
         SELECT store_id, sum(gmv_fen) / 100 AS gmv_yuan, sum(paid_orders) AS paid_orders,
                sum(scans) AS scans
         FROM store_minute_v
-        WHERE window_start >= (SELECT max(window_start) FROM store_minute)
-                              - toIntervalMinute({minutes:UInt32} - 1)
-        GROUP BY store_id ORDER BY gmv_yuan DESC LIMIT {limit:UInt32}
+        WHERE {LAST_MINUTES}
+        GROUP BY store_id ORDER BY gmv_yuan DESC LIMIT {{limit:UInt32}}
         """,
         parameters={"minutes": minutes, "limit": limit},
     )

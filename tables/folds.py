@@ -9,6 +9,7 @@ once per message.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ctower.schemas.events import Coupon, Event, Logistics, Order, Pickup, Scan
 from ctower.tables.aggregates import (
@@ -147,7 +148,9 @@ def fold_nothing(events: Sequence[Event], fold: MessageFold) -> None:
     """Inventory feeds the stock position, not a windowed counter."""
 
 
-FOLDS: dict[str, Callable[[Sequence], None] | Callable[..., None]] = {
+Fold = Callable[[Sequence[Any], MessageFold], None]
+
+FOLDS: dict[str, Fold] = {
     "scan": fold_scans,
     "order": fold_orders,
     "pickup": fold_pickups,

@@ -141,7 +141,6 @@ class WindowState:
         self.clock = clock
         self._parts: dict[int, _Partition] = {}
         self.windows_closed = 0
-        self.keys_closed = 0
         self.late_events = 0
         self.replayed_skips = 0
 
@@ -356,7 +355,6 @@ class WindowState:
                 else:
                     on_acked()
                 closed += 1
-                self.keys_closed += len(records)
         self.windows_closed += closed
         return closed
 
@@ -414,15 +412,3 @@ class WindowState:
                 part.watermark_dirty = True
             closed += self.flush(partition)
         return closed
-
-    def open_windows(self) -> dict[WindowKey, list[int]]:
-        """Open windows and their values (without ``through``), summed over partitions."""
-        totals: dict[WindowKey, list[int]] = {}
-        for part in self._parts.values():
-            for (aggregate, start), bucket in part.open.items():
-                for shard in bucket.shards:
-                    for dims, entry in shard.items():
-                        row = totals.setdefault((aggregate, dims, start), [0] * (len(entry) - 1))
-                        for index, value in enumerate(entry[1:]):
-                            row[index] += value
-        return totals
