@@ -90,6 +90,12 @@ class CouponPolicy(Struct, kw_only=True, omit_defaults=True):
 
 
 class CouponDecision(Struct, kw_only=True):
+    """The state of one campaign at one store, written on every change.
+
+    ``evidence`` says why: the window, the values and the threshold that
+    made the rule fire (for example ``{"pressure": 0.9, "threshold": 0.8}``).
+    """
+
     campaign_id: str
     store_id: str
     state: Literal["open", "throttled", "paused"]
@@ -98,15 +104,46 @@ class CouponDecision(Struct, kw_only=True):
     ts: int
 
 
+AlertKind = Literal[
+    "restock",
+    "stock_out",
+    "pickup_congestion",
+    "shipment_stale",
+    "shipment_failed",
+    "eta_passed",
+    "carrier_on_time",
+    "demand_spike",
+]
+ALERT_KINDS: tuple[str, ...] = AlertKind.__args__  # type: ignore[attr-defined]
+Severity = Literal["info", "warning", "critical"]
+SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
+"""Mildest first: routes and digests order by this."""
+
+
 class Alert(Struct, kw_only=True, omit_defaults=True):
+    """One alert, sent to ct.alerts when it opens and again when it resolves.
+
+    ``key`` names the condition (kind and scope): at most one alert per key
+    is open. ``alert_id`` names this opening of it, so a condition that
+    clears and comes back is a new alert. Times are epoch ms of event time
+    (``opened_at``/``resolved_at``) and wall clock (``raised_at``), so a
+    replay of history alerts at the times things happened.
+    """
+
     alert_id: str
-    kind: str
-    severity: Literal["info", "warning", "critical"]
+    key: str
+    kind: AlertKind
+    severity: Severity
     status: Literal["open", "resolved"]
     message: str
+    """Human text in the configured language (Chinese by default)."""
     evidence: dict[str, Any]
+    """The window, the values and the threshold that made it fire."""
+    action: str | None = None
+    """What to do, for example where to transfer stock from."""
     opened_at: int
     resolved_at: int | None = None
+    raised_at: int = 0
     region: str | None = None
     store_id: str | None = None
     sku: str | None = None

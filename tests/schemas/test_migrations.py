@@ -89,12 +89,12 @@ def test_edited_migration_is_refused_and_new_file_applied(store: Client, tmp_pat
     shutil.copytree(DDL_DIR, ddl)
     apply_migrations(store, ddl)
 
-    (ddl / "0005_extra.sql").write_text(
+    (ddl / "9000_extra.sql").write_text(
         "-- a later change goes in a new file; this ';' in a comment does not split\n"
         "CREATE TABLE IF NOT EXISTS extra (a String DEFAULT 'x;y') "
         "ENGINE = MergeTree ORDER BY a;\n"
     )
-    assert apply_migrations(store, ddl) == ["0005_extra.sql"]
+    assert apply_migrations(store, ddl) == ["9000_extra.sql"]
     assert store.query("EXISTS TABLE extra").result_rows == [(1,)]
 
     edited = ddl / "0002_aggregates.sql"
