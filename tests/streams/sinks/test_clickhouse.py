@@ -187,7 +187,8 @@ def test_sink_writes_every_topic_exactly(
                                                     "raw": base64.b64encode(b"{}").decode()}),
                     None))
 
-    alert = {"alert_id": "a1", "key": "restock:S001:K1", "kind": "restock", "severity": "warning", "status": "open",
+    alert = {"alert_id": "a1", "key": "restock:S001:K1", "kind": "restock",
+             "severity": "warning", "status": "open",
              "message": "cover under lead time", "evidence": {"cover_h": 1.5, "lead_h": 4},
              "opened_at": now, "store_id": "S1", "sku": "K1"}
     records.append((t("alerts"), dumps(alert), None))
