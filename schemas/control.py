@@ -104,6 +104,33 @@ class CouponDecision(Struct, kw_only=True):
     ts: int
 
 
+class CouponSignal(Struct, kw_only=True):
+    """A live condition at a store that bears on a campaign there.
+
+    The rules that watch stores (pickup pressure, stock cover) live on the
+    partitions of the store; the campaign's ledger lives on the campaign's
+    partition. Signals carry the conditions across: keyed
+    ``campaign|store|cause|sku`` on ``ct.coupon-signals``, sent to the
+    campaign's partition. The ledger combines the active ones into the
+    campaign's state at the store (paused beats throttled beats open) and
+    writes a :class:`CouponDecision` when it changes.
+    """
+
+    campaign_id: str
+    store_id: str
+    cause: Literal["pickup_pressure", "stock_cover"]
+    sku: str | None = None
+    """The SKU short of cover (``stock_cover`` only)."""
+    active: bool
+    """True while the condition holds; False when it cleared."""
+    evidence: dict[str, Any]
+    ts: int
+    """Event time of the evaluation that changed the condition."""
+
+    def key(self) -> str:
+        return f"{self.campaign_id}|{self.store_id}|{self.cause}|{self.sku or ''}"
+
+
 AlertKind = Literal[
     "restock",
     "stock_out",

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.partitioner.default import murmur2
 
+from ctower.broker.topics import partition_for
 from ctower.schemas.events import Event, encoder
 from ctower.settings import STREAMS, Settings
 from ctower.simulator.clock import Pacer
@@ -35,11 +35,6 @@ _PARTITION_CACHE_MAX = 200_000
 MAX_ARRAY_BYTES = 900_000
 """An array is sent early rather than exceed this: brokers refuse messages over
 ``message.max.bytes`` (about 1 MB by default), whatever ``--batch`` says."""
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """Kafka's default partition of a keyed record (``Utils.toPositive(murmur2) % n``)."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(slots=True)

@@ -16,11 +16,22 @@ from typing import Any
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 
 from ctower.settings import CONTROL_TOPICS, STREAMS, Settings
 
 COMPACTED = frozenset({"coupon-policy"})
 """Topics that keep only the latest record per key (``cleanup.policy=compact``)."""
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partition of a keyed record (``Utils.toPositive(murmur2) % n``).
+
+    Producers that batch per partition, and records that must land beside
+    another topic's key (a coupon policy beside its campaign's events), use it
+    to pick the partition the Java client would.
+    """
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:

@@ -1,0 +1,137 @@
+"""Master data: the stores, regions, SKUs and campaigns the events refer to.
+
+Events carry ids only; the rules need what the ids stand for (a store's
+pickup capacity and region, the region's central warehouse, which SKUs a
+campaign covers, where stores are so the nearest one can be named) and so
+does the dashboard (regions for drill-down). The file is JSON, the shape
+``ctower simulate --chain PATH`` writes; a real chain exports the same from
+its ERP. ``CTOWER_MASTER_DATA_FILE`` names it; without one the rules fall
+back to their configured defaults (a default pickup capacity, no campaign
+scopes, the warehouse named ``WH-<region>``).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from pathlib import Path
+
+import msgspec
+from msgspec import Struct
+
+
+class StoreInfo(Struct, kw_only=True, frozen=True):
+    store_id: str
+    region_id: str
+    city: str = ""
+    lat: float = 0.0
+    lon: float = 0.0
+    pickup_capacity: int = 0
+    """Customers waiting at the pickup counter the store can hold comfortably."""
+    pickup_staff: int = 1
+
+
+class RegionInfo(Struct, kw_only=True, frozen=True):
+    region_id: str
+    name: str = ""
+    warehouse_id: str
+    """The central warehouse (中心仓) that restocks the region's stores."""
+
+
+class SkuInfo(Struct, kw_only=True, frozen=True):
+    sku: str
+    category: str = ""
+    price_fen: int = 0
+
+
+class CampaignInfo(Struct, kw_only=True, frozen=True):
+    campaign_id: str
+    kind: str
+    """``store_pickup`` (throttled by pickup pressure) or ``discount``."""
+    skus: list[str] = []
+    regions: list[str] = []
+    """Regions where it runs; empty means everywhere."""
+
+
+class MasterData(Struct, kw_only=True, dict=True):
+    regions: list[RegionInfo] = []
+    stores: list[StoreInfo] = []
+    skus: list[SkuInfo] = []
+    campaigns: list[CampaignInfo] = []
+
+    @cached_property
+    def store_by_id(self) -> dict[str, StoreInfo]:
+        return {s.store_id: s for s in self.stores}
+
+    @cached_property
+    def region_by_id(self) -> dict[str, RegionInfo]:
+        return {r.region_id: r for r in self.regions}
+
+    @cached_property
+    def campaign_by_id(self) -> dict[str, CampaignInfo]:
+        return {c.campaign_id: c for c in self.campaigns}
+
+    @cached_property
+    def warehouses(self) -> frozenset[str]:
+        return frozenset(r.warehouse_id for r in self.regions)
+
+    def region_of(self, location_id: str) -> str | None:
+        """The region of a store or of a central warehouse."""
+        store = self.store_by_id.get(location_id)
+        if store is not None:
+            return store.region_id
+        for region in self.regions:
+            if region.warehouse_id == location_id:
+                return region.region_id
+        return None
+
+    def warehouse_for(self, location_id: str) -> str | None:
+        region = self.region_of(location_id)
+        info = self.region_by_id.get(region) if region else None
+        return info.warehouse_id if info else None
+
+    def nearest_stores(self, store_id: str, k: int = 5) -> list[tuple[str, float]]:
+        """Other stores of the same region, nearest first, with km.
+
+        Transfers (调拨) between stores only make sense within a region.
+        """
+        here = self.store_by_id.get(store_id)
+        if here is None:
+            return []
+        others = [
+            (s.store_id, _km(here.lat, here.lon, s.lat, s.lon))
+            for s in self.stores
+            if s.region_id == here.region_id and s.store_id != store_id
+        ]
+        others.sort(key=lambda pair: (pair[1], pair[0]))
+        return [(sid, round(km, 2)) for sid, km in others[:k]]
+
+    def campaigns_at(self, store_id: str) -> list[CampaignInfo]:
+        region = self.region_of(store_id)
+        return [c for c in self.campaigns if not c.regions or region in c.regions]
+
+
+def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 6371.0 * 2 * math.asin(math.sqrt(a))
+
+
+class MasterDataError(ValueError):
+    """The master-data file cannot be read; the message names the file and the field."""
+
+
+_decoder = msgspec.json.Decoder(MasterData)
+
+
+def load_master_data(path: Path) -> MasterData:
+    """Read a master-data file (extra fields, such as the simulator's, are ignored)."""
+    try:
+        return _decoder.decode(path.read_bytes())
+    except OSError as exc:
+        raise MasterDataError(f"{path}: {exc.strerror or exc}") from None
+    except msgspec.ValidationError as exc:
+        raise MasterDataError(f"{path}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise MasterDataError(f"{path}: not JSON: {exc}") from None
