@@ -25,7 +25,14 @@ from pydantic_settings import (
 STREAMS = ("scan", "order", "pickup", "logistics", "inventory", "coupon")
 """The six event streams of the domain, one Kafka topic each."""
 
-CONTROL_TOPICS = ("coupon-policy", "coupon-decisions", "alerts", "dead-letter", "aggregates")
+CONTROL_TOPICS = (
+    "coupon-policy",
+    "coupon-decisions",
+    "alerts",
+    "dead-letter",
+    "aggregates",
+    "alert-acks",
+)
 """Control and output topics. ``aggregates`` carries closed windows to the sink."""
 
 
@@ -107,6 +114,15 @@ class Settings(BaseSettings):
     )
     dashboard_port: int = Field(8501, ge=1024, le=65535, description="Streamlit port.")
     language: Literal["zh", "en"] = Field("zh", description="Language of labels and messages.")
+    dashboard_refresh_seconds: float = Field(
+        2.0, ge=0, le=300,
+        description="How often the dashboard's live figures refresh; 0 = only on interaction.",
+    )
+    operator_token: str = Field(
+        "",
+        description="Password or token that unlocks the dashboard's controls (coupon caps, "
+        "pause/resume, alert acknowledgement); secret, environment only; empty = locked.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -224,7 +240,7 @@ class Settings(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to print: secrets are masked."""
         shown = self.model_dump(mode="json")
-        for secret in ("store_password",):
+        for secret in ("store_password", "operator_token"):
             if shown.get(secret):
                 shown[secret] = "***"
         return shown

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-PAGE = Path(__file__).with_name("app.py")
+PAGE = Path(__file__).resolve().with_name("app.py")
 
 
 def streamlit_command(host: str, port: int, headless: bool = True) -> list[str]:

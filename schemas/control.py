@@ -178,3 +178,19 @@ class Alert(Struct, kw_only=True, omit_defaults=True):
 
 
 encoder = msgspec.json.Encoder()
+
+
+class AlertAck(Struct, kw_only=True):
+    """An operator's acknowledgement of an alert, sent from the dashboard.
+
+    Acknowledging does not resolve anything (only the rule that raised the
+    alert can, when its condition clears); it tells the other people on duty
+    that someone is on it. It travels through Kafka (``alert-acks``) because
+    in embedded mode the sink is the only process that may write the store.
+    """
+
+    alert_id: str
+    acked_by: str
+    note: str = ""
+    ts: int
+    """Wall clock, epoch ms."""

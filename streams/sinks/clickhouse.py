@@ -55,6 +55,7 @@ from clickhouse_connect.driver.client import Client
 
 from ctower.schemas.control import (
     Alert,
+    AlertAck,
     ClosedWindow,
     CouponDecision,
     CouponPolicy,
@@ -377,6 +378,7 @@ def control_writers() -> dict[str, TableWriter]:
             "coupon_decisions", CouponDecision, {"evidence": _evidence}
         ),
         "coupon-policy": TableWriter("coupon_policies", CouponPolicy, {"store_id": _policy_store}),
+        "alert-acks": TableWriter("alert_acks", AlertAck, {}),
     }
 
 

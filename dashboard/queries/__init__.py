@@ -1,0 +1,47 @@
+"""The dashboard's questions, one module per domain, as SQL over the store.
+
+:func:`refresh_queries` lists what the pages run on every refresh, so the
+benchmark measures exactly those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+
+def refresh_queries(minutes: int = 60) -> dict[str, Callable[[Client], Any]]:
+    """Query name -> a call of it as the pages make it every refresh."""
+    from ctower.dashboard.queries import alerts, coupons, inventory, logistics, pickup, sales
+
+    def feed_and_deliveries(client: Client) -> Any:
+        feed = alerts.alert_feed(client, status=None)
+        return alerts.deliveries(client, [str(a) for a in feed["alert_id"]])
+
+    return {
+        "sales_pulse": lambda c: sales.sales_pulse(c, minutes),
+        "minute_trend": lambda c: sales.minute_trend(c, minutes),
+        "store_sales": lambda c: sales.store_sales(c, minutes),
+        "store_minute_trend": lambda c: sales.store_minute_trend(c, minutes, "S001"),
+        "pickup_now": pickup.pickup_now,
+        "pickup_trend": lambda c: pickup.pickup_trend(
+            c, minutes, [f"S{i:03d}" for i in range(1, 9)]
+        ),
+        "stock_summary": lambda c: inventory.stock_summary(c, 4.0),
+        "stock_risk": lambda c: inventory.stock_risk(c, 4.0),
+        "shipments_by_status": logistics.shipments_by_status,
+        "late_shipments": logistics.late_shipments,
+        "failed_shipments": logistics.failed_shipments,
+        "on_time_by_carrier_region": lambda c: logistics.on_time_by_carrier_region(c, minutes),
+        "on_time_rate": lambda c: logistics.on_time_rate(c, minutes),
+        "caps_in_force": coupons.caps_in_force,
+        "issued_by_store": lambda c: coupons.issued_by_store(c, minutes),
+        "held_back": coupons.held_back,
+        "campaign_ids": coupons.campaign_ids,
+        "open_alert_count": alerts.open_alert_count,
+        "alert_feed_open": lambda c: alerts.alert_feed(c, status="open"),
+        "alert_feed_deliveries": feed_and_deliveries,
+        "route_health": alerts.route_health,
+    }

@@ -1,0 +1,54 @@
+"""Which region each store belongs to, for the region views and drill-down.
+
+Events carry store ids only. The master data file (``master_data_file``,
+written by ``ctower simulate --chain``) says where each store is; stores it
+does not name take the region the rules reported with their pickup levels,
+and otherwise fall into an "unknown region" bucket rather than vanishing
+from the totals.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+from ctower.schemas.master_data import MasterDataError, load_master_data
+from ctower.settings import Settings
+
+
+@lru_cache(maxsize=4)
+def _from_file(path: str, mtime_ns: int) -> dict[str, str]:
+    data = load_master_data(Path(path))
+    return {s.store_id: s.region_id for s in data.stores}
+
+
+def master_regions(settings: Settings) -> dict[str, str]:
+    """store_id -> region_id from the master data file (reread when it changes)."""
+    path = settings.master_data_file
+    if path is None:
+        return {}
+    try:
+        return _from_file(str(path), path.stat().st_mtime_ns)
+    except (OSError, MasterDataError):
+        return {}
+
+
+def store_regions(settings: Settings, pickup_levels: pd.DataFrame | None = None) -> dict[str, str]:
+    """store_id -> region_id from the master data, completed by the rules' levels."""
+    regions: dict[str, str] = {}
+    if pickup_levels is not None and not pickup_levels.empty:
+        regions.update(
+            {str(s): str(r) for s, r in zip(pickup_levels["store_id"], pickup_levels["region"],
+                                             strict=True) if r}
+        )
+    regions.update(master_regions(settings))
+    return regions
+
+
+def with_region(frame: pd.DataFrame, regions: dict[str, str], unknown: str) -> pd.DataFrame:
+    """A copy of ``frame`` (which has ``store_id``) with a ``region`` column."""
+    out = frame.copy()
+    out["region"] = [regions.get(str(s), unknown) for s in out["store_id"]]
+    return out
