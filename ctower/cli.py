@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ctower.demo", "demo"),
     "bench": ("ctower.bench", "bench"),
     "settings": ("ctower.cli", "show_settings"),
+    "alerts": ("ctower.streams.sinks.wechat.command", "alerts"),
 }
 
 

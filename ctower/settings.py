@@ -31,6 +31,7 @@ CONTROL_TOPICS = (
     "alerts",
     "dead-letter",
     "aggregates",
+    "alert-deliveries",
     "alert-acks",
 )
 """Control and output topics. ``aggregates`` carries closed windows to the sink."""
@@ -124,6 +125,38 @@ class Settings(BaseSettings):
         "pause/resume, alert acknowledgement); secret, environment only; empty = locked.",
     )
 
+    # --- Alerts to WeChat Work --------------------------------------------
+    alert_routes_file: Path | None = Field(
+        None,
+        description="TOML routing of alerts to WeChat Work group robots; unset = no delivery.",
+    )
+    webhook_secrets_file: Path | None = Field(
+        None,
+        description="TOML file of robot name = webhook URL (secret); CTOWER_WEBHOOK_<ROBOT> "
+        "variables win over it.",
+    )
+    alert_rate_per_minute: int = Field(
+        20, ge=1, le=1000, description="Messages per robot per rate window (WeChat allows 20)."
+    )
+    alert_rate_window_seconds: float = Field(
+        60.0, gt=0, le=3600,
+        description="The rate window ('minute'); shorter only for tests.",
+    )
+    alert_retry_base_seconds: float = Field(
+        1.0, gt=0, description="First back-off after a failed send (doubles, with jitter)."
+    )
+    alert_retry_max_seconds: float = Field(
+        60.0, gt=0, description="Longest back-off between two tries of one message."
+    )
+    alert_send_timeout_seconds: float = Field(
+        5.0, gt=0, le=120, description="Longest wait for the webhook's answer."
+    )
+    dashboard_url: str | None = Field(
+        None,
+        description="Base URL of the dashboard linked from alert messages; "
+        "unset = http://<dashboard_host>:<dashboard_port>.",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -193,6 +226,33 @@ class Settings(BaseSettings):
             seen[port] = name
         return self
 
+    @field_validator("alert_routes_file", "webhook_secrets_file", mode="before")
+    @classmethod
+    def _existing_file(cls, value: object) -> Path | None:
+        if value is None or str(value).strip() == "":
+            return None
+        path = Path(str(value)).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        return path
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _check_dashboard_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not re.fullmatch(r"https?://\S+", value.strip()):
+            raise ValueError("expected an http(s):// URL")
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _retry_bounds(self) -> Settings:
+        if self.alert_retry_max_seconds < self.alert_retry_base_seconds:
+            raise ValueError(
+                "alert_retry_max_seconds must be at least alert_retry_base_seconds"
+            )
+        return self
+
     # --- Derived values ---------------------------------------------------
     @property
     def bootstrap(self) -> str:
@@ -216,6 +276,11 @@ class Settings(BaseSettings):
         if not self.store_is_embedded:
             raise SettingsError("store_dsn: not an embedded (chdb://) store")
         return Path(self.dsn[len("chdb://"):])
+
+    @property
+    def dashboard_link(self) -> str:
+        """Where alert messages link to: the configured URL or the local dashboard."""
+        return self.dashboard_url or f"http://{self.dashboard_host}:{self.dashboard_port}"
 
     def topic(self, name: str) -> str:
         """The full topic name of a stream or control topic (``scan`` -> ``ct.scan``)."""
@@ -243,6 +308,9 @@ class Settings(BaseSettings):
         for secret in ("store_password", "operator_token"):
             if shown.get(secret):
                 shown[secret] = "***"
+        for name, value in shown.items():  # a webhook URL is a secret wherever it appears
+            if isinstance(value, str) and "key=" in value:
+                shown[name] = re.sub(r"key=[^&\s]+", "key=***", value)
         return shown
 
 

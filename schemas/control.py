@@ -194,3 +194,45 @@ class AlertAck(Struct, kw_only=True):
     note: str = ""
     ts: int
     """Wall clock, epoch ms."""
+
+
+DeliveryResult = Literal[
+    "delivered", "digest", "retry", "rate_limited", "broken", "rejected", "crashed", "rerouted",
+]
+DELIVERY_RESULTS: tuple[str, ...] = DeliveryResult.__args__  # type: ignore[attr-defined]
+
+
+class AlertDelivery(Struct, kw_only=True):
+    """One attempt to deliver an alert to a WeChat Work group robot.
+
+    Sent to ``ct.alert-deliveries`` by ``ctower alerts deliver`` for every
+    try, so the store shows each attempt, not only the outcome. ``delivery_id``
+    names (alert, status, route, robot); with ``attempt`` it is the record's
+    natural key, so a record re-sent after a crash collapses into one row.
+
+    ``result``: ``delivered`` (errcode 0), ``digest`` (errcode 0, rolled up in
+    a digest), ``retry`` (-1, HTTP 5xx, timeout), ``rate_limited`` (45009),
+    ``broken`` (93000 or another error of the route itself), ``rejected``
+    (the message was refused), ``crashed`` (the process died before the
+    answer was recorded), ``rerouted`` (no send: the route is broken and the
+    fallback takes it). ``robot`` is the robot's name and masked key, never
+    the webhook URL. A test message has ``alert_id`` '' and kind ``test``.
+    """
+
+    delivery_id: str
+    alert_id: str
+    alert_key: str
+    kind: str
+    severity: str
+    route: str
+    robot: str
+    attempt: int
+    result: DeliveryResult
+    errcode: int | None = None
+    http_status: int | None = None
+    latency_ms: float = 0.0
+    message_kind: Literal["markdown", "text", "digest", "test"]
+    ts: int
+    """Wall clock (epoch ms) when the attempt ended."""
+    detail: str = ""
+    """What went wrong, in words, secrets masked ('' when delivered)."""

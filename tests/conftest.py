@@ -1,5 +1,7 @@
 """Shared fixtures: they start real processes (a Kafka broker, a webhook
-server, workers), never mocks of them.
+server, workers), never mocks of them. The one stand-in is the WeChat Work
+webhook service itself (:class:`FakeWebhook`), a real HTTP server on
+127.0.0.1 that answers as the documented API does.
 
 The broker is started once per test session by the project's own launcher
 (``ctower.broker.local``) on a free port with its data in a temporary folder;
@@ -10,17 +12,21 @@ other's events.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -190,3 +196,159 @@ def env_for() -> Callable[[Settings], dict[str, str]]:
 def free_port_fixture() -> Callable[[], int]:
     """``free_port`` for tests (conftest is not importable in importlib mode)."""
     return free_port
+
+
+# --------------------------------------------------------------------------
+# A local WeChat Work group robot webhook
+# --------------------------------------------------------------------------
+
+WEBHOOK_PATH = "/cgi-bin/webhook/send"
+WEBHOOK_LIMITS = {"text": 2048, "markdown": 4096, "markdown_v2": 4096}
+
+
+class FakeWebhook:
+    """Answers as ``qyapi.weixin.qq.com/cgi-bin/webhook/send`` is documented to
+    (see /work/shared/notes/facts.md), on 127.0.0.1, in a real server thread.
+
+    - errcode 0 with HTTP 200 for a good message to a known key;
+    - 93000 for an unknown key; 40008 for an unknown msgtype; 44004 for empty
+      content; 45002 for content over its byte limit;
+    - 45009 once a key has had ``per_window`` requests in the last ``window``
+      seconds - every request counts, failed ones too;
+    - on demand (:meth:`fail`): errcode -1 or an HTTP status (500) for the next
+      requests of a key; and a ``delay`` before every answer.
+
+    Every request is kept in :attr:`received`, in arrival order.
+    """
+
+    def __init__(self, per_window: int = 20, window: float = 60.0) -> None:
+        self.per_window = per_window
+        self.window = window
+        self.delay = 0.0
+        self.keys: set[str] = set()
+        self.received: list[dict[str, Any]] = []
+        self._forced: dict[str, list[tuple[int, int | None]]] = {}
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # quiet: the test reads fake.received instead
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                status, answer = fake._answer(self.path, raw)
+                if fake.delay:
+                    time.sleep(fake.delay)
+                data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout) or was killed
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> FakeWebhook:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def url(self, key: str) -> str:
+        return f"http://127.0.0.1:{self.port}{WEBHOOK_PATH}?key={key}"
+
+    def add_key(self, key: str) -> str:
+        """Make ``key`` a valid robot; returns its webhook URL."""
+        with self._lock:
+            self.keys.add(key)
+        return self.url(key)
+
+    def fail(self, key: str, *answers: tuple[int, int | None]) -> None:
+        """The next requests of ``key`` get these (http status, errcode) answers:
+        ``(200, -1)`` system busy, ``(500, None)`` an HTTP error."""
+        with self._lock:
+            self._forced.setdefault(key, []).extend(answers)
+
+    def _answer(self, path: str, raw: bytes) -> tuple[int, Any]:
+        now = time.time()
+        parts = urlsplit(path)
+        key = (parse_qs(parts.query).get("key") or [""])[0]
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        entry: dict[str, Any] = {"t": now, "key": key, "body": body}
+        with self._lock:
+            recent = [r for r in self.received
+                      if r["key"] == key and r["t"] > now - self.window]
+            self.received.append(entry)
+            forced = self._forced.get(key)
+            if parts.path != WEBHOOK_PATH:
+                status, answer = 404, b"not found"
+            elif key not in self.keys:
+                status, answer = 200, {"errcode": 93000, "errmsg": "invalid webhook url"}
+            elif len(recent) >= self.per_window:
+                status, answer = 200, {"errcode": 45009, "errmsg": "api freq out of limit"}
+            elif forced:
+                code, errcode = forced.pop(0)
+                answer = ({"errcode": errcode, "errmsg": "system busy"} if errcode is not None
+                          else b"<html>Internal Server Error</html>")
+                status = code
+            else:
+                status, answer = 200, self._check(body)
+        entry["status"] = status
+        entry["errcode"] = answer.get("errcode") if isinstance(answer, dict) else None
+        return status, answer
+
+    @staticmethod
+    def _check(body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or body.get("msgtype") not in WEBHOOK_LIMITS:
+            return {"errcode": 40008, "errmsg": "invalid message type"}
+        content = (body.get(body["msgtype"]) or {}).get("content") or ""
+        if not content:
+            return {"errcode": 44004, "errmsg": "empty content"}
+        if len(content.encode("utf-8")) > WEBHOOK_LIMITS[body["msgtype"]]:
+            return {"errcode": 45002, "errmsg": "content size out of limit"}
+        return {"errcode": 0, "errmsg": "ok"}
+
+    def delivered(self, key: str | None = None) -> list[dict[str, Any]]:
+        """The requests answered errcode 0 (of one key, or all), in order."""
+        with self._lock:
+            return [r for r in self.received
+                    if r["errcode"] == 0 and (key is None or r["key"] == key)]
+
+    def answers(self, key: str | None = None) -> list[int | None]:
+        with self._lock:
+            return [r["errcode"] for r in self.received if key is None or r["key"] == key]
+
+    def max_in_window(self, key: str) -> int:
+        """The most requests ``key`` had in any ``window`` seconds."""
+        with self._lock:
+            times = sorted(r["t"] for r in self.received if r["key"] == key)
+        best = 0
+        start = 0
+        for end, t in enumerate(times):
+            while times[start] <= t - self.window:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
+
+@pytest.fixture
+def webhook_server() -> Iterator[FakeWebhook]:
+    """A fake WeChat Work webhook on 127.0.0.1 (see :class:`FakeWebhook`)."""
+    server = FakeWebhook().start()
+    try:
+        yield server
+    finally:
+        server.stop()

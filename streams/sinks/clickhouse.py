@@ -2,7 +2,7 @@
 
 One process consumes the six raw event topics and the output topics
 (closed windows and late events on ``aggregates``, dead letters, alerts,
-coupon decisions and policies) and inserts them into the tables of
+alert deliveries, coupon decisions and policies) and inserts them into the tables of
 ``schemas/ddl``.
 
 Why it is shaped this way:
@@ -56,6 +56,7 @@ from clickhouse_connect.driver.client import Client
 from ctower.schemas.control import (
     Alert,
     AlertAck,
+    AlertDelivery,
     ClosedWindow,
     CouponDecision,
     CouponPolicy,
@@ -379,6 +380,7 @@ def control_writers() -> dict[str, TableWriter]:
         ),
         "coupon-policy": TableWriter("coupon_policies", CouponPolicy, {"store_id": _policy_store}),
         "alert-acks": TableWriter("alert_acks", AlertAck, {}),
+        "alert-deliveries": TableWriter("alert_deliveries", AlertDelivery, {}),
     }
 
 

@@ -1,0 +1,220 @@
+"""``ctower alerts deliver`` as a real process, with the project's Kafka
+broker, the fake webhook, and (for the crash test) the real sink and
+embedded ClickHouse. Alerts are produced to ct.alerts by the test itself.
+
+- A storm of 500 alerts within one rate window: no robot ever gets more
+  than 20 messages in any window (the fake webhook enforces the same window
+  and would answer 45009), and every alert is accounted for exactly once,
+  in its own message or in a digest's count.
+- SIGKILL during delivery, then a restart: every alert is delivered at least
+  once, and ClickHouse shows every attempt of every delivery.
+
+The rate window is shortened to a few seconds (``alert_rate_window_seconds``)
+on both sides, the service and the fake webhook, so the limit tested is the
+real one - 20 per window - without waiting minutes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from kafka import KafkaProducer
+
+from ctower.broker.topics import ensure_topics
+from ctower.schemas.control import Alert
+from ctower.settings import Settings
+from ctower.store import open_store
+from ctower.streams.sinks.wechat.outbox import DELIVERED, Outbox
+
+pytestmark = pytest.mark.kafka
+
+ROUTES = """
+[[routes]]
+name = "stock"
+kinds = ["stock_out"]
+
+[fallback]
+robots = ["ops"]
+"""
+
+KIND_LABELS = {"缺货": "stock_out", "需求激增": "demand_spike"}
+SINGLE = re.compile(r"告警 (a\d+) · 投递 (d[0-9a-f]+)")
+DIGEST = re.compile(r"告警汇总 (g[0-9a-f]+) · (\d+)")
+BY_KIND = re.compile(r"按类型：(.*)")
+
+encode = msgspec.json.Encoder().encode
+
+
+def produce(settings: Settings, alerts: list[Alert], per_second: float | None = None) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5)
+    try:
+        started = time.monotonic()
+        for n, alert in enumerate(alerts):
+            producer.send(settings.topic("alerts"), key=alert.alert_id.encode(),
+                          value=encode(alert))
+            if per_second:
+                ahead = n / per_second - (time.monotonic() - started)
+                if ahead > 0:
+                    producer.flush()
+                    time.sleep(ahead)
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def content(request: dict[str, Any]) -> str:
+    body = request["body"]
+    return str(body[body["msgtype"]]["content"])
+
+
+def accounted(requests: list[dict[str, Any]]) -> tuple[Counter[str], Counter[str]]:
+    """(alert id -> times sent singly, kind -> alerts in digests) from what
+    the robots received with errcode 0."""
+    singles: Counter[str] = Counter()
+    digested: Counter[str] = Counter()
+    for request in requests:
+        text = content(request)
+        digest = DIGEST.search(text)
+        if digest:
+            counts = dict(part.rsplit(" ", 1) for part in BY_KIND.search(text).group(1).split("，"))
+            assert sum(int(n) for n in counts.values()) == int(digest.group(2))
+            for label, n in counts.items():
+                digested[KIND_LABELS[label]] += int(n)
+            continue
+        single = SINGLE.search(text)
+        assert single, text
+        singles[single.group(1)] += 1
+    return singles, digested
+
+
+def test_a_storm_of_500_alerts_keeps_20_per_window_and_accounts_for_every_alert(
+    settings_factory: Callable[..., Settings], ctower_process: Callable[..., Any],
+    webhook_server: Any, make_alert: Callable[..., Alert], poll: Callable[..., Any],
+    write_routes: Callable[[str], Path], write_secrets: Callable[[dict[str, str]], Path],
+) -> None:
+    window = 6.0
+    webhook_server.per_window, webhook_server.window = 20, window
+    urls = {"stock": webhook_server.add_key("k-storm-stock"),
+            "ops": webhook_server.add_key("k-storm-ops")}
+    settings = settings_factory(
+        alert_routes_file=write_routes(ROUTES), webhook_secrets_file=write_secrets(urls),
+        alert_rate_per_minute=20, alert_rate_window_seconds=window,
+        alert_retry_base_seconds=0.2, alert_retry_max_seconds=1.0,
+    )
+    ensure_topics(settings)
+    deliver = ctower_process(settings, "deliver", "alerts", "deliver")
+    kinds = ["stock_out"] * 300 + ["demand_spike"] * 200
+    severities = ["info", "warning", "critical"]
+    alerts = [make_alert(kind=kind, severity=severities[n % 3]) for n, kind in enumerate(kinds)]
+    alerts = alerts[::2] + alerts[1::2]  # the two robots' alerts interleaved
+    produce(settings, alerts, per_second=500 / (window * 0.8))  # all within one window
+
+    want = Counter(kinds)
+
+    def all_accounted() -> Any:
+        assert deliver.alive(), deliver.log_tail()
+        singles, digested = accounted(webhook_server.delivered())
+        got = Counter({kind: digested[kind] for kind in want})
+        by_id = {a.alert_id: a.kind for a in alerts}
+        for alert_id in singles:
+            got[by_id[alert_id]] += 1
+        return (singles, digested) if got == want else False
+
+    singles, digested = poll(all_accounted, 90, "not every alert reached a robot", every=0.5)
+    assert max(singles.values()) == 1  # nothing sent twice
+    assert digested, "a storm this size must be rolled up"
+    for key in ("k-storm-stock", "k-storm-ops"):
+        assert 0 < webhook_server.max_in_window(key) <= 20
+    assert 45009 not in webhook_server.answers()
+    assert len(webhook_server.received) < 2 * 20 * 3  # a few windows' worth, not 500
+    # the outbox agrees: every (alert, robot) item delivered
+    outbox = Outbox(settings.data_dir / "alerts" / "outbox.sqlite3")
+    try:
+        poll(lambda: outbox.counts() == {DELIVERED: 500}, 30, "outbox not all delivered")
+    finally:
+        outbox.close()
+    deliver.stop()
+    assert deliver.proc is not None and deliver.proc.returncode == 0, deliver.log_tail()
+    assert "k-storm-stock" not in deliver.log_path.read_text()  # keys never logged
+
+
+def test_sigkill_during_delivery_then_restart_delivers_everything_and_records_each_attempt(
+    settings_factory: Callable[..., Settings], ctower_process: Callable[..., Any],
+    webhook_server: Any, make_alert: Callable[..., Alert], poll: Callable[..., Any],
+    write_routes: Callable[[str], Path], write_secrets: Callable[[dict[str, str]], Path],
+) -> None:
+    webhook_server.delay = 0.15  # slow answers: the kill lands while sends are in flight
+    webhook_server.per_window = 1000  # rates are the storm test's business
+    urls = {"stock": webhook_server.add_key("k-crash-stock"),
+            "ops": webhook_server.add_key("k-crash-ops")}
+    settings = settings_factory(
+        alert_routes_file=write_routes(ROUTES), webhook_secrets_file=write_secrets(urls),
+        alert_rate_per_minute=1000, sink_batch_seconds=0.3,
+        alert_retry_base_seconds=0.2, alert_retry_max_seconds=1.0,
+    )
+    ensure_topics(settings)
+    sink = ctower_process(settings, "sink", "sink")
+    sink.wait_http(f"http://127.0.0.1:{settings.store_http_port}/ping")
+    deliver = ctower_process(settings, "deliver", "alerts", "deliver")
+    webhook_server.fail("k-crash-stock", (200, -1), (500, None))  # some retries to record
+    alerts = [make_alert(kind="stock_out" if n % 2 else "demand_spike") for n in range(60)]
+    produce(settings, alerts)
+    poll(lambda: len(webhook_server.delivered()) >= 15, 60,
+         "delivery never got going:\n" + deliver.log_tail())
+    deliver.kill()
+    killed_at = len(webhook_server.received)
+    assert killed_at < 62, "everything was sent before the kill: nothing tested"
+    restarted = ctower_process(settings, "deliver-again", "alerts", "deliver")
+    ids = {a.alert_id for a in alerts}
+
+    def all_delivered() -> Any:
+        assert restarted.alive(), restarted.log_tail()
+        sent = {m.group(1) for r in webhook_server.delivered()
+                if (m := SINGLE.search(content(r)))}
+        return sent >= ids
+
+    poll(all_delivered, 90, "not every alert was delivered after the restart")
+    # what the robots got, per delivery id (every request carries it)
+    received: Counter[str] = Counter()
+    for request in webhook_server.received:
+        match = SINGLE.search(content(request))
+        assert match, content(request)
+        received[match.group(2)] += 1
+    client = open_store(settings, path_fallback=False)
+
+    def attempts() -> Any:
+        rows = client.query(
+            "SELECT delivery_id, alert_id, groupArray((attempt, result)) FROM "
+            "(SELECT * FROM alert_deliveries FINAL ORDER BY attempt) GROUP BY delivery_id, "
+            "alert_id"
+        ).result_rows
+        found = {d: (a, sorted(tuple(x) for x in tries)) for d, a, tries in rows}
+        done = {a for a, tries in found.values() if tries and tries[-1][1] == "delivered"}
+        return found if done >= ids else False
+
+    found = poll(attempts, 90, "ClickHouse never showed every delivery")
+    assert {a for a, _ in found.values()} == ids
+    for delivery, (_, tries) in found.items():
+        numbers = [n for n, _ in tries]
+        assert numbers == list(range(1, len(numbers) + 1)), tries  # no attempt missing
+        assert tries[-1][1] == "delivered"
+        # each request the robot got is an attempt on record (a crashed attempt
+        # may not have reached it)
+        assert received[delivery] <= len(tries), (delivery, tries, received[delivery])
+        assert {r for _, r in tries} <= {"delivered", "retry", "crashed"}
+    results = Counter(r for _, tries in found.values() for _, r in tries)
+    assert results["retry"] >= 2
+    assert results["crashed"] >= 1, "the kill should have caught a send in flight"
+    health = client.query(
+        "SELECT route, last_result, broken, delivered_1h FROM route_health_v ORDER BY route"
+    ).result_rows
+    assert [(r[0], r[1], bool(r[2])) for r in health] == [
+        ("fallback", "delivered", False), ("stock", "delivered", False)]
+    assert sum(int(r[3]) for r in health) == len(found)
