@@ -159,7 +159,7 @@ def worker_counter(settings: Settings) -> Callable[[], int | None]:
                 stats = json.load(answer)
         except OSError:
             return None
-        return sum(s["events"] for s in stats.values())
+        return sum(s.get("events", 0) for s in stats.values())
 
     return count
 

@@ -28,13 +28,20 @@ STREAMS = ("scan", "order", "pickup", "logistics", "inventory", "coupon")
 CONTROL_TOPICS = (
     "coupon-policy",
     "coupon-decisions",
+    "coupon-signals",
     "alerts",
     "dead-letter",
     "aggregates",
+    "stock-levels",
+    "pickup-levels",
+    "stock-moves",
+    "lanes",
     "alert-deliveries",
     "alert-acks",
 )
-"""Control and output topics. ``aggregates`` carries closed windows to the sink."""
+"""Control and output topics. ``aggregates`` carries closed windows to the sink;
+``stock-moves`` and ``lanes`` are internal: events re-keyed for the rules (by
+SKU, by carrier and region)."""
 
 
 class SettingsError(RuntimeError):
@@ -108,6 +115,35 @@ class Settings(BaseSettings):
         3600.0, ge=0, description="Events further in the future than this are malformed."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- Decisions (rules, coupons) ----------------------------------------
+    master_data_file: Path | None = Field(
+        None,
+        description="JSON master data (stores, regions, SKUs, campaigns), as written by "
+        "`ctower simulate --chain`; unset = rule defaults.",
+    )
+    rules_file: Path | None = Field(
+        None,
+        description="TOML rules file (thresholds; see tables/rules/rules.toml), re-read when "
+        "it changes; unset = the defaults.",
+    )
+
+    # --- Coupons -----------------------------------------------------------
+    coupon_api_token: str | None = Field(
+        None,
+        repr=False,
+        description="Bearer token the coupon API asks of reservations and policy changes "
+        "(secret, environment only); unset = the API answers 503.",
+    )
+    coupon_default_window_seconds: int = Field(
+        3600, ge=1, le=31 * 86400,
+        description="Window a campaign counts issuance in before any policy names one.",
+    )
+    coupon_route_timeout_seconds: float = Field(
+        2.0, gt=0, le=60,
+        description="Longest wait for the worker that owns a campaign when a request is "
+        "forwarded to it.",
+    )
 
     # --- Dashboard -------------------------------------------------------
     dashboard_host: str = Field(
@@ -305,7 +341,7 @@ class Settings(BaseSettings):
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to print: secrets are masked."""
         shown = self.model_dump(mode="json")
-        for secret in ("store_password", "operator_token"):
+        for secret in ("store_password", "operator_token", "coupon_api_token"):
             if shown.get(secret):
                 shown[secret] = "***"
         for name, value in shown.items():  # a webhook URL is a secret wherever it appears

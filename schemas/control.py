@@ -131,6 +131,35 @@ class CouponSignal(Struct, kw_only=True):
         return f"{self.campaign_id}|{self.store_id}|{self.cause}|{self.sku or ''}"
 
 
+class StockLevel(Struct, kw_only=True):
+    """The live stock of a (location, SKU) as the rules see it, for the dashboard."""
+
+    location_id: str
+    sku: str
+    region: str
+    on_hand: int
+    velocity_per_h: float
+    cover_h: float | None
+    """On hand / velocity; None while too few sales to judge."""
+    transfer_from: str | None = None
+    ts: int
+
+
+class PickupLevel(Struct, kw_only=True):
+    """A store's pickup queue as the rules see it, for the dashboard."""
+
+    store_id: str
+    region: str
+    waiting: int
+    capacity: int
+    pressure: float
+    p90_wait_s: float | None
+    arrivals_15m: int
+    served_15m: int
+    throttled: bool = False
+    ts: int
+
+
 AlertKind = Literal[
     "restock",
     "stock_out",
@@ -180,22 +209,6 @@ class Alert(Struct, kw_only=True, omit_defaults=True):
 encoder = msgspec.json.Encoder()
 
 
-class AlertAck(Struct, kw_only=True):
-    """An operator's acknowledgement of an alert, sent from the dashboard.
-
-    Acknowledging does not resolve anything (only the rule that raised the
-    alert can, when its condition clears); it tells the other people on duty
-    that someone is on it. It travels through Kafka (``alert-acks``) because
-    in embedded mode the sink is the only process that may write the store.
-    """
-
-    alert_id: str
-    acked_by: str
-    note: str = ""
-    ts: int
-    """Wall clock, epoch ms."""
-
-
 DeliveryResult = Literal[
     "delivered", "digest", "retry", "rate_limited", "broken", "rejected", "crashed", "rerouted",
 ]
@@ -236,3 +249,19 @@ class AlertDelivery(Struct, kw_only=True):
     """Wall clock (epoch ms) when the attempt ended."""
     detail: str = ""
     """What went wrong, in words, secrets masked ('' when delivered)."""
+
+
+class AlertAck(Struct, kw_only=True):
+    """An operator's acknowledgement of an alert, sent from the dashboard.
+
+    Acknowledging does not resolve anything (only the rule that raised the
+    alert can, when its condition clears); it tells the other people on duty
+    that someone is on it. It travels through Kafka (``alert-acks``) because
+    in embedded mode the sink is the only process that may write the store.
+    """
+
+    alert_id: str
+    acked_by: str
+    note: str = ""
+    ts: int
+    """Wall clock, epoch ms."""

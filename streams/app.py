@@ -22,6 +22,7 @@ from ctower.schemas.control import ClosedWindow, DeadLetter, LateEvent
 from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.wire import EventDecoder
 from ctower.settings import STREAMS, Settings
+from ctower.streams.decisions import DecisionLayer, RuleProcessor
 from ctower.streams.processing import RawMessage, StreamProcessor
 from ctower.tables.folds import SPECS_BY_STREAM
 from ctower.tables.window_state import WindowState
@@ -51,9 +52,15 @@ class ControlTower:
     app: faust.App
     processors: dict[str, StreamProcessor] = field(default_factory=dict)
     pending: dict[str, PendingAcks] = field(default_factory=dict)
+    decisions: DecisionLayer | None = None
 
     def stats(self) -> dict[str, Any]:
-        return {stream: proc.stats() for stream, proc in self.processors.items()}
+        stats: dict[str, Any] = {
+            stream: proc.stats() for stream, proc in self.processors.items()
+        }
+        if self.decisions is not None:
+            stats["decisions"] = self.decisions.stats()
+        return stats
 
 
 def build_app(settings: Settings) -> ControlTower:
@@ -76,6 +83,7 @@ def build_app(settings: Settings) -> ControlTower:
         producer_linger=0.005,
     )
     tower = ControlTower(settings=settings, app=app)
+    decisions = tower.decisions = DecisionLayer(app, settings)
 
     aggregates = app.topic(
         settings.topic("aggregates"), key_type=bytes, value_type=bytes,
@@ -150,6 +158,8 @@ def build_app(settings: Settings) -> ControlTower:
             ),
             state=state,
             publish_dead_letter=publish_dead_letter,
+            observer=decisions.observer(stream),
+            after_flush=decisions.after_flush(stream),
         )
         tower.processors[stream] = processor
         source = app.topic(
@@ -161,6 +171,17 @@ def build_app(settings: Settings) -> ControlTower:
         )
         tower.pending[stream] = pending
         app.agent(source, name=f"{stream}-agent")(_agent_body(pending))
+
+    for name, rule_processor in decisions.processors.items():
+        internal = app.topic(
+            rule_processor.topic, key_type=bytes, value_type=bytes,
+            key_serializer="raw", value_serializer="raw",
+        )
+        rule_pending = PendingAcks(
+            rule_processor, settings.batch_max_messages, settings.batch_within_seconds
+        )
+        tower.pending[name] = rule_pending
+        app.agent(internal, name=f"{name}-agent")(_agent_body(rule_pending))
 
     @app.timer(interval=1.0)
     async def close_idle_windows() -> None:
@@ -176,6 +197,10 @@ def build_app(settings: Settings) -> ControlTower:
                 owned = recovery.actives_for_table.get(processor.state.table, ())
                 processor.state.adopt(tp.partition for tp in owned)
             processor.state.tick(caught_up=_caught_up(app, processor.topic))
+        if recovered:
+            owned = recovery.actives_for_table.get(decisions.table, ())
+            decisions.adopt(tp.partition for tp in owned)
+            decisions.tick()
 
     @app.task
     async def drop_monitor() -> None:
@@ -193,6 +218,8 @@ def build_app(settings: Settings) -> ControlTower:
             for processor in tower.processors.values():
                 if tp.topic == processor.topic:
                     processor.state.drop(tp.partition)
+            if tp.topic == decisions.processors["stock-moves"].topic:
+                decisions.drop(tp.partition)
 
     @app.page("/stats/")
     async def stats(web: Any, request: Any) -> Any:
@@ -221,7 +248,9 @@ class PendingAcks:
     robinhood/faust#262 and #678 report the same family of hangs).
     """
 
-    def __init__(self, processor: StreamProcessor, max_messages: int, max_seconds: float) -> None:
+    def __init__(
+        self, processor: StreamProcessor | RuleProcessor, max_messages: int, max_seconds: float
+    ) -> None:
         self.processor = processor
         self.max_messages = max_messages
         self.max_seconds = max_seconds

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ctower.schemas.control import DeadLetter
+from ctower.schemas.events import Event
 from ctower.schemas.wire import EventDecoder
 from ctower.tables.folds import FOLDS, MessageFold
 from ctower.tables.window_state import WindowState
@@ -37,6 +38,8 @@ class StreamProcessor:
         decoder: EventDecoder,
         state: WindowState,
         publish_dead_letter: Callable[[DeadLetter], None],
+        observer: Callable[[int, int, list[Event]], None] | None = None,
+        after_flush: Callable[[], None] | None = None,
     ) -> None:
         self.stream = stream
         self.topic = topic
@@ -44,6 +47,10 @@ class StreamProcessor:
         self.state = state
         self.fold = FOLDS[stream]
         self.publish_dead_letter = publish_dead_letter
+        self.observer = observer
+        """Sees each message's decoded events (the rules' input)."""
+        self.after_flush = after_flush
+        """Runs after the window state is persisted, before the batch is acked."""
         self.events = 0
         self.messages = 0
         self.dead_letters: Counter[str] = Counter()
@@ -84,6 +91,8 @@ class StreamProcessor:
             state.apply(partition, offset, fold.contributions)
             max_ts = max(ev.ts for ev in events)  # type: ignore[type-var]
             self.events += len(events)
+            if self.observer is not None:
+                self.observer(partition, offset, events)
         state.observe(partition, offset, max_ts)
         self._touched.add(partition)
         self.messages += 1
@@ -94,6 +103,8 @@ class StreamProcessor:
         for partition in touched:
             if self.state.owns(partition):
                 self.state.flush(partition)
+        if self.after_flush is not None:
+            self.after_flush()
 
     def stats(self) -> dict[str, object]:
         return {

@@ -60,6 +60,8 @@ from ctower.schemas.control import (
     ClosedWindow,
     CouponDecision,
     CouponPolicy,
+    PickupLevel,
+    StockLevel,
     DeadLetter,
     LateEvent,
 )
@@ -379,6 +381,8 @@ def control_writers() -> dict[str, TableWriter]:
             "coupon_decisions", CouponDecision, {"evidence": _evidence}
         ),
         "coupon-policy": TableWriter("coupon_policies", CouponPolicy, {"store_id": _policy_store}),
+        "stock-levels": TableWriter("stock_levels", StockLevel, {}),
+        "pickup-levels": TableWriter("pickup_levels", PickupLevel, {}),
         "alert-acks": TableWriter("alert_acks", AlertAck, {}),
         "alert-deliveries": TableWriter("alert_deliveries", AlertDelivery, {}),
     }

@@ -50,7 +50,7 @@ def events_seen(port: int) -> int:
     """Events a worker has folded so far (0 while it cannot answer)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats/", timeout=2) as answer:
-            return sum(s["events"] for s in json.load(answer).values())
+            return sum(s.get("events", 0) for s in json.load(answer).values())
     except OSError:
         return 0
 

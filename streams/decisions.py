@@ -1,0 +1,373 @@
+"""The decision layer in a worker: re-keying for the rules, the rule agents,
+and where their alerts, coupon signals and live levels go.
+
+Three rule families, each on the partitions where its key lives:
+
+- pickup queues on the pickup stream's own partitions (keyed by store);
+- stock on ``stock-moves``, which the scan, order and inventory agents fill
+  with the stock effects of their events, re-keyed by SKU;
+- lanes on ``lanes``, which the logistics agent fills, re-keyed by carrier
+  and region.
+
+Every partition number of every topic goes to the same worker (Faust's
+assignor keeps co-partitioned topics together), so one changelog table holds
+all the rule state. Rules are evaluated for the keys a batch touched, right
+after the batch (well under a second from event to alert), and every second
+for what time alone changes (a queue's waits leave their window, a lane goes
+silent).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import faust
+import msgspec
+
+from ctower.broker.topics import partition_for
+from ctower.schemas.control import Alert, CouponSignal, PickupLevel, StockLevel
+from ctower.schemas.control import encoder as control_encoder
+from ctower.schemas.events import Event, Inventory, Logistics, Order, Pickup, Scan
+from ctower.schemas.master_data import MasterData, load_master_data
+from ctower.settings import Settings, SettingsError
+from ctower.streams.coupon_policy import campaign_partition
+from ctower.streams.processing import RawMessage
+from ctower.tables.rules.alert_book import AlertBook, AlertEntry
+from ctower.tables.rules.config import Rules, RulesError, RulesWatcher
+from ctower.tables.rules.lanes import Lane, LaneEvent, LaneRules
+from ctower.tables.rules.pickup import PickupQueue, PickupRules
+from ctower.tables.rules.rule_state import RuleState
+from ctower.tables.rules.stock import StockItem, StockMove, StockRulesEngine
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 4_000
+"""Items per message on the internal topics (about 200 kB of msgpack)."""
+
+_stock_moves = msgspec.msgpack.Decoder(list[StockMove])
+_lane_events = msgspec.msgpack.Decoder(list[LaneEvent])
+_pack = msgspec.msgpack.Encoder().encode
+MINUTE = 60_000
+
+
+class Forwarder:
+    """Items re-keyed to an internal topic, sent per destination partition at flush.
+
+    A source message's items never straddle two arrays: the receiving rules
+    recognise a replayed message by (source, offset) at its first item.
+    """
+
+    def __init__(self, topic: faust.TopicT, partitions: int) -> None:
+        self.topic = topic
+        self.partitions = partitions
+        self.pending: dict[int, list[tuple[tuple[int, int], list[Any]]]] = defaultdict(list)
+        self.sent = 0
+
+    def add(self, key: str, message: tuple[int, int], items: list[Any]) -> None:
+        """Items of the source ``message`` (partition, offset) for ``key``'s partition."""
+        self.pending[partition_for(key.encode(), self.partitions)].append((message, items))
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, defaultdict(list)
+        for partition, groups in pending.items():
+            chunk: list[Any] = []
+            previous: tuple[int, int] | None = None
+            for message, items in groups:
+                if chunk and message != previous and len(chunk) + len(items) > _CHUNK:
+                    self._send(partition, chunk)
+                    chunk = []
+                chunk.extend(items)
+                previous = message
+            if chunk:
+                self._send(partition, chunk)
+
+    def _send(self, partition: int, items: list[Any]) -> None:
+        self.topic.send_soon(value=_pack(items), partition=partition)
+        self.sent += len(items)
+
+
+class RuleProcessor:
+    """A rule family's agent body: decode arrays from an internal topic, apply, evaluate.
+
+    Same interface as :class:`StreamProcessor` (``absorb``/``flush``/``stats``)
+    so the app acks it the same way: persisted first, then acknowledged.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        topic: str,
+        decode: Callable[[bytes], list[Any]],
+        apply: Callable[[int, list[Any]], None],
+        evaluate: Callable[[], None],
+        state: RuleState[Any],
+        books: list[AlertBook],
+    ) -> None:
+        self.stream = stream
+        self.topic = topic
+        self.decode = decode
+        self.apply = apply
+        self.evaluate = evaluate
+        self.state = state
+        self.books = books
+        self.messages = 0
+        self.items = 0
+        self.bad = 0
+        self._touched: set[int] = set()
+
+    def absorb(self, message: RawMessage) -> None:
+        self.messages += 1
+        try:
+            items = self.decode(message.value or b"")
+        except msgspec.DecodeError:
+            self.bad += 1  # our own topic: only a bug writes garbage here; do not stop
+            log.exception("undecodable message on %s:%d", self.topic, message.partition)
+            return
+        self.items += len(items)
+        self.apply(message.partition, items)
+        self._touched.add(message.partition)
+
+    def flush(self) -> None:
+        touched, self._touched = self._touched, set()
+        self.evaluate()
+        for partition in touched:
+            if self.state.owns(partition):
+                self.state.flush(partition)
+                for book in self.books:
+                    book.state.flush(partition)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "messages": self.messages,
+            "items": self.items,
+            "bad_messages": self.bad,
+            "replayed_skips": self.state.replayed_skips,
+        }
+
+
+class DecisionLayer:
+    """Everything the rules need in one worker, built once by ``build_app``."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.settings = settings
+        try:
+            self.watcher = RulesWatcher(settings.rules_file)
+        except RulesError as exc:
+            raise SettingsError(f"CTOWER_RULES_FILE: {exc}") from None
+        self.master: MasterData | None = None
+        if settings.master_data_file is not None:
+            try:
+                self.master = load_master_data(settings.master_data_file)
+            except ValueError as exc:
+                raise SettingsError(f"CTOWER_MASTER_DATA_FILE: {exc}") from None
+        partitions = settings.topic_partitions
+        self.table = app.Table(
+            "rules-state",
+            default=None,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+        )
+
+        def raw_topic(name: str) -> faust.TopicT:
+            return app.topic(
+                settings.topic(name), key_type=bytes, value_type=bytes,
+                key_serializer="raw", value_serializer="raw",
+            )
+
+        self.alerts_topic = raw_topic("alerts")
+        self.signals_topic = raw_topic("coupon-signals")
+        self.stock_levels_topic = raw_topic("stock-levels")
+        self.pickup_levels_topic = raw_topic("pickup-levels")
+        self.stock_moves_topic = raw_topic("stock-moves")
+        self.lanes_topic = raw_topic("lanes")
+        self.stock_moves = Forwarder(self.stock_moves_topic, partitions)
+        self.lanes = Forwarder(self.lanes_topic, partitions)
+        self.alerts_sent = 0
+        self.signals_sent = 0
+
+        def book(family: str) -> AlertBook:
+            return AlertBook(
+                RuleState(self.table, f"alerts.{family}", AlertEntry),
+                self.publish_alert,
+                settings.language,
+                lambda: int(self.rules.alerts.cooldown_minutes * MINUTE),
+            )
+
+        self.pickup = PickupRules(
+            RuleState(self.table, "pickup", PickupQueue), book("pickup"),
+            lambda: self.rules, self.master, self.publish_signal, self.publish_pickup_level,
+        )
+        self.stock = StockRulesEngine(
+            RuleState(self.table, "stock", StockItem), book("stock"),
+            lambda: self.rules, self.master, self.publish_signal, self.publish_stock_level,
+        )
+        self.lane_rules = LaneRules(RuleState(self.table, "lanes", Lane), book("lanes"),
+                                    lambda: self.rules)
+        self.processors = {
+            "stock-moves": RuleProcessor(
+                "stock-moves", settings.topic("stock-moves"), _stock_moves.decode,
+                self.stock.apply, self.stock.evaluate_touched, self.stock.state,
+                [self.stock.book],
+            ),
+            "lanes": RuleProcessor(
+                "lanes", settings.topic("lanes"), _lane_events.decode,
+                self.lane_rules.apply, self.lane_rules.evaluate_touched, self.lane_rules.state,
+                [self.lane_rules.book],
+            ),
+        }
+
+    @property
+    def rules(self) -> Rules:
+        return self.watcher.rules
+
+    def states(self) -> list[RuleState[Any]]:
+        return [
+            family.state for family in (self.pickup, self.stock, self.lane_rules)
+        ] + [family.book.state for family in (self.pickup, self.stock, self.lane_rules)]
+
+    # -------------------------------------------------------------- outputs
+    def publish_alert(self, alert: Alert) -> None:
+        self.alerts_sent += 1
+        self.alerts_topic.send_soon(
+            key=alert.alert_id.encode(), value=control_encoder.encode(alert)
+        )
+        log.info("alert %s %s: %s", alert.status, alert.key, alert.message)
+
+    def publish_signal(self, signal: CouponSignal) -> None:
+        self.signals_sent += 1
+        self.signals_topic.send_soon(
+            key=signal.key().encode(),
+            value=control_encoder.encode(signal),
+            partition=campaign_partition(signal.campaign_id, self.settings.topic_partitions),
+        )
+
+    def publish_stock_level(self, level: StockLevel) -> None:
+        self.stock_levels_topic.send_soon(
+            key=f"{level.location_id}|{level.sku}".encode(), value=control_encoder.encode(level)
+        )
+
+    def publish_pickup_level(self, level: PickupLevel) -> None:
+        self.pickup_levels_topic.send_soon(
+            key=level.store_id.encode(), value=control_encoder.encode(level)
+        )
+
+    # ------------------------------------------------ hooks on the stream agents
+    def observer(self, stream: str) -> Callable[[int, int, list[Event]], None] | None:
+        """What the rules take from a stream's decoded events, if anything."""
+        return {
+            "scan": self._scans,
+            "order": self._orders,
+            "inventory": self._inventory,
+            "logistics": self._logistics,
+            "pickup": self._pickups,
+        }.get(stream)
+
+    def after_flush(self, stream: str) -> Callable[[], None] | None:
+        if stream in ("scan", "order", "inventory"):
+            return self.stock_moves.flush
+        if stream == "logistics":
+            return self.lanes.flush
+        if stream == "pickup":
+            return self._flush_pickup
+        return None
+
+    def _scans(self, partition: int, offset: int, events: list[Event]) -> None:
+        source = f"scan:{partition}"
+        counts: dict[tuple[str, str, int], list[int]] = {}
+        for ev in events:
+            assert isinstance(ev, Scan)
+            ts: int = ev.ts  # type: ignore[assignment]
+            slot = counts.get((ev.store_id, ev.sku, ts - ts % MINUTE))
+            if slot is None:
+                counts[(ev.store_id, ev.sku, ts - ts % MINUTE)] = [1, ts]
+            else:
+                slot[0] += 1
+                slot[1] = max(slot[1], ts)
+        by_sku: dict[str, list[StockMove]] = defaultdict(list)
+        for (store, sku, _), (n, ts) in counts.items():
+            by_sku[sku].append(StockMove(store, sku, "scan", n, ts, source, offset))
+        for sku, moves in by_sku.items():
+            self.stock_moves.add(sku, (partition, offset), moves)
+
+    def _orders(self, partition: int, offset: int, events: list[Event]) -> None:
+        source = f"order:{partition}"
+        by_sku: dict[str, list[StockMove]] = defaultdict(list)
+        for ev in events:
+            assert isinstance(ev, Order)
+            if ev.status != "paid":
+                continue
+            location = ev.stock_location
+            for line in ev.lines:
+                by_sku[line.sku].append(
+                    StockMove(location, line.sku, "sale", line.qty, ev.ts, source, offset)  # type: ignore[arg-type]
+                )
+        for sku, moves in by_sku.items():
+            self.stock_moves.add(sku, (partition, offset), moves)
+
+    def _inventory(self, partition: int, offset: int, events: list[Event]) -> None:
+        source = f"inventory:{partition}"
+        by_sku: dict[str, list[StockMove]] = defaultdict(list)
+        for ev in events:
+            assert isinstance(ev, Inventory)
+            by_sku[ev.sku].append(
+                StockMove(ev.location_id, ev.sku, ev.kind, ev.qty, ev.ts, source, offset)  # type: ignore[arg-type]
+            )
+        for sku, moves in by_sku.items():
+            self.stock_moves.add(sku, (partition, offset), moves)
+
+    def _logistics(self, partition: int, offset: int, events: list[Event]) -> None:
+        source = f"logistics:{partition}"
+        by_lane: dict[str, list[LaneEvent]] = defaultdict(list)
+        for ev in events:
+            assert isinstance(ev, Logistics)
+            lane = f"{ev.carrier}|{ev.region}"
+            by_lane[lane].append(
+                LaneEvent(ev.shipment_id, ev.status, ev.ts, ev.eta, ev.carrier, ev.region,  # type: ignore[arg-type]
+                          source, offset)
+            )
+        for lane, items in by_lane.items():
+            self.lanes.add(lane, (partition, offset), items)
+
+    def _pickups(self, partition: int, offset: int, events: list[Event]) -> None:
+        pickups: Iterable[Pickup] = events  # type: ignore[assignment]
+        self.pickup.apply(partition, f"pickup:{partition}", offset, pickups)
+
+    def _flush_pickup(self) -> None:
+        self.pickup.evaluate_touched()
+        for partition in self.pickup.state.partitions():
+            self.pickup.state.flush(partition)
+            self.pickup.book.state.flush(partition)
+
+    # ----------------------------------------------------------------- timer
+    def tick(self) -> None:
+        """Every second: re-read the rules if changed, let time pass, persist."""
+        self.watcher.check()
+        for family in (self.pickup, self.stock, self.lane_rules):
+            family.tick()
+        for state in self.states():
+            for partition in state.partitions():
+                state.flush(partition)
+
+    def adopt(self, partitions: Iterable[int]) -> None:
+        owned = list(partitions)
+        for state in self.states():
+            state.adopt(owned)
+
+    def drop(self, partition: int) -> None:
+        for state in self.states():
+            state.drop(partition)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "rules_version": self.watcher.version,
+            "rules_error": self.watcher.last_error,
+            "alerts_sent": self.alerts_sent,
+            "signals_sent": self.signals_sent,
+            "moves_forwarded": self.stock_moves.sent,
+            "lane_events_forwarded": self.lanes.sent,
+            **{name: proc.stats() for name, proc in self.processors.items()},
+        }

@@ -1,0 +1,94 @@
+"""The words of alerts, in Chinese (default) and English.
+
+The on-duty staff read these in a WeChat Work group on a phone: one line
+saying what is wrong where, with the number that crossed the threshold, and
+one line saying what to do. Values come from the finding's evidence, so the
+text can never disagree with it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ctower.tables.rules.alert_book import Finding
+
+
+class _Values(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+MESSAGES: dict[str, dict[str, str]] = {
+    "zh": {
+        "restock": "补货预警：{location_id} 的 {sku} 库存 {on_hand} 件，"
+        "按近1小时销速 {velocity_per_h}/小时 仅够 {cover_h} 小时（提前期 {lead_time_h} 小时）",
+        "stock_out": "缺货：{location_id} 的 {sku} 库存为 {on_hand}，"
+        "近 {window_minutes} 分钟仍有 {scans} 次扫码",
+        "pickup_congestion": "自提拥堵：{store_id} 等待 {waiting} 人（容量 {capacity}），"
+        "近 {window_minutes} 分钟 P90 等待 {p90_wait_min} 分钟",
+        "shipment_stale": "物流停滞：{carrier} 在 {region} 有 {stale} 单超时未更新，"
+        "已 {silence_min} 分钟无进展",
+        "shipment_failed": "配送失败：{carrier} 在 {region} 近 {window_minutes} 分钟 "
+        "{failed} 单失败或退回（占 {share_pct}%）",
+        "eta_passed": "逾期未达：{carrier} 在 {region} 有 {past_eta} 单超过预计送达时间"
+        "（在途 {open}）",
+        "carrier_on_time": "准时率下降：{carrier} 在 {region} 近 {window_minutes} 分钟"
+        "准时率 {on_time_pct}%（阈值 {threshold_pct}%，{deliveries} 单）",
+        "demand_spike": "需求激增：{store_id} 的 {sku} 近5分钟扫码 {scans} 次，"
+        "是基线 {baseline} 的 {ratio} 倍",
+    },
+    "en": {
+        "restock": "Restock: {sku} at {location_id} has {on_hand} on hand, "
+        "{cover_h} h of cover at {velocity_per_h}/h (lead time {lead_time_h} h)",
+        "stock_out": "Stock-out: {sku} at {location_id} has {on_hand} on hand "
+        "and {scans} scans in the last {window_minutes} min",
+        "pickup_congestion": "Pickup congestion: {waiting} waiting at {store_id} "
+        "(capacity {capacity}), p90 wait {p90_wait_min} min over {window_minutes} min",
+        "shipment_stale": "Stale shipments: {stale} of {carrier} in {region} overdue, "
+        "no progress for {silence_min} min",
+        "shipment_failed": "Failed deliveries: {failed} of {carrier} in {region} "
+        "in {window_minutes} min ({share_pct}%)",
+        "eta_passed": "Past ETA: {past_eta} shipments of {carrier} in {region} "
+        "(of {open} open)",
+        "carrier_on_time": "On-time rate down: {carrier} in {region} at {on_time_pct}% "
+        "over {window_minutes} min (threshold {threshold_pct}%, {deliveries} deliveries)",
+        "demand_spike": "Demand spike: {sku} at {store_id} scanned {scans} times in 5 min, "
+        "{ratio}x its baseline {baseline}",
+    },
+}
+
+ACTIONS: dict[str, dict[str, str]] = {
+    "zh": {
+        "warehouse": "建议从中心仓 {source} 调拨 {qty} 件",
+        "store": "建议从附近门店 {source}（{distance_km} 公里）调拨 {qty} 件",
+        "short": "中心仓 {source} 与附近门店均库存不足，请联系采购补货 {qty} 件",
+        "prepack": "建议中心仓 {source} 预先打包备货",
+        "pickup": "建议增派自提人手；店内自提券已限流",
+        "lane": "请联系承运商 {carrier} 核实 {region} 的运单状态",
+    },
+    "en": {
+        "warehouse": "Transfer {qty} from the central warehouse {source}",
+        "store": "Transfer {qty} from the nearby store {source} ({distance_km} km)",
+        "short": "The warehouse {source} and nearby stores are short: order {qty} from supply",
+        "prepack": "Pre-pack stock at the central warehouse {source}",
+        "pickup": "Add pickup staff; store-pickup coupons are throttled here",
+        "lane": "Ask carrier {carrier} about its shipments in {region}",
+    },
+}
+
+
+def render(finding: Finding, language: str) -> tuple[str, str | None]:
+    """(message, suggested action) for a finding, in ``language`` (zh or en)."""
+    lang = language if language in MESSAGES else "zh"
+    values = _Values(finding.evidence)
+    for name in ("region", "store_id", "sku", "carrier"):
+        if getattr(finding, name) is not None:
+            values.setdefault(name, getattr(finding, name))
+    message = MESSAGES[lang][finding.kind].format_map(values)
+    action = None
+    if finding.action:
+        template = ACTIONS[lang].get(str(finding.action.get("kind")))
+        if template:
+            action = template.format_map(_Values({**values, **finding.action}))
+    return message, action
