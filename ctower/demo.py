@@ -103,6 +103,8 @@ def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
             wait_for_http(f"http://127.0.0.1:{settings.store_http_port}/ping", children, 120)
         children.start("worker", "worker")
         wait_for_http(f"http://127.0.0.1:{settings.worker_web_port}/stats/", children, 120)
+        if settings.alert_routes_file is not None:  # alerts to WeChat Work, when routed
+            children.start("alerts", "alerts", "deliver")
         if backfill:
             # recent history at the live rate first, so the dashboard has figures at once
             click.echo(f"  backfilling {backfill:,} events of recent history...")

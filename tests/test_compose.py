@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SENTINEL = "sentinel-from-host-env-7f3a"
-SERVICES = {"kafka", "clickhouse", "topics", "worker", "sink", "dashboard", "simulator"}
+SERVICES = {"kafka", "clickhouse", "topics", "worker", "sink", "dashboard", "simulator", "alerts"}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|WEBHOOK|API_KEY|PRIVATE", re.IGNORECASE)
 
 
@@ -77,9 +77,11 @@ def test_services_and_profile(config: dict[str, Any]) -> None:
     services = config["services"]
     assert set(services) == SERVICES
     assert services["simulator"]["profiles"] == ["simulator"]
-    assert [name for name, svc in services.items() if svc.get("profiles")] == ["simulator"]
+    assert services["alerts"]["profiles"] == ["alerts"]
+    assert sorted(name for name, svc in services.items() if svc.get("profiles")) == [
+        "alerts", "simulator"]
     profiles = _run("--profiles")
-    assert profiles.returncode == 0 and profiles.stdout.split() == ["simulator"]
+    assert profiles.returncode == 0 and sorted(profiles.stdout.split()) == ["alerts", "simulator"]
 
 
 def test_images_commands_and_replicas(config: dict[str, Any]) -> None:
@@ -93,8 +95,12 @@ def test_images_commands_and_replicas(config: dict[str, Any]) -> None:
     assert services["sink"]["command"] == ["ctower", "sink"]
     assert services["dashboard"]["command"] == ["ctower", "dashboard"]
     assert services["simulator"]["command"] == ["ctower", "simulate", "--rate", "200"]
+    assert services["alerts"]["command"][:3] == ["ctower", "alerts", "deliver"]
+    # the webhook URLs come from a compose secret, not the environment
+    assert services["alerts"]["secrets"][0]["source"] == "ctower_webhooks"
+    assert "/run/secrets/ctower_webhooks" in services["alerts"]["command"]
     assert {"published": 8501, "target": 8501} in services["dashboard"]["ports"]
-    for name in ("topics", "worker", "sink", "dashboard", "simulator"):
+    for name in ("topics", "worker", "sink", "dashboard", "simulator", "alerts"):
         build = services[name]["build"]
         assert Path(build["context"]) == ROOT and build["dockerfile"] == "Dockerfile"
         env = services[name]["environment"]
