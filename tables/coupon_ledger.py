@@ -39,8 +39,8 @@ Per-member counts are kept only while a policy sets a per-member limit.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -91,7 +91,7 @@ def is_reservation_id(coupon_id: str) -> bool:
 
 
 def new_reservation_id() -> str:
-    return RESERVATION_PREFIX + uuid.uuid4().hex
+    return RESERVATION_PREFIX + os.urandom(16).hex()
 
 
 class ChangelogTable(Protocol):
