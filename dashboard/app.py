@@ -19,8 +19,9 @@ from ctower.dashboard.i18n import text
 from ctower.settings import SettingsError, load_settings
 
 PAGES_DIR = Path(__file__).resolve().with_name("pages")
+# Page modules in navigation order; each is pages/<name>.py at /<name>. (A comment, not
+# a docstring: Streamlit's "magic" would draw a bare string of this script on the page.)
 PAGES = ("overview", "stores", "inventory", "pickup", "logistics", "coupons", "alerts")
-"""Page modules in navigation order; each is ``pages/<name>.py`` at ``/<name>``."""
 
 st.set_page_config(page_title="Control tower / 控制塔", layout="wide")
 try:

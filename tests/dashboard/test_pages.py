@@ -77,6 +77,7 @@ def test_every_page_shows_an_empty_state_on_an_empty_store(
     app = run_page(page)
     assert EMPTY[page] in [info.value for info in app.info]
     assert not app.warning and not app.error
+    assert not [m.value for m in app.markdown if "pages/" in m.value]  # no stray docstrings
     assert len(app.metric) == (4 if page == "alerts" else 0)  # alerts: zero counts
 
 
