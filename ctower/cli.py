@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ctower.demo", "demo"),
     "bench": ("ctower.bench", "bench"),
     "settings": ("ctower.cli", "show_settings"),
+    "coupons": ("ctower.streams.coupon_command", "coupons"),
     "alerts": ("ctower.streams.sinks.wechat.command", "alerts"),
 }
 

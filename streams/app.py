@@ -22,6 +22,7 @@ from ctower.schemas.control import ClosedWindow, DeadLetter, LateEvent
 from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.wire import EventDecoder
 from ctower.settings import STREAMS, Settings
+from ctower.streams.coupon_service import install_coupon_service
 from ctower.streams.decisions import DecisionLayer, RuleProcessor
 from ctower.streams.processing import RawMessage, StreamProcessor
 from ctower.tables.folds import SPECS_BY_STREAM
@@ -84,6 +85,7 @@ def build_app(settings: Settings) -> ControlTower:
     )
     tower = ControlTower(settings=settings, app=app)
     decisions = tower.decisions = DecisionLayer(app, settings)
+    coupons = install_coupon_service(app, settings)
 
     aggregates = app.topic(
         settings.topic("aggregates"), key_type=bytes, value_type=bytes,
@@ -158,8 +160,11 @@ def build_app(settings: Settings) -> ControlTower:
             ),
             state=state,
             publish_dead_letter=publish_dead_letter,
-            observer=decisions.observer(stream),
-            after_flush=decisions.after_flush(stream),
+            observer=(
+                coupons.observe_coupons  # type: ignore[arg-type]
+                if stream == "coupon" else decisions.observer(stream)
+            ),
+            after_flush=coupons.flush if stream == "coupon" else decisions.after_flush(stream),
         )
         tower.processors[stream] = processor
         source = app.topic(

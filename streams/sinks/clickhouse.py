@@ -60,10 +60,10 @@ from ctower.schemas.control import (
     ClosedWindow,
     CouponDecision,
     CouponPolicy,
-    PickupLevel,
-    StockLevel,
     DeadLetter,
     LateEvent,
+    PickupLevel,
+    StockLevel,
 )
 from ctower.schemas.events import EVENT_TYPES, Event
 from ctower.schemas.migrations import apply_migrations
