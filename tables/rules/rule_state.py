@@ -48,7 +48,7 @@ class EventClock:
     advances with the wall clock.
     """
 
-    idle_ms: int = 2_000
+    idle_ms: int = 5_000
     sources: dict[str, tuple[int, float]] = field(default_factory=dict)
     """Source -> (newest event time, wall time it was seen)."""
     first_ts: int = 0
