@@ -58,30 +58,14 @@ class LaneRules:
     def apply(self, partition: int, events: Iterable[LaneEvent]) -> None:
         """Apply one array of events (whole source messages, in source order)."""
         state = self.state
-        touched = self._touched.setdefault(partition, set())
-        current: tuple[str, int] | None = None
-        skip = False
-        message_ts = 0
-        for ev in events:
-            if current != (ev.source, ev.offset):
-                if current is not None and not skip:
-                    state.applied(partition, current[0], current[1], message_ts)
-                    self._evaluate_if_time_passed(partition)
-                    touched = self._touched.setdefault(partition, set())
-                current = (ev.source, ev.offset)
-                skip = not state.fresh(partition, ev.source, ev.offset)
-                message_ts = 0
-            if skip:
-                continue
-            message_ts = max(message_ts, ev.ts)
+        evaluate = lambda: self._evaluate_if_time_passed(partition)  # noqa: E731
+        for ev in state.fresh_items(partition, events, evaluate):
             key = f"{ev.carrier}|{ev.region}"
             lane = state.get(partition, key) or Lane(open={}, finished=[], progress={})
             self._event(lane, ev)
             state.put(partition, key, lane)
-            touched.add(key)
-        if current is not None and not skip:
-            state.applied(partition, current[0], current[1], message_ts)
-        self._evaluate_if_time_passed(partition)
+            self._touched.setdefault(partition, set()).add(key)
+        evaluate()
 
     def _evaluate_if_time_passed(self, partition: int) -> None:
         now = self.state.now(partition)

@@ -16,15 +16,26 @@ stock level, corrected by the next snapshot.)
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
 from ctower.tables.window_state import ChangelogTable
 
 E = TypeVar("E", bound=msgspec.Struct)
+
+
+class Forwarded(Protocol):
+    """An item re-keyed onto an internal topic, naming the message it came from."""
+
+    source: str
+    offset: int
+    ts: int
+
+
+F = TypeVar("F", bound=Forwarded)
 
 _PROGRESS = "__progress__"
 _encode = msgspec.msgpack.Encoder().encode
@@ -150,6 +161,33 @@ class RuleState(Generic[E]):
             self.replayed_skips += 1
             return False
         return True
+
+    def fresh_items(
+        self, partition: int, items: Iterable[F], after_message: Callable[[], None]
+    ) -> Iterator[F]:
+        """The items of an array that are not replays, whole source messages at a time.
+
+        A message is recognised as replayed at its first item; once its last
+        item is applied, its progress is recorded and ``after_message`` runs
+        (the rules evaluate as event time passes inside a long array).
+        """
+        current: tuple[str, int] | None = None
+        skip = False
+        newest = 0
+        for item in items:
+            if current != (item.source, item.offset):
+                if current is not None and not skip:
+                    self.applied(partition, current[0], current[1], newest)
+                    after_message()
+                current = (item.source, item.offset)
+                skip = not self.fresh(partition, item.source, item.offset)
+                newest = 0
+            if skip:
+                continue
+            newest = max(newest, item.ts)
+            yield item
+        if current is not None and not skip:
+            self.applied(partition, current[0], current[1], newest)
 
     def applied(self, partition: int, source: str, offset: int, ts: int) -> None:
         part = self.part(partition)

@@ -104,30 +104,14 @@ class StockRulesEngine:
         alert at the minute the stock ran out.
         """
         state = self.state
-        touched = self._touched.setdefault(partition, set())
-        current: tuple[str, int] | None = None
-        skip = False
-        message_ts = 0
-        for move in moves:
-            if current != (move.source, move.offset):
-                if current is not None and not skip:
-                    state.applied(partition, current[0], current[1], message_ts)
-                    self._evaluate_if_time_passed(partition)
-                    touched = self._touched.setdefault(partition, set())
-                current = (move.source, move.offset)
-                skip = not state.fresh(partition, move.source, move.offset)
-                message_ts = 0
-            if skip:
-                continue
-            message_ts = max(message_ts, move.ts)
+        evaluate = lambda: self._evaluate_if_time_passed(partition)  # noqa: E731
+        for move in state.fresh_items(partition, moves, evaluate):
             key = f"{move.location_id}|{move.sku}"
             item = state.get(partition, key) or StockItem(deltas=[], sales={}, scans={})
             self._move(item, move)
             state.put(partition, key, item)
-            touched.add(key)
-        if current is not None and not skip:
-            state.applied(partition, current[0], current[1], message_ts)
-        self._evaluate_if_time_passed(partition)
+            self._touched.setdefault(partition, set()).add(key)
+        evaluate()
 
     def _evaluate_if_time_passed(self, partition: int) -> None:
         now = self.state.now(partition)
