@@ -4,10 +4,17 @@ Starts, in order: the local Kafka broker (unless KAFKA_BOOTSTRAP points at a
 cluster), the topics, the sink (which owns the embedded store and serves it
 to the others), a worker, the simulator at a live rate, and the dashboard.
 Ctrl-C stops what this command started, in reverse order, and nothing else.
+
+The simulated chain's master data (stores with their regions and pickup
+capacity, SKUs with lead times, campaigns) is written next to the data and
+given to every child, unless ``CTOWER_MASTER_DATA_FILE`` names a chain
+already: without it the rules have no capacities and the dashboard no regions.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -20,16 +27,22 @@ import click
 
 from ctower.settings import Settings
 
+SIM_SEED = 42
+"""The simulator's seed: its chain (and so the master data) follows from it."""
+
 
 @dataclass
 class Children:
     log_dir: Path
+    env: dict[str, str] | None = None
+    """The children's environment; None inherits this process's."""
     started: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ctower", *args], stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "ctower", *args], stdout=log, stderr=subprocess.STDOUT,
+            env=self.env,
         )
         self.started.append((name, proc))
         click.echo(f"  started {name:<10} pid {proc.pid:<7} log {self.log_dir / f'{name}.log'}")
@@ -50,6 +63,16 @@ class Children:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                 click.echo(f"  stopped {name}")
+
+
+def write_master_data(path: Path, seed: int = SIM_SEED) -> Path:
+    """The chain the simulator will play, as the master data the rules and dashboard read."""
+    from ctower.simulator.generator import SimConfig, Simulator
+
+    chain = Simulator(SimConfig(seed=seed, events=1)).chain.to_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(chain, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
 
 
 def wait_for_http(url: str, children: Children, timeout: float) -> None:
@@ -81,7 +104,12 @@ def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     broker = LocalKafka(settings) if settings.uses_local_kafka else None
     broker_started_here = False
-    children = Children(log_dir)
+    env = dict(os.environ)
+    if settings.master_data_file is None:
+        master = write_master_data(settings.data_dir / "master_data.json")
+        env["CTOWER_MASTER_DATA_FILE"] = str(master)
+        click.echo(f"Master data: {master} (the simulated chain, seed {SIM_SEED})")
+    children = Children(log_dir, env)
 
     def request_stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -110,14 +138,15 @@ def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
             click.echo(f"  backfilling {backfill:,} events of recent history...")
             backfilling = children.start(
                 "backfill", "simulate", "--quiet", "--rate", "max", "--events", str(backfill),
-                "--batch", "100", "--sim-rate", str(rate),
+                "--batch", "100", "--sim-rate", str(rate), "--seed", str(SIM_SEED),
             )
             backfilling.wait(timeout=600)
             children.started.remove(("backfill", backfilling))
             if backfilling.returncode:
                 children.check()
                 raise click.ClickException(f"backfill failed: see {log_dir / 'backfill.log'}")
-        children.start("simulator", "simulate", "--rate", str(rate), "--batch", str(batch))
+        children.start("simulator", "simulate", "--rate", str(rate), "--batch", str(batch),
+                       "--seed", str(SIM_SEED))
         if not no_dashboard:
             children.start("dashboard", "dashboard")
             wait_for_http(f"http://127.0.0.1:{settings.dashboard_port}", children, 120)

@@ -22,6 +22,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+_PASSED_TO_CHILDREN = ("CTOWER_WEBHOOK_", "CTOWER_RULE_")
+"""Variable families read outside Settings, which :meth:`Settings.child_env` keeps."""
+
 STREAMS = ("scan", "order", "pickup", "logistics", "inventory", "coupon")
 """The six event streams of the domain, one Kafka topic each."""
 
@@ -326,11 +329,16 @@ class Settings(BaseSettings):
         """The environment that gives a child process exactly these settings.
 
         ``base`` (default: this process's environment) loses its own CTOWER_
-        variables and KAFKA_BOOTSTRAP first, so nothing leaks in from outside.
+        variables and KAFKA_BOOTSTRAP first, so nothing leaks in from outside;
+        except the families that are not settings fields and that a child has
+        no other way to get: webhook URLs (secrets, CTOWER_WEBHOOK_<ROBOT>) and
+        rule overrides (CTOWER_RULE_<SECTION>__<FIELD>).
         """
         env = {
             k: v for k, v in (os.environ if base is None else base).items()
-            if not k.startswith("CTOWER_") and k != "KAFKA_BOOTSTRAP"
+            if k != "KAFKA_BOOTSTRAP"
+            and (not k.startswith("CTOWER_") or k.startswith(_PASSED_TO_CHILDREN))
+            and k.upper() not in _FIELD_VARIABLES
         }
         for name, value in self.model_dump(mode="json").items():
             if value is not None:
@@ -361,3 +369,7 @@ def load_settings(**overrides: Any) -> Settings:
             env_name = f"CTOWER_{field.upper()}" if field != "settings" else "settings"
             problems.append(f"{env_name}: {error['msg']} (got {error.get('input')!r})")
         raise SettingsError("bad setting: " + "; ".join(problems)) from None
+
+
+_FIELD_VARIABLES = frozenset(f"CTOWER_{name.upper()}" for name in Settings.model_fields)
+"""Settings' own variables: a child gets them from the settings, never from outside."""

@@ -365,6 +365,7 @@ class DecisionLayer:
         return {
             "rules_version": self.watcher.version,
             "rules_error": self.watcher.last_error,
+            "master_data_stores": len(self.master.stores) if self.master is not None else 0,
             "alerts_sent": self.alerts_sent,
             "signals_sent": self.signals_sent,
             "moves_forwarded": self.stock_moves.sent,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +61,12 @@ def test_demo_runs_the_pipeline_and_ctrl_c_stops_it(
             return int(client.query("SELECT sum(scans) FROM store_minute_v").first_row[0] or 0)
 
         poll(scans, 90, "the demo never put a closed minute in the store")
+        # the simulated chain is the master data of the rules (and the dashboard)
+        master = json.loads((settings.data_dir / "master_data.json").read_text())
+        stats_url = f"http://127.0.0.1:{settings.worker_web_port}/stats/"
+        with urllib.request.urlopen(stats_url, timeout=5) as answer:
+            decisions = json.load(answer)["decisions"]
+        assert decisions["master_data_stores"] == len(master["stores"]) > 0
         demo.send_signal(signal.SIGINT)
         output, _ = demo.communicate(timeout=90)
     finally:

@@ -74,3 +74,21 @@ def test_missing_settings_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("CTOWER_CONFIG", str(tmp_path / "nope.toml"))
     with pytest.raises(SettingsError, match="CTOWER_CONFIG"):
         load_settings()
+
+
+def test_child_env_passes_secrets_and_rule_overrides_but_not_stray_settings() -> None:
+    base = {
+        "PATH": "/usr/bin",
+        "CTOWER_WEBHOOK_OPS": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=abc",
+        "CTOWER_RULE_PICKUP__THROTTLE_ABOVE": "0.9",
+        "CTOWER_WEBHOOK_SECRETS_FILE": "/elsewhere/secrets.toml",
+        "CTOWER_TOPIC_PREFIX": "outside.",
+        "KAFKA_BOOTSTRAP": "elsewhere:9092",
+    }
+    env = load_settings(topic_prefix="mine.").child_env(base)
+    assert env["CTOWER_WEBHOOK_OPS"] == base["CTOWER_WEBHOOK_OPS"]
+    assert env["CTOWER_RULE_PICKUP__THROTTLE_ABOVE"] == "0.9"
+    assert env["CTOWER_TOPIC_PREFIX"] == "mine."
+    assert "CTOWER_WEBHOOK_SECRETS_FILE" not in env  # a setting, and unset here
+    assert env.get("KAFKA_BOOTSTRAP") != "elsewhere:9092"
+    assert env["PATH"] == "/usr/bin"
