@@ -239,7 +239,6 @@ def p99(values: list[float]) -> float:
               help="Keep (or reuse) the filled store here instead of a temporary folder.")
 def dashboard_bench(events: int, runs: int, minutes: int, store_dir: Path | None) -> None:
     """Time every refresh query of the dashboard on a store of ~10M events."""
-    from ctower.dashboard.peer_tables import ensure_peer_tables
     from ctower.schemas.migrations import apply_migrations
     from ctower.store import open_store
     from ctower.store_server import StoreHttpServer
@@ -250,7 +249,6 @@ def dashboard_bench(events: int, runs: int, minutes: int, store_dir: Path | None
                                            store_http_port=_free_port())
         owner = open_store(settings, owner=True)
         apply_migrations(owner)
-        ensure_peer_tables(owner)
         have = int(owner.query("SELECT count() FROM alert_acks").first_row[0])  # filled last
         if have == 0:
             for table in ("scan_events", "order_events", "pickup_events", "logistics_events",

@@ -20,7 +20,6 @@ from clickhouse_connect.driver.client import Client
 from streamlit.testing.v1 import AppTest
 
 from ctower.dashboard.command import PAGE
-from ctower.dashboard.peer_tables import ensure_peer_tables
 from ctower.schemas.migrations import apply_migrations
 from ctower.settings import Settings, load_settings
 from ctower.store import open_store
@@ -54,7 +53,6 @@ def dash_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Dash
     settings = load_settings()
     client = open_store(settings, owner=True)
     apply_migrations(client)
-    ensure_peer_tables(client)
     server = StoreHttpServer(settings, engine_client=client).start()
     try:
         yield DashStore(settings, client)
