@@ -10,13 +10,24 @@ transfer suggestion can look at the region's warehouse and the nearest
 stores without asking anyone.
 
 On hand follows ``stock_on_hand_v``: the last snapshot (a count) plus the
-movements strictly after it. Velocity is units sold in the last hour,
-hopping by 5 minutes. Cover is on hand / velocity.
+movements at or after its millisecond (a count is taken before anything
+booked at the same time). Velocity is units sold in the last hour, hopping
+by 5 minutes. Cover is on hand / velocity.
+
+Everything is judged *as of the rules' event clock*, not as of what has
+arrived. The three sources are drained at different speeds (a batch of
+inventory events can be half an hour of event time ahead of the scans), so a
+(location, SKU) often holds movements from after "now": counting them would
+raise a stock-out minutes before the stock ran out, or clear it when a
+restock that has not happened yet arrives early. Moves ahead of the clock
+are kept, and the key is looked at again when the clock reaches them.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
+from bisect import insort
 from collections.abc import Callable, Iterable
 
 from msgspec import Struct
@@ -32,6 +43,10 @@ HOP = 5 * MINUTE
 _KEEP_MINUTES = 70
 """Minute buckets kept: the velocity hour and the demand baseline, plus a margin."""
 _MAX_DELTAS = 500
+"""Movements kept one by one; beyond, those older than _FOLD_AGE_MS go into the base."""
+_FOLD_AGE_MS = _KEEP_MINUTES * MINUTE
+"""Only movements this far behind the clock are folded: the clock never goes back that far."""
+_MAX_SCAN_MARKS = 2_000
 
 INBOUND = frozenset({"receipt", "transfer_in", "adjustment"})
 OUTBOUND = frozenset({"transfer_out", "sale"})
@@ -51,12 +66,16 @@ class StockMove(Struct, array_like=True):
 
 
 class StockItem(Struct, kw_only=True, array_like=True):
+    """One (location, SKU). Persisted as an array: new fields go at the end."""
+
     known: bool = False
     """A snapshot has been seen: before one, on hand is not judged."""
     base: int = 0
     base_ts: int = 0
+    """The snapshot's time; ``base`` also holds movements folded in since."""
     deltas: list[tuple[int, int]] = []
-    """(ts, signed qty) strictly after ``base_ts``."""
+    """(ts, signed qty) at or after ``base_ts``, sorted by ts; some may be ahead of
+    the clock."""
     sales: dict[int, int] = {}
     """Minute -> units sold."""
     scans: dict[int, int] = {}
@@ -64,11 +83,60 @@ class StockItem(Struct, kw_only=True, array_like=True):
     low_cover: bool = False
     last_level: tuple[int, int] = (-1, -1)
     zero_since: int = 0
-    """When on hand last reached zero (0 while there is stock): scans before it,
-    such as the buyer's of the last unit, do not make a stock-out."""
+    """When ``base`` (the count and what was folded into it) last reached zero, or 0
+    while it is positive: the start of the zero spell :meth:`level_at` continues."""
+    scan_marks: list[tuple[int, int]] = []
+    """(ts, n) of each scan move of the stock-out window, as forwarded: n scans of
+    one minute, the newest at ts. Minute buckets alone could not tell which scans
+    of the minute the stock ran out in came after it."""
 
-    def on_hand(self) -> int:
-        return self.base + sum(q for _, q in self.deltas)
+    def on_hand(self, at: int | None = None) -> int:
+        """On hand as of event time ``at`` (None: with every movement received)."""
+        if at is None:
+            return self.base + sum(q for _, q in self.deltas)
+        return self.base + sum(q for ts, q in self.deltas if ts <= at)
+
+    def known_at(self, at: int) -> bool:
+        return self.known and self.base_ts <= at
+
+    def level_at(self, at: int) -> tuple[int, int]:
+        """(on hand, when it last reached zero or 0 if positive), as of ``at``.
+
+        Movements of one millisecond count together: a sale and the receipt
+        booked with it must not make a zero that never was.
+        """
+        level = self.base
+        since = (self.zero_since or self.base_ts) if level <= 0 else 0
+        deltas = self.deltas
+        n = len(deltas)
+        i = 0
+        while i < n and deltas[i][0] <= at:
+            ts = deltas[i][0]
+            while i < n and deltas[i][0] == ts:
+                level += deltas[i][1]
+                i += 1
+            if level > 0:
+                since = 0
+            elif not since:
+                since = ts
+        return level, since
+
+    def fold(self, before: int) -> None:
+        """Move the oldest movements (up to ``before``) into ``base``, keeping the
+        zero spell they end in."""
+        if len(self.deltas) <= _MAX_DELTAS:
+            return
+        cut = 0
+        while cut < len(self.deltas) - _MAX_DELTAS // 2 and self.deltas[cut][0] <= before:
+            cut += 1
+        if not cut:
+            return
+        while cut < len(self.deltas) and self.deltas[cut][0] == self.deltas[cut - 1][0]:
+            cut += 1  # never split one millisecond's movements
+        last = self.deltas[cut - 1][0]
+        level, since = self.level_at(last)
+        self.base, self.zero_since = level, since
+        del self.deltas[:cut]
 
 
 class StockRulesEngine:
@@ -89,6 +157,10 @@ class StockRulesEngine:
         self.level = level
         self._touched: dict[int, set[str]] = {}
         self._evaluated_at: dict[int, int] = {}
+        self._ahead: dict[int, list[tuple[int, str]]] = {}
+        """Per partition, (ts, key) of moves that arrived ahead of the clock: the key
+        is judged again when the clock reaches ts. Not persisted: the moves are in the
+        key's state, so after a restart they count from the key's next evaluation."""
         self._campaigns_by_sku: dict[str, list[str]] = {}
         if master is not None:
             for campaign in master.campaigns:
@@ -104,21 +176,42 @@ class StockRulesEngine:
         alert at the minute the stock ran out.
         """
         state = self.state
-        evaluate = lambda: self._evaluate_if_time_passed(partition)  # noqa: E731
-        for move in state.fresh_items(partition, moves, evaluate):
+        now = state.now(partition)
+        ahead = self._ahead.setdefault(partition, [])
+        touched = self._touched.setdefault(partition, set())
+
+        def after_message() -> None:
+            nonlocal now
+            now = self._evaluate_if_time_passed(partition)
+
+        for move in state.fresh_items(partition, moves, after_message):
             key = f"{move.location_id}|{move.sku}"
-            item = state.get(partition, key) or StockItem(deltas=[], sales={}, scans={})
+            item = state.get(partition, key) or StockItem(
+                deltas=[], sales={}, scans={}, scan_marks=[]
+            )
             self._move(item, move)
             state.put(partition, key, item)
-            self._touched.setdefault(partition, set()).add(key)
-        evaluate()
+            if move.ts > now:
+                heapq.heappush(ahead, (move.ts, key))
+            else:
+                touched.add(key)
+        self._evaluate_if_time_passed(partition)
 
-    def _evaluate_if_time_passed(self, partition: int) -> None:
+    def _due(self, partition: int, now: int) -> set[str]:
+        """The keys touched, and those whose moves from ahead the clock has reached."""
+        keys = self._touched.pop(partition, set())
+        ahead = self._ahead.get(partition)
+        while ahead and ahead[0][0] <= now:
+            keys.add(heapq.heappop(ahead)[1])
+        return keys
+
+    def _evaluate_if_time_passed(self, partition: int) -> int:
         now = self.state.now(partition)
         if now - self._evaluated_at.get(partition, 0) >= 1_000:
             self._evaluated_at[partition] = now
-            for key in self._touched.pop(partition, ()):
+            for key in self._due(partition, now):
                 self.evaluate(partition, key, now)
+        return now
 
     @staticmethod
     def _move(item: StockItem, move: StockMove) -> None:
@@ -126,52 +219,47 @@ class StockRulesEngine:
         minute = ts - ts % MINUTE
         if kind == "scan":
             item.scans[minute] = item.scans.get(minute, 0) + qty
+            item.scan_marks.append((ts, qty))
+            if len(item.scan_marks) > _MAX_SCAN_MARKS:
+                item.scan_marks.sort()
+                del item.scan_marks[: len(item.scan_marks) - _MAX_SCAN_MARKS]
             return
         if kind == "sale":
             item.sales[minute] = item.sales.get(minute, 0) + qty
         if kind == "snapshot":
             if item.known and ts < item.base_ts:
-                return
+                return  # an older count arriving late: the newer one stands
             item.known, item.base, item.base_ts = True, qty, ts
-            item.deltas = [d for d in item.deltas if d[0] > ts]
-            StockRulesEngine._mark_zero(item, ts)
+            item.zero_since = ts if qty <= 0 else 0
+            # Movements at the count's own millisecond were booked after it, as
+            # stock_on_hand_v has it (ts >= the snapshot's), whichever arrived first.
+            item.deltas = [d for d in item.deltas if d[0] >= ts]
             return
-        # A movement at the snapshot's own millisecond that arrives after it
-        # (a receipt booked right after the count) is not in the count.
         if item.known and ts < item.base_ts:
-            return
-        item.deltas.append((ts, qty if kind in INBOUND else -qty))
-        if len(item.deltas) > _MAX_DELTAS:
-            item.deltas.sort()
-            oldest = item.deltas.pop(0)
-            item.base += oldest[1]
-            item.base_ts = max(item.base_ts, oldest[0])
-        StockRulesEngine._mark_zero(item, ts)
-
-    @staticmethod
-    def _mark_zero(item: StockItem, ts: int) -> None:
-        if item.on_hand() > 0:
-            item.zero_since = 0
-        elif not item.zero_since:
-            item.zero_since = ts
+            return  # inside the count
+        insort(item.deltas, (ts, qty if kind in INBOUND else -qty))
 
     # ------------------------------------------------------------ evaluation
     def evaluate_touched(self) -> None:
-        touched, self._touched = self._touched, {}
-        for partition, keys in touched.items():
+        for partition in dict.fromkeys([*self._touched, *self._ahead]):
             if self.state.owns(partition):
                 now = self.state.now(partition)
-                for key in keys:
+                for key in self._due(partition, now):
                     self.evaluate(partition, key, now)
+            else:
+                self._touched.pop(partition, None)
+                self._ahead.pop(partition, None)
 
     def tick(self) -> None:
-        """Time passes: scans leave their window, sales leave the velocity hour."""
+        """Time passes: scans leave their window, sales leave the velocity hour, and
+        moves that arrived ahead of the clock come due."""
         for partition in self.state.partitions():
             now = self.state.now(partition)
             if not now:
                 continue
+            due = self._due(partition, now)
             for key, item in self.state.items(partition):
-                if item.low_cover or self._any_open(partition, key):
+                if key in due or item.low_cover or self._any_open(partition, key):
                     self.evaluate(partition, key, now)
             self.book.expire(partition, now)
 
@@ -184,12 +272,12 @@ class StockRulesEngine:
     def measures(
         self, item: StockItem, now: int, rules: StockRules
     ) -> tuple[int, float, float | None]:
-        """(on hand, velocity per hour, cover hours or None)."""
+        """(on hand, velocity per hour, cover hours or None), as of ``now``."""
         hop_end = now - now % HOP
         start = hop_end - rules.velocity_window_minutes * MINUTE
         units = sum(u for m, u in item.sales.items() if start <= m < hop_end)
         velocity = units * 60 / rules.velocity_window_minutes
-        on_hand = item.on_hand()
+        on_hand = item.on_hand(now)
         cover = None
         if units >= rules.min_units_per_window and velocity > 0:
             cover = max(0.0, on_hand) / velocity
@@ -202,16 +290,16 @@ class StockRulesEngine:
         all_rules = self.rules()
         rules = all_rules.stock
         location_id, sku = key.split("|", 1)
-        self._trim(item, now)
+        scan_window = int(rules.stockout_window_minutes * MINUTE)
+        self._trim(item, now, scan_window)
+        item.fold(now - _FOLD_AGE_MS)
+        known = item.known_at(now)
         on_hand, velocity, cover = self.measures(item, now, rules)
+        _, zero_since = item.level_at(now)
         master = self.master
         is_store = master is None or location_id in master.store_by_id
         region = master.region_of(location_id) if master else None
-        scan_window = int(rules.stockout_window_minutes * MINUTE)
-        # whole minutes after the stock ran out, within the window
-        zero_minute = item.zero_since - item.zero_since % MINUTE + MINUTE
-        scans_from = max(now - scan_window, zero_minute)
-        recent_scans = sum(c for m, c in item.scans.items() if m >= scans_from)
+        recent_scans = self.scans_while_zero(item, zero_since, now, scan_window)
         hop_end = now - now % HOP
         window = {
             "window_start": hop_end - rules.velocity_window_minutes * MINUTE,
@@ -226,13 +314,24 @@ class StockRulesEngine:
             "cover_h": round(cover, 2) if cover is not None else None,
             "lead_time_h": rules.lead_time_hours,
         }
-        stock_out = item.known and on_hand <= 0 and recent_scans >= rules.stockout_scans
-        restock = (
-            item.known and not stock_out and cover is not None and cover < rules.lead_time_hours
+        # Once raised, a stock-out lasts until stock is back: shoppers giving up on the
+        # empty shelf for a quarter of an hour does not refill it, and resolving then
+        # would only page the same shelf again at the next scans.
+        stock_out = (
+            known
+            and on_hand <= 0
+            and (
+                recent_scans >= rules.stockout_scans
+                or self.book.is_open(partition, f"stock_out:{key}")
+            )
         )
+        restock = known and not stock_out and cover is not None and cover < rules.lead_time_hours
         action = None
+        transfer: dict[str, object] = {}
         if stock_out or restock:
             action = self.transfer_source(partition, location_id, sku, on_hand, velocity, now)
+            # the suggestion as data too: the action text is for people
+            transfer = {"transfer": {k: action[k] for k in ("kind", "source", "qty")}}
         scope = {"region": region, "store_id": location_id if is_store else None, "sku": sku}
         book = self.book
         if stock_out:
@@ -244,11 +343,13 @@ class StockRulesEngine:
                     severity="critical",
                     evidence={
                         **evidence,
+                        **transfer,
                         "scans": recent_scans,
                         "threshold": rules.stockout_scans,
                         "window_minutes": rules.stockout_window_minutes,
-                        "window_start": now - scan_window,
+                        "window_start": max(now - scan_window, zero_since),
                         "window_end": now,
+                        "zero_since": zero_since,
                     },
                     action=action,
                     **scope,
@@ -264,7 +365,7 @@ class StockRulesEngine:
                 Finding(
                     kind="restock",
                     severity="warning",
-                    evidence={**evidence, "threshold": rules.lead_time_hours},
+                    evidence={**evidence, **transfer, "threshold": rules.lead_time_hours},
                     action=action,
                     **scope,
                 ),
@@ -294,12 +395,31 @@ class StockRulesEngine:
             self.state.touch(partition, key)
 
     @staticmethod
-    def _trim(item: StockItem, now: int) -> None:
+    def scans_while_zero(item: StockItem, zero_since: int, now: int, window: int) -> int:
+        """Scans after the stock ran out (strictly: the buyer of the last unit scanned it
+        before paying) and within the window before ``now``.
+
+        A mark is n scans of one minute, the newest at its ts: all n count when
+        the whole minute is inside, else only the newest (the others may be
+        from before).
+        """
+        after = max(zero_since + 1, now - window)
+        count = 0
+        for ts, n in item.scan_marks:
+            if after <= ts <= now:
+                count += n if ts - ts % MINUTE >= after else 1
+        return count
+
+    @staticmethod
+    def _trim(item: StockItem, now: int, scan_window: int) -> None:
         horizon = now - _KEEP_MINUTES * MINUTE
         for buckets in (item.sales, item.scans):
             if buckets and min(buckets) < horizon:
                 for minute in [m for m in buckets if m < horizon]:
                     del buckets[minute]
+        marks_from = now - scan_window
+        if any(ts < marks_from for ts, _ in item.scan_marks):
+            item.scan_marks = [m for m in item.scan_marks if m[0] >= marks_from]
 
     def _demand(
         self,
@@ -367,7 +487,7 @@ class StockRulesEngine:
         if not campaigns or self.master is None:
             return
         short = cover is not None and cover < rules.coupon_cover_hours
-        low = item.known and (on_hand <= 0 or short)
+        low = item.known_at(now) and (on_hand <= 0 or short)
         if low == item.low_cover:
             return
         item.low_cover = low
@@ -401,12 +521,12 @@ class StockRulesEngine:
         if warehouse is None or warehouse == location_id:
             return {"kind": "short", "source": warehouse or "?", "qty": need}
         wh_item = self.state.get(partition, f"{warehouse}|{sku}")
-        if wh_item is None or not wh_item.known or wh_item.on_hand() >= need:
+        if wh_item is None or not wh_item.known_at(now) or wh_item.on_hand(now) >= need:
             return {"kind": "warehouse", "source": warehouse, "qty": need}
         assert master is not None
         for store_id, km in master.nearest_stores(location_id, rules.nearest_stores):
             other = self.state.get(partition, f"{store_id}|{sku}")
-            if other is None or not other.known:
+            if other is None or not other.known_at(now):
                 continue
             have, other_velocity, other_cover = self.measures(other, now, rules)
             surplus_cover = rules.surplus_factor * rules.lead_time_hours
