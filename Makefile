@@ -15,7 +15,7 @@ APT_PACKAGES := chromium fonts-wqy-microhei docker-compose
 # shadow PyTables (our code is imported as ctower.tables).
 export PYTHONSAFEPATH := 1
 
-.PHONY: setup system-packages demo test lint bench clean
+.PHONY: setup system-packages demo test lint bench bench-decisions clean
 
 setup: $(STAMP) system-packages
 
@@ -45,6 +45,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/ctower bench
+
+bench-decisions: setup
+	$(BIN)/ctower bench decisions
 
 clean:
 	-$(BIN)/ctower kafka down

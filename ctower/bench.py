@@ -19,16 +19,21 @@ for the batched run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import json
+import math
 import os
+import secrets
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 from tqdm import tqdm
@@ -216,34 +221,258 @@ def run_case(
     return raw, worker, sink
 
 
-@click.command()
+class BenchGroup(click.Group):
+    """``ctower bench`` alone runs the throughput bench; the dashboard's bench is
+    imported only when asked for (it needs numpy and the dashboard's queries)."""
+
+    LAZY: ClassVar[dict[str, tuple[str, str]]] = {
+        "dashboard": ("ctower.dashboard.bench", "dashboard_bench"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.LAZY.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        command: click.Command = getattr(importlib.import_module(target[0]), target[1])
+        return command
+
+
+@click.group(cls=BenchGroup, invoke_without_command=True)
 @click.option("--events", default=1_000_000, show_default=True, help="Events, batched run.")
 @click.option("--batch", default=100, show_default=True, help="Events per message.")
 @click.option("--single-events", default=200_000, show_default=True,
               help="Events of the one-event-per-message run (0 to skip).")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--no-sink", is_flag=True, help="Measure the worker only.")
-def bench(events: int, batch: int, single_events: int, seed: int, no_sink: bool) -> None:
-    """Throughput of one worker with every table on; prints a RESULT line."""
-    from ctower.broker.local import LocalKafka
-    from ctower.cli import settings_or_exit
+@click.pass_context
+def bench(
+    ctx: click.Context, events: int, batch: int, single_events: int, seed: int, no_sink: bool
+) -> None:
+    """Throughput of one worker with every table on; prints a RESULT line.
 
-    settings: Settings = settings_or_exit()
+    The subcommands are the other benchmarks; their options are their own.
+    """
+    if ctx.invoked_subcommand is None:
+        throughput(events, batch, single_events, seed, no_sink)
+
+
+def load_average() -> str:
+    """Printed with the figures: on shared cores they mean little without it."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min) {five:.1f} (5 min)"
+
+
+@contextlib.contextmanager
+def kafka_for(settings: Settings) -> Iterator[None]:
+    """The project's own broker when no cluster is configured; stopped after
+    only if this bench started it."""
+    from ctower.broker.local import LocalKafka
+
     broker = LocalKafka(settings) if settings.uses_local_kafka else None
     started_broker = broker is not None and not broker.status().running
     if broker is not None:
         broker.up()
-    click.echo(f"cores: {os.cpu_count()}, Kafka: {settings.bootstrap}")
+    click.echo(f"cores: {os.cpu_count()}, {load_average()}, Kafka: {settings.bootstrap}")
     try:
+        yield
+    finally:
+        if started_broker and broker is not None:
+            broker.down()
+
+
+def throughput(events: int, batch: int, single_events: int, seed: int, no_sink: bool) -> None:
+    from ctower.cli import settings_or_exit
+
+    settings: Settings = settings_or_exit()
+    with kafka_for(settings):
         if single_events:
             raw1, worker1, _ = run_case(settings, "single", single_events, 1, seed, False)
             click.echo(f"  single: worker/bare = {worker1.events_per_s / raw1.events_per_s:.3f}")
         raw, worker, _sink = run_case(settings, "batched", events, batch, seed, not no_sink)
-    finally:
-        if started_broker and broker is not None:
-            broker.down()
     ratio = worker.events_per_s / raw.events_per_s if raw.events_per_s else 0.0
     click.echo(
         f"RESULT events_per_s={worker.events_per_s:.0f} raw_events_per_s={raw.events_per_s:.0f} "
         f"ratio={ratio:.3f} rss_mb={worker.rss_mb:.0f}"
     )
+
+
+# ------------------------------------------------------------------ decisions
+RESERVE_TARGET_MS = 20.0
+"""Issue 3: a reservation's p99 at 1,000 requests/s."""
+ALERT_TARGET_MS = 2_000.0
+"""Issue 3: event-to-alert p99 at 10,000 events/s."""
+
+
+def decisions_result(
+    reserve_runs: list[list[float]], alert_latencies: list[float]
+) -> tuple[float, float, float, float]:
+    """(reserve p50, reserve p99, alert p50, alert p99) in ms.
+
+    Reservations: the median over runs of each run's percentile, because one
+    run's p99 on shared cores swings with whatever else the machine does.
+    Alerts: over every probe of the run (missed probes as ``inf``).
+    """
+    from statistics import median
+
+    from ctower.streams.decision_bench import percentile
+
+    return (
+        median(percentile(run, 50) for run in reserve_runs) if reserve_runs else math.nan,
+        median(percentile(run, 99) for run in reserve_runs) if reserve_runs else math.nan,
+        percentile(alert_latencies, 50),
+        percentile(alert_latencies, 99),
+    )
+
+
+def decisions_result_line(figures: tuple[float, float, float, float]) -> str:
+    reserve_p50, reserve_p99, alert_p50, alert_p99 = figures
+    return (
+        f"RESULT reserve_p50_ms={reserve_p50:.1f} reserve_p99_ms={reserve_p99:.1f} "
+        f"alert_p50_ms={alert_p50:.1f} alert_p99_ms={alert_p99:.1f}"
+    )
+
+
+def decisions_settings(base: Settings, seed: int) -> tuple[Settings, dict[str, str]]:
+    """A fresh world for one run: own topics, app id, data folder, web port and
+    master data (the simulator's chain of ``seed``), a coupon token; and the
+    worker's environment."""
+    from ctower.simulator.generator import SimConfig, Simulator
+
+    run_id = f"bench{int(time.time())}decisions"
+    settings = base.model_copy(update={
+        "topic_prefix": f"{run_id}.",
+        "app_id": run_id,
+        "data_dir": base.data_dir / "bench" / run_id,
+        "store_dsn": None,
+        "log_level": "WARNING",
+        "worker_web_port": _free_port(),
+        "coupon_api_token": base.coupon_api_token or secrets.token_urlsafe(24),
+    })
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    chain = settings.data_dir / "chain.json"
+    chain.write_text(json.dumps(Simulator(SimConfig(seed=seed, events=1)).chain.to_dict(),
+                                ensure_ascii=False), encoding="utf-8")
+    settings = settings.model_copy(update={"master_data_file": chain})
+    env = settings.child_env()
+    # the probes reuse stores: a resolved alert must be able to reopen at once
+    env["CTOWER_RULE_ALERTS__COOLDOWN_MINUTES"] = "0"
+    return settings, env
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_worker(settings: Settings, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``ctower worker`` on its own, answering on its web port (or an exception
+    with the end of its log)."""
+    proc = subprocess.Popen([sys.executable, "-m", "ctower", "worker"], env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://{settings.worker_web_host}:{settings.worker_web_port}/stats/"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise click.ClickException(f"the worker exited:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return proc
+        except OSError:
+            if time.monotonic() > deadline:
+                stop(proc)
+                raise click.ClickException(f"the worker did not answer on {url} in 120 s") from None
+            time.sleep(0.3)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@bench.command()
+@click.option("--reserve-rate", default=1000, show_default=True, help="Reservations per second.")
+@click.option("--reserve-seconds", default=10.0, show_default=True, help="Seconds per run.")
+@click.option("--reserve-runs", default=3, show_default=True,
+              help="Reservation runs; the RESULT takes the median of their percentiles.")
+@click.option("--campaigns", default=20, show_default=True, help="Campaigns reserved from.")
+@click.option("--event-rate", default=10_000, show_default=True,
+              help="Background events per second while the alert probes run.")
+@click.option("--seconds", default=60.0, show_default=True,
+              help="Seconds of alert probes (after a warm-up).")
+@click.option("--probes", default=150, show_default=True,
+              help="Threshold crossings, spread evenly.")
+@click.option("--batch", default=100, show_default=True,
+              help="Events per message of the background traffic.")
+@click.option("--alert-timeout", default=10.0, show_default=True,
+              help="Seconds after which a probe counts as missed (inf in the percentiles).")
+@click.option("--seed", default=1, show_default=True, help="The simulated chain and traffic.")
+def decisions(
+    reserve_rate: int, reserve_seconds: float, reserve_runs: int, campaigns: int,
+    event_rate: int, seconds: float, probes: int, batch: int, alert_timeout: float, seed: int,
+) -> None:
+    """Reservation latency at 1,000 req/s and event-to-alert latency at 10,000 events/s.
+
+    One fresh worker: first the reservation runs on it (open loop, every
+    request a durable grant), then, with the simulator feeding it, pickup
+    queues pushed over capacity and timed until their alert is on ct.alerts.
+    """
+    from ctower.broker.topics import ensure_topics
+    from ctower.cli import settings_or_exit
+    from ctower.streams.coupon_bench import BenchError, bench_reservations
+    from ctower.streams.decision_bench import bench_alert_latency, dump, percentile, summary
+
+    base: Settings = settings_or_exit()
+    reserve: list[list[float]] = []
+    with kafka_for(base):
+        settings, env = decisions_settings(base, seed)
+        ensure_topics(settings)
+        log = settings.data_dir / "worker.log"
+        click.echo(f"topics {settings.topic_prefix}*, worker log {log}")
+        worker = start_worker(settings, env, log)
+        try:
+            click.echo(f"\n[reservations] {reserve_runs} x {reserve_seconds:g} s at "
+                       f"{reserve_rate:,}/s over {campaigns} campaigns")
+            for n in range(reserve_runs):
+                latencies = bench_reservations(settings, reserve_rate, reserve_seconds, campaigns)
+                reserve.append(latencies)
+                click.echo(f"  run {n + 1}: {len(latencies):,} granted, p50 "
+                           f"{percentile(latencies, 50):.1f} ms, p99 "
+                           f"{percentile(latencies, 99):.1f} ms, max {max(latencies):.1f} ms")
+            click.echo(f"\n[event to alert] {probes} probes over {seconds:g} s, background "
+                       f"{event_rate:,} events/s ({batch} per message)")
+            run = bench_alert_latency(settings, event_rate, seconds, probes, seed, batch,
+                                      alert_timeout=alert_timeout)
+        except BenchError as exc:
+            raise click.ClickException(
+                f"{exc}\n(worker log: {log})"
+            ) from None
+        finally:
+            stop(worker)
+    dump(run, settings.data_dir / "probes.json")
+    click.echo(summary(run))
+    figures = decisions_result(reserve, run.with_misses())
+    reserve_p50, reserve_p99, alert_p50, alert_p99 = figures
+    click.echo(
+        f"\nreservation: p50 {reserve_p50:.1f} ms, p99 {reserve_p99:.1f} ms (medians of "
+        f"{len(reserve)} runs); p99 / target {RESERVE_TARGET_MS:g} ms = "
+        f"{reserve_p99 / RESERVE_TARGET_MS:.2f}"
+    )
+    click.echo(
+        f"event to alert: p50 {alert_p50:.0f} ms, p99 {alert_p99:.0f} ms "
+        f"({len(run.latencies_ms)} of {run.probes} probes alerted); p99 / target "
+        f"{ALERT_TARGET_MS:g} ms = {alert_p99 / ALERT_TARGET_MS:.2f}"
+    )
+    if run.missed or run.skipped:
+        click.echo(f"WARNING: {len(run.missed)} probes got no alert within {alert_timeout:g} s "
+                   f"and {run.skipped} could not start (counted as inf)")
+    click.echo(f"{load_average()}; probe figures in {settings.data_dir / 'probes.json'}")
+    click.echo(decisions_result_line(figures))
