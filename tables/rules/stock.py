@@ -177,8 +177,6 @@ class StockRulesEngine:
         """
         state = self.state
         now = state.now(partition)
-        ahead = self._ahead.setdefault(partition, [])
-        touched = self._touched.setdefault(partition, set())
 
         def after_message() -> None:
             nonlocal now
@@ -191,10 +189,11 @@ class StockRulesEngine:
             )
             self._move(item, move)
             state.put(partition, key, item)
+            # looked up each time: an evaluation between two messages takes the set away
             if move.ts > now:
-                heapq.heappush(ahead, (move.ts, key))
+                heapq.heappush(self._ahead.setdefault(partition, []), (move.ts, key))
             else:
-                touched.add(key)
+                self._touched.setdefault(partition, set()).add(key)
         self._evaluate_if_time_passed(partition)
 
     def _due(self, partition: int, now: int) -> set[str]:

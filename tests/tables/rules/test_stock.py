@@ -255,3 +255,21 @@ def test_folding_old_movements_keeps_on_hand_and_the_zero_spell() -> None:
     # a late movement from before the fold still counts, as in stock_on_hand_v
     StockRulesEngine._move(item, StockMove("S1", "K1", "receipt", 4, T0 + 5_000, "inventory:0", 9))
     assert item.on_hand(now) == 4
+
+
+def test_every_key_of_a_long_array_is_judged(harness: Any) -> None:
+    """An array holds many source messages; the rules evaluate between them as event
+    time passes, and a key first touched after such an evaluation is judged too
+    (here a late one, older than the clock)."""
+    feed = Feed(harness)
+    feed.send(("S1", "snapshot", 5, T0))
+    feed.send(("S2", "scan", 1, T0 + MIN), source="scan:0", wall=0)  # ahead of inventory
+    assert feed.now() == T0
+    feed.engine.apply(0, [
+        StockMove("S3", "K1", "snapshot", 7, T0 + 2_000, "inventory:0", 90),  # moves the clock
+        StockMove("S4", "K1", "snapshot", 9, T0 + 1_000, "inventory:0", 91),  # late
+    ])
+    harness.wall += 6  # the sources go quiet
+    feed.engine.tick()
+    assert {level.location_id: level.on_hand for level in harness.levels} == {
+        "S1": 5, "S2": 0, "S3": 7, "S4": 9}
