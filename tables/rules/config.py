@@ -76,8 +76,9 @@ class LogisticsRules(_Section):
         },
     )
     min_stale: int = Field(3, ge=1)
-    silence_minutes: float = Field(12.0, gt=0)
-    silence_min_expected: float = Field(4.0, gt=0)
+    silence_minutes: float = Field(15.0, gt=0)
+    silence_min_expected: float = Field(8.0, gt=0)
+    silence_min_samples: int = Field(10, ge=1)
     failed_window_minutes: float = Field(60.0, gt=0)
     failed_min: int = Field(3, ge=1)
     failed_share: float = Field(0.15, gt=0, le=1)
@@ -87,6 +88,7 @@ class LogisticsRules(_Section):
     on_time_window_minutes: float = Field(120.0, gt=0)
     on_time_below: float = Field(0.8, gt=0, le=1)
     on_time_min_deliveries: int = Field(20, ge=1)
+    confidence: float = Field(0.99, ge=0.5, lt=1)
 
 
 class AlertRules(_Section):

@@ -27,8 +27,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "近 {window_minutes} 分钟仍有 {scans} 次扫码",
         "pickup_congestion": "自提拥堵：{store_id} 等待 {waiting} 人（容量 {capacity}），"
         "近 {window_minutes} 分钟 P90 等待 {p90_wait_min} 分钟",
-        "shipment_stale": "物流停滞：{carrier} 在 {region} 有 {stale} 单超时未更新，"
-        "已 {silence_min} 分钟无进展",
+        "shipment_stale": "物流停滞：{carrier} 在 {region} 已 {silence_min} 分钟无运单更新"
+        "（按其以往节奏应有约 {expected_updates} 次），在途 {open} 单中 {stale} 单超时",
         "shipment_failed": "配送失败：{carrier} 在 {region} 近 {window_minutes} 分钟 "
         "{failed} 单失败或退回（占 {share_pct}%）",
         "eta_passed": "逾期未达：{carrier} 在 {region} 有 {past_eta} 单超过预计送达时间"
@@ -45,8 +45,9 @@ MESSAGES: dict[str, dict[str, str]] = {
         "and {scans} scans in the last {window_minutes} min",
         "pickup_congestion": "Pickup congestion: {waiting} waiting at {store_id} "
         "(capacity {capacity}), p90 wait {p90_wait_min} min over {window_minutes} min",
-        "shipment_stale": "Stale shipments: {stale} of {carrier} in {region} overdue, "
-        "no progress for {silence_min} min",
+        "shipment_stale": "Stale shipments: {carrier} in {region} sent no update for "
+        "{silence_min} min (about {expected_updates} expected at its usual pace); "
+        "{stale} of {open} open shipments overdue",
         "shipment_failed": "Failed deliveries: {failed} of {carrier} in {region} "
         "in {window_minutes} min ({share_pct}%)",
         "eta_passed": "Past ETA: {past_eta} shipments of {carrier} in {region} "
