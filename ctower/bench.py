@@ -422,16 +422,18 @@ def decisions(
     """Reservation latency at 1,000 req/s and event-to-alert latency at 10,000 events/s.
 
     One fresh worker: first the reservation runs on it (open loop, every
-    request a durable grant), then, with the simulator feeding it, pickup
-    queues pushed over capacity and timed until their alert is on ct.alerts.
+    request a durable grant), then, with a paced producer feeding it the
+    simulator's streams, pickup queues pushed over capacity and timed until
+    their alert is on ct.alerts. --reserve-runs 0 or --probes 0 skips a part.
     """
     from ctower.broker.topics import ensure_topics
     from ctower.cli import settings_or_exit
-    from ctower.streams.coupon_bench import BenchError, bench_reservations
+    from ctower.streams.coupon_bench import BenchError, run_reservations
     from ctower.streams.decision_bench import bench_alert_latency, dump, percentile, summary
 
     base: Settings = settings_or_exit()
     reserve: list[list[float]] = []
+    run = None
     with kafka_for(base):
         settings, env = decisions_settings(base, seed)
         ensure_topics(settings)
@@ -439,40 +441,46 @@ def decisions(
         click.echo(f"topics {settings.topic_prefix}*, worker log {log}")
         worker = start_worker(settings, env, log)
         try:
-            click.echo(f"\n[reservations] {reserve_runs} x {reserve_seconds:g} s at "
-                       f"{reserve_rate:,}/s over {campaigns} campaigns")
+            if reserve_runs:
+                click.echo(f"\n[reservations] {reserve_runs} x {reserve_seconds:g} s at "
+                           f"{reserve_rate:,}/s over {campaigns} campaigns")
             for n in range(reserve_runs):
-                latencies = bench_reservations(settings, reserve_rate, reserve_seconds, campaigns)
+                answered = run_reservations(settings, reserve_rate, reserve_seconds, campaigns)
+                latencies, late = answered.latencies_ms, answered.client_late_ms
                 reserve.append(latencies)
                 click.echo(f"  run {n + 1}: {len(latencies):,} granted, p50 "
                            f"{percentile(latencies, 50):.1f} ms, p99 "
-                           f"{percentile(latencies, 99):.1f} ms, max {max(latencies):.1f} ms")
-            click.echo(f"\n[event to alert] {probes} probes over {seconds:g} s, background "
-                       f"{event_rate:,} events/s ({batch} per message)")
-            run = bench_alert_latency(settings, event_rate, seconds, probes, seed, batch,
-                                      alert_timeout=alert_timeout)
+                           f"{percentile(latencies, 99):.1f} ms, max {max(latencies):.1f} ms "
+                           f"(the client itself late to send: p50 {percentile(late, 50):.1f}, "
+                           f"p99 {percentile(late, 99):.1f} ms)")
+            if probes:
+                click.echo(f"\n[event to alert] {probes} probes over {seconds:g} s, background "
+                           f"{event_rate:,} events/s ({batch} per message)")
+                run = bench_alert_latency(settings, event_rate, seconds, probes, seed, batch,
+                                          alert_timeout=alert_timeout)
         except BenchError as exc:
-            raise click.ClickException(
-                f"{exc}\n(worker log: {log})"
-            ) from None
+            raise click.ClickException(f"{exc}\n(worker log: {log})") from None
         finally:
             stop(worker)
-    dump(run, settings.data_dir / "probes.json")
-    click.echo(summary(run))
-    figures = decisions_result(reserve, run.with_misses())
+    if run is not None:
+        dump(run, settings.data_dir / "probes.json")
+        click.echo(summary(run))
+    figures = decisions_result(reserve, run.with_misses() if run is not None else [])
     reserve_p50, reserve_p99, alert_p50, alert_p99 = figures
     click.echo(
         f"\nreservation: p50 {reserve_p50:.1f} ms, p99 {reserve_p99:.1f} ms (medians of "
         f"{len(reserve)} runs); p99 / target {RESERVE_TARGET_MS:g} ms = "
         f"{reserve_p99 / RESERVE_TARGET_MS:.2f}"
     )
-    click.echo(
-        f"event to alert: p50 {alert_p50:.0f} ms, p99 {alert_p99:.0f} ms "
-        f"({len(run.latencies_ms)} of {run.probes} probes alerted); p99 / target "
-        f"{ALERT_TARGET_MS:g} ms = {alert_p99 / ALERT_TARGET_MS:.2f}"
-    )
-    if run.missed or run.skipped:
-        click.echo(f"WARNING: {len(run.missed)} probes got no alert within {alert_timeout:g} s "
-                   f"and {run.skipped} could not start (counted as inf)")
-    click.echo(f"{load_average()}; probe figures in {settings.data_dir / 'probes.json'}")
+    if run is not None:
+        click.echo(
+            f"event to alert: p50 {alert_p50:.0f} ms, p99 {alert_p99:.0f} ms "
+            f"({len(run.latencies_ms)} of {run.probes} probes alerted within "
+            f"{alert_timeout:g} s); p99 / target {ALERT_TARGET_MS:g} ms = "
+            f"{alert_p99 / ALERT_TARGET_MS:.2f}"
+        )
+        if run.missed or run.skipped:
+            click.echo(f"WARNING: {len(run.missed)} probes got no alert within "
+                       f"{alert_timeout:g} s and {run.skipped} could not start (counted as inf)")
+    click.echo(f"{load_average()}; worker log and probes in {settings.data_dir}")
     click.echo(decisions_result_line(figures))

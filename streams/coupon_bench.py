@@ -6,6 +6,11 @@ request was *due*: a server that stalls makes the queue behind it wait, and
 that wait is counted (a closed loop that waits for each answer would hide
 it). One keep-alive connection pool, as a coupon service would hold.
 
+The client is a Python process too: when it is itself late to send (its
+core busy elsewhere), that delay is in the latency as well, and
+:attr:`ReservationRun.client_late_ms` says how much of it there was, so a
+tail can be told apart from the worker's.
+
 The campaigns get a policy with a cap far above what the run can reach, so
 every request does the full work of a grant: check every cap, count, and
 wait until Kafka has acknowledged the count.
@@ -19,6 +24,7 @@ import random
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 
 import aiohttp
 from tqdm import tqdm
@@ -34,6 +40,15 @@ MEMBERS = 100_000
 
 class BenchError(RuntimeError):
     """The benchmark could not run or too many requests failed; the message says which."""
+
+
+@dataclass
+class ReservationRun:
+    latencies_ms: list[float] = field(default_factory=list)
+    """Due -> answer read, per granted reservation."""
+    client_late_ms: list[float] = field(default_factory=list)
+    """Due -> the request's task started: the client's own delay, per request."""
+    failures: dict[str, int] = field(default_factory=dict)
 
 
 def bench_campaigns(campaigns: int) -> list[str]:
@@ -70,7 +85,7 @@ def prepare_campaigns(settings: Settings, campaigns: list[str], timeout: float =
 
 async def _fire(
     settings: Settings, campaigns: list[str], rate: int, seconds: float
-) -> tuple[list[float], dict[str, int]]:
+) -> ReservationRun:
     token = settings.coupon_api_token
     base = f"http://{settings.worker_web_host}:{settings.worker_web_port}/coupons"
     rng = random.Random(7)
@@ -81,8 +96,8 @@ async def _fire(
                      "member_id": f"M{rng.randrange(MEMBERS):06d}"}).encode())
         for _ in range(total + 200)
     ]
-    latencies: list[float] = []
-    failures: dict[str, int] = {}
+    run = ReservationRun()
+    latencies, late, failures = run.latencies_ms, run.client_late_ms, run.failures
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=10)
@@ -91,6 +106,8 @@ async def _fire(
         loop = asyncio.get_running_loop()
 
         async def one(url: str, body: bytes, due: float, progress: tqdm | None) -> None:
+            if progress is not None:
+                late.append((loop.time() - due) * 1000)
             try:
                 async with session.post(url, data=body) as answer:
                     await answer.read()
@@ -123,7 +140,7 @@ async def _fire(
                 if sent < total:
                     await asyncio.sleep(max(0.0, start + sent / rate - loop.time()))
             await asyncio.gather(*tasks)
-    return latencies, failures
+    return run
 
 
 def bench_reservations(
@@ -135,14 +152,22 @@ def bench_reservations(
     Needs ``CTOWER_COUPON_API_TOKEN`` (the worker's) and a running worker;
     raises :class:`BenchError` when more than 1% of the requests fail.
     """
+    return run_reservations(settings, rate, seconds, campaigns).latencies_ms
+
+
+def run_reservations(
+    settings: Settings, rate: int = 1000, seconds: float = 10.0, campaigns: int = 20
+) -> ReservationRun:
+    """:func:`bench_reservations` with the client's own lateness beside the latencies."""
     if rate < 1 or seconds <= 0 or campaigns < 1:
         raise BenchError("rate, seconds and campaigns must be positive")
     if not settings.coupon_api_token:
         raise BenchError("the coupon API needs CTOWER_COUPON_API_TOKEN (the worker's token)")
     names = bench_campaigns(campaigns)
     prepare_campaigns(settings, names)
-    latencies, failures = asyncio.run(_fire(settings, names, rate, seconds))
-    failed = sum(failures.values())
-    if failed > 0.01 * (len(latencies) + failed):
-        raise BenchError(f"{failed} of {len(latencies) + failed} reservations failed: {failures}")
-    return latencies
+    run = asyncio.run(_fire(settings, names, rate, seconds))
+    failed = sum(run.failures.values())
+    answered = len(run.latencies_ms)
+    if failed > 0.01 * (answered + failed):
+        raise BenchError(f"{failed} of {answered + failed} reservations failed: {run.failures}")
+    return run

@@ -111,8 +111,8 @@ class AlertRun:
     early: list[str] = field(default_factory=list)
     """Probes whose alert came before the crossing event was sent."""
     stray_alerts: int = 0
-    """Pickup congestion alerts nobody waited for (a background store, or a
-    missed probe's alert that came after its timeout)."""
+    """Pickup congestion alerts nobody waited for: a resolution that came after
+    its probe gave up on it, or an alert at a store the probes do not use."""
     late_starts: int = 0
     """Probes that started over a second behind schedule (no store was free)."""
     sent_events_per_s: float = 0.0
