@@ -78,7 +78,7 @@ class LogisticsRules(_Section):
     min_stale: int = Field(3, ge=1)
     silence_minutes: float = Field(15.0, gt=0)
     silence_min_expected: float = Field(8.0, gt=0)
-    silence_min_samples: int = Field(10, ge=1)
+    silence_min_samples: int = Field(8, ge=1)
     failed_window_minutes: float = Field(60.0, gt=0)
     failed_min: int = Field(3, ge=1)
     failed_share: float = Field(0.15, gt=0, le=1)

@@ -132,18 +132,34 @@ def test_the_alert_opens_at_the_window_even_when_the_next_event_comes_later(
     assert alert.opened_at == last + WINDOW
 
 
-def test_a_thin_lane_that_goes_quiet_is_not_judged_by_silence(harness: Any) -> None:
+def test_a_thin_lane_is_not_alerted_within_the_window(harness: Any) -> None:
+    """Five shipments an hour: a quarter of an hour without news proves nothing yet. Only
+    once its few parcels are all overdue by its own standards does the silence count."""
     feed = Feed(harness)
     stop = T0 + 180 * MIN
-    thin = shipments(BUSY, T0, T0 + 300 * MIN, 12 * MIN, seed=3)  # five an hour
+    thin = stopped(shipments(BUSY, T0, T0 + 300 * MIN, 12 * MIN, seed=3), BUSY, stop)
     other = shipments(OTHER, T0, T0 + 300 * MIN, 2 * MIN, seed=2)
-    feed.send(stopped(thin, BUSY, stop) + other, until=stop + 45 * MIN)
+    feed.send(thin + other, until=stop + 20 * MIN)
     assert feed.opened("lane_silent:") == []
-    # it was judged, and its few open shipments owed too little for a silence to mean much
+    # it was judged, and its open shipments owed too little for the silence to mean much
     lane = feed.lanes.state.get(0, "SF|EAST")
     assert lane is not None
-    silence, expected = LaneRules._silence(lane, stop + 45 * MIN, Rules().logistics)
-    assert silence > 2 * WINDOW and 0 < expected < Rules().logistics.silence_min_expected
+    silence, expected = LaneRules._silence(lane, stop + 20 * MIN, Rules().logistics)
+    assert silence > WINDOW and 0 < expected < Rules().logistics.silence_min_expected
+    feed.send(thin + other, since=stop + 20 * MIN, until=stop + 90 * MIN)
+    late = feed.opened("lane_silent:SF|EAST")
+    assert len(late) == 1 and late[0].opened_at > stop + 2 * WINDOW
+
+
+def test_quiet_hours_are_not_a_stop(harness: Any) -> None:
+    """At night orders stop; the carrier delivers what it holds and then has nothing to
+    move. Hours without an update owe nothing."""
+    feed = Feed(harness)
+    evening = T0 + 180 * MIN
+    busy = shipments(BUSY, T0, evening, MIN, seed=1)  # sixty an hour, then none
+    other = shipments(OTHER, T0, T0 + 480 * MIN, 10 * MIN, seed=2)
+    feed.send(busy + other)
+    assert feed.opened("") == []
 
 
 def test_a_young_lane_has_no_dwell_times_to_judge_a_silence_by(harness: Any) -> None:
