@@ -20,8 +20,8 @@ The stage allowances (``stale_minutes``) remain the rule for single stuck
 shipments.
 
 Shares (failed deliveries, on-time rate) are judged with a Wilson score
-bound at ``confidence``: a lane of twenty deliveries with four late ones is
-not yet a lane whose on-time rate fell, a lane of two hundred with forty is.
+bound at ``confidence``: 13 of 20 deliveries on time is chance in a thin lane
+at night, 130 of 200 is a carrier getting worse.
 """
 
 from __future__ import annotations
