@@ -60,7 +60,7 @@ class StockRules(_Section):
 
 
 class DemandRules(_Section):
-    k: float = Field(4.0, gt=1)
+    k: float = Field(6.0, gt=1)
     min_scans: int = Field(15, ge=1)
     baseline_windows: int = Field(12, ge=1)
     baseline_floor: float = Field(1.0, gt=0)
