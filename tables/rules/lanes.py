@@ -35,6 +35,7 @@ from msgspec import Struct
 
 from ctower.tables.rules.alert_book import AlertBook, Finding
 from ctower.tables.rules.config import LogisticsRules, Rules
+from ctower.tables.rules.family import RuleFamily
 from ctower.tables.rules.rule_state import RuleState
 
 MINUTE = 60_000
@@ -73,46 +74,41 @@ class Lane(Struct, kw_only=True, array_like=True):
     """Shipments finished while their outcome counts: a repeat of one is not news."""
 
 
-class LaneRules:
+class LaneRules(RuleFamily):
     def __init__(
         self, state: RuleState[Lane], book: AlertBook, rules: Callable[[], Rules]
     ) -> None:
+        super().__init__()
         self.state = state
         self.book = book
         self.rules = rules
-        self._touched: dict[int, set[str]] = {}
-        self._evaluated_at: dict[int, int] = {}
 
     def apply(self, partition: int, events: Iterable[LaneEvent]) -> None:
         """Apply one array of events (whole source messages, in source order)."""
         state = self.state
-        evaluate = lambda: self._evaluate_if_time_passed(partition)  # noqa: E731
+        evaluate = lambda: self.evaluate_if_time_passed(partition)  # noqa: E731
         for ev in state.fresh_items(partition, events, evaluate):
             key = f"{ev.carrier}|{ev.region}"
             lane = state.get(partition, key) or Lane()
             self._event(lane, ev)
             state.put(partition, key, lane)
-            self._touched.setdefault(partition, set()).add(key)
+            self.touch(partition, key)
         evaluate()
 
-    def _evaluate_if_time_passed(self, partition: int) -> None:
-        """Evaluate what this much event time can have changed.
+    def due(self, partition: int, now: int) -> set[str]:
+        """The lanes touched, and the lanes that went silent.
 
         A replay at full speed moves event time by minutes between two
-        wall-clock ticks, so a lane that went silent is looked at here too,
-        not only the lanes events touched: its alert then opens at the event
+        wall-clock ticks, so a lane that went silent is looked at too, not
+        only the lanes events touched: its alert then opens at the event
         time the silence crossed the window, not at the next tick.
         """
-        now = self.state.now(partition)
-        if now - self._evaluated_at.get(partition, 0) < 1_000:
-            return
-        self._evaluated_at[partition] = now
-        touched = self._touched.pop(partition, set())
+        keys = super().due(partition, now)
         window = int(self.rules().logistics.silence_minutes * MINUTE)
         for key, lane in self.state.items(partition):
-            silent = bool(lane.open and lane.last_progress and now - lane.last_progress >= window)
-            if key in touched or silent:
-                self.evaluate(partition, key, now)
+            if lane.open and lane.last_progress and now - lane.last_progress >= window:
+                keys.add(key)
+        return keys
 
     @staticmethod
     def _event(lane: Lane, ev: LaneEvent) -> None:
@@ -151,14 +147,6 @@ class LaneRules:
                 lane.done[sid] = ts
         else:
             lane.open[sid] = (status, ts, eta or (before[2] if before else 0))
-
-    def evaluate_touched(self) -> None:
-        touched, self._touched = self._touched, {}
-        for partition, keys in touched.items():
-            if self.state.owns(partition):
-                now = self.state.now(partition)
-                for key in keys:
-                    self.evaluate(partition, key, now)
 
     def tick(self) -> None:
         """Staleness comes from time passing, not from events: look at every lane."""

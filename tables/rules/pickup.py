@@ -21,6 +21,7 @@ from ctower.schemas.events import Pickup
 from ctower.schemas.master_data import MasterData
 from ctower.tables.rules.alert_book import AlertBook, Finding
 from ctower.tables.rules.config import Rules
+from ctower.tables.rules.family import RuleFamily
 from ctower.tables.rules.rule_state import RuleState
 
 _FORGET_MS = 6 * 3_600_000
@@ -45,7 +46,7 @@ def p90(values: list[int]) -> int:
     return ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
 
 
-class PickupRules:
+class PickupRules(RuleFamily):
     def __init__(
         self,
         state: RuleState[PickupQueue],
@@ -55,21 +56,19 @@ class PickupRules:
         signal: Callable[[CouponSignal], None],
         level: Callable[[PickupLevel], None],
     ) -> None:
+        super().__init__()
         self.state = state
         self.book = book
         self.rules = rules
         self.master = master
         self.signal = signal
         self.level = level
-        self._touched: dict[int, set[str]] = {}
-        self._evaluated_at: dict[int, int] = {}
 
     def apply(self, partition: int, source: str, offset: int, events: Iterable[Pickup]) -> None:
         state = self.state
         if not state.fresh(partition, source, offset):
             return
         max_ts = 0
-        touched = self._touched.setdefault(partition, set())
         for ev in events:
             ts: int = ev.ts  # type: ignore[assignment]
             max_ts = max(max_ts, ts)
@@ -88,23 +87,9 @@ class PickupRules:
             else:
                 continue
             state.put(partition, ev.store_id, queue)
-            touched.add(ev.store_id)
+            self.touch(partition, ev.store_id)
         state.applied(partition, source, offset, max_ts)
-        now = state.now(partition)
-        if now - self._evaluated_at.get(partition, 0) >= 1_000:
-            # as event time passes, not only at the end of a batch: a replay
-            # of an hour in one batch must alert at the minute the queue grew
-            self._evaluated_at[partition] = now
-            for store_id in self._touched.pop(partition, ()):
-                self.evaluate(partition, store_id, now)
-
-    def evaluate_touched(self) -> None:
-        touched, self._touched = self._touched, {}
-        for partition, stores in touched.items():
-            if self.state.owns(partition):
-                now = self.state.now(partition)
-                for store_id in stores:
-                    self.evaluate(partition, store_id, now)
+        self.evaluate_if_time_passed(partition)
 
     def tick(self) -> None:
         """Time passes: waits leave the window, forgotten arrivals expire."""

@@ -36,6 +36,7 @@ from ctower.schemas.control import CouponSignal, StockLevel
 from ctower.schemas.master_data import MasterData
 from ctower.tables.rules.alert_book import AlertBook, Finding
 from ctower.tables.rules.config import Rules, StockRules
+from ctower.tables.rules.family import RuleFamily
 from ctower.tables.rules.rule_state import RuleState
 
 MINUTE = 60_000
@@ -139,7 +140,7 @@ class StockItem(Struct, kw_only=True, array_like=True):
         del self.deltas[:cut]
 
 
-class StockRulesEngine:
+class StockRulesEngine(RuleFamily):
     def __init__(
         self,
         state: RuleState[StockItem],
@@ -149,14 +150,13 @@ class StockRulesEngine:
         signal: Callable[[CouponSignal], None],
         level: Callable[[StockLevel], None],
     ) -> None:
+        super().__init__()
         self.state = state
         self.book = book
         self.rules = rules
         self.master = master
         self.signal = signal
         self.level = level
-        self._touched: dict[int, set[str]] = {}
-        self._evaluated_at: dict[int, int] = {}
         self._ahead: dict[int, list[tuple[int, str]]] = {}
         """Per partition, (ts, key) of moves that arrived ahead of the clock: the key
         is judged again when the clock reaches ts. Not persisted: the moves are in the
@@ -180,7 +180,7 @@ class StockRulesEngine:
 
         def after_message() -> None:
             nonlocal now
-            now = self._evaluate_if_time_passed(partition)
+            now = self.evaluate_if_time_passed(partition)
 
         for move in state.fresh_items(partition, moves, after_message):
             key = f"{move.location_id}|{move.sku}"
@@ -193,24 +193,23 @@ class StockRulesEngine:
             if move.ts > now:
                 heapq.heappush(self._ahead.setdefault(partition, []), (move.ts, key))
             else:
-                self._touched.setdefault(partition, set()).add(key)
-        self._evaluate_if_time_passed(partition)
+                self.touch(partition, key)
+        self.evaluate_if_time_passed(partition)
 
-    def _due(self, partition: int, now: int) -> set[str]:
+    def due(self, partition: int, now: int) -> set[str]:
         """The keys touched, and those whose moves from ahead the clock has reached."""
-        keys = self._touched.pop(partition, set())
+        keys = super().due(partition, now)
         ahead = self._ahead.get(partition)
         while ahead and ahead[0][0] <= now:
             keys.add(heapq.heappop(ahead)[1])
         return keys
 
-    def _evaluate_if_time_passed(self, partition: int) -> int:
-        now = self.state.now(partition)
-        if now - self._evaluated_at.get(partition, 0) >= 1_000:
-            self._evaluated_at[partition] = now
-            for key in self._due(partition, now):
-                self.evaluate(partition, key, now)
-        return now
+    def pending(self) -> list[int]:
+        return list(dict.fromkeys([*super().pending(), *self._ahead]))
+
+    def forget(self, partition: int) -> None:
+        super().forget(partition)
+        self._ahead.pop(partition, None)
 
     @staticmethod
     def _move(item: StockItem, move: StockMove) -> None:
@@ -239,16 +238,6 @@ class StockRulesEngine:
         insort(item.deltas, (ts, qty if kind in INBOUND else -qty))
 
     # ------------------------------------------------------------ evaluation
-    def evaluate_touched(self) -> None:
-        for partition in dict.fromkeys([*self._touched, *self._ahead]):
-            if self.state.owns(partition):
-                now = self.state.now(partition)
-                for key in self._due(partition, now):
-                    self.evaluate(partition, key, now)
-            else:
-                self._touched.pop(partition, None)
-                self._ahead.pop(partition, None)
-
     def tick(self) -> None:
         """Time passes: scans leave their window, sales leave the velocity hour, and
         moves that arrived ahead of the clock come due."""
@@ -256,7 +245,7 @@ class StockRulesEngine:
             now = self.state.now(partition)
             if not now:
                 continue
-            due = self._due(partition, now)
+            due = self.due(partition, now)
             for key, item in self.state.items(partition):
                 if key in due or item.low_cover or self._any_open(partition, key):
                     self.evaluate(partition, key, now)
