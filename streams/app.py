@@ -206,6 +206,9 @@ def build_app(settings: Settings) -> ControlTower:
             owned = recovery.actives_for_table.get(decisions.table, ())
             decisions.adopt(tp.partition for tp in owned)
             decisions.tick()
+        # the rules' batches wait for this write to be acked (also while a
+        # rebalance waits for every message to be acked: Consumer.wait_empty)
+        await _persist_and_release(tower)
 
     @app.task
     async def drop_monitor() -> None:
@@ -219,6 +222,7 @@ def build_app(settings: Settings) -> ControlTower:
         # still ours until the revocation completes: persist and ack, then let go
         for pending in tower.pending.values():
             await pending.settle()
+        await _persist_and_release(tower)
         for tp in revoked:
             for processor in tower.processors.values():
                 if tp.topic == processor.topic:
@@ -251,6 +255,10 @@ class PendingAcks:
     replaces ``stream.take_events``, whose buffer stalled an agent for good
     when a rebalance came while it was full (seen here with two workers;
     robinhood/faust#262 and #678 report the same family of hangs).
+
+    A processor may say a flush left part of the batch unwritten (the rules
+    write about once a second): those messages are held, and acked by the
+    next flush that is complete or after the timer's write (``_persist_and_release``).
     """
 
     def __init__(
@@ -260,6 +268,8 @@ class PendingAcks:
         self.max_messages = max_messages
         self.max_seconds = max_seconds
         self.events: list[EventT] = []
+        self.held: list[EventT] = []
+        """Settled, but their effects are not all in the changelog yet."""
         self.stream: StreamT | None = None
         self.since = time.monotonic()
 
@@ -271,10 +281,34 @@ class PendingAcks:
     async def settle(self) -> None:
         events, self.events = self.events, []
         self.since = time.monotonic()
-        self.processor.flush()
+        if not self.processor.flush():
+            self.held.extend(events)
+            return
+        held, self.held = self.held, []
+        await self.ack(held + events)
+
+    def take_held(self) -> list[EventT]:
+        """The held messages, handed over to be acked (after everything was written)."""
+        held, self.held = self.held, []
+        return held
+
+    async def ack(self, events: list[EventT]) -> None:
         if self.stream is not None:
             for event in events:
                 await self.stream.ack(event)
+
+
+async def _persist_and_release(tower: ControlTower) -> None:
+    """Write all the rule state, then ack every message held for it.
+
+    The held lists are taken before the first await: a batch settled while
+    acks are being sent is not covered by this write and must stay held.
+    """
+    if tower.decisions is not None:
+        tower.decisions.persist(force=True)
+    released = [(pending, pending.take_held()) for pending in tower.pending.values()]
+    for pending, events in released:
+        await pending.ack(events)
 
 
 def _agent_body(pending: PendingAcks) -> Any:

@@ -39,7 +39,7 @@ class StreamProcessor:
         state: WindowState,
         publish_dead_letter: Callable[[DeadLetter], None],
         observer: Callable[[int, int, list[Event]], None] | None = None,
-        after_flush: Callable[[], None] | None = None,
+        after_flush: Callable[[], bool | None] | None = None,
     ) -> None:
         self.stream = stream
         self.topic = topic
@@ -50,7 +50,8 @@ class StreamProcessor:
         self.observer = observer
         """Sees each message's decoded events (the rules' input)."""
         self.after_flush = after_flush
-        """Runs after the window state is persisted, before the batch is acked."""
+        """Runs after the window state is persisted, before the batch is acked; returning
+        False says what it holds is not written yet (the batch must wait for its ack)."""
         self.events = 0
         self.messages = 0
         self.dead_letters: Counter[str] = Counter()
@@ -97,14 +98,19 @@ class StreamProcessor:
         self._touched.add(partition)
         self.messages += 1
 
-    def flush(self) -> None:
-        """Persist what was absorbed, for the partitions this worker still owns."""
+    def flush(self) -> bool:
+        """Persist what was absorbed, for the partitions this worker still owns.
+
+        True when everything absorbed is in the changelog, so the batch may be
+        acked; False when ``after_flush`` holds part of it back (the rules
+        write about once a second)."""
         touched, self._touched = self._touched, set()
         for partition in touched:
             if self.state.owns(partition):
                 self.state.flush(partition)
         if self.after_flush is not None:
-            self.after_flush()
+            return self.after_flush() is not False
+        return True
 
     def stats(self) -> dict[str, object]:
         return {

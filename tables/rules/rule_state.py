@@ -11,6 +11,12 @@ skipped. (A crash in the middle of a flush can still replay the last batch
 into the entities already written; window_state's per-key offsets avoid that
 for the aggregates, and the rules tolerate it: one batch in a queue or a
 stock level, corrected by the next snapshot.)
+
+Flushing is the caller's choice of moment: the decision layer flushes about
+once a second (``FLUSH_INTERVAL_S``), not at every batch, because each flush
+rewrites every entity touched since the last one and a busy SKU is touched in
+nearly every batch; the source messages are acknowledged only after the
+flush that covers them, so an offset is never committed ahead of the state.
 """
 
 from __future__ import annotations
@@ -36,6 +42,13 @@ class Forwarded(Protocol):
 
 
 F = TypeVar("F", bound=Forwarded)
+
+FLUSH_INTERVAL_S = 1.0
+"""How often the rule state is written at most (besides ``FLUSH_MAX_DIRTY``):
+one record per changed entity per interval instead of one per batch."""
+FLUSH_MAX_DIRTY = 20_000
+"""Unwritten entities that force a flush before the interval is up: bounds the
+work of one flush and the replay after a crash."""
 
 _PROGRESS = "__progress__"
 _encode = msgspec.msgpack.Encoder().encode
@@ -154,6 +167,10 @@ class RuleState(Generic[E]):
     def partitions(self) -> list[int]:
         return list(self._parts)
 
+    def unflushed(self) -> int:
+        """Changes not yet in the changelog: dirty entities, plus one per progress record."""
+        return sum(len(part.dirty) + part.progress_dirty for part in self._parts.values())
+
     # -------------------------------------------------------------- entities
     def fresh(self, partition: int, source: str, offset: int) -> bool:
         """Whether a message of ``source`` at ``offset`` is new here (not a replay)."""
@@ -238,6 +255,10 @@ class RuleState(Generic[E]):
             self._put(partition, _PROGRESS, _encode((part.progress, clock.max_ts, clock.first_ts)))
             part.progress_dirty = False
         return written
+
+    def flush_all(self) -> int:
+        """:meth:`flush` every partition held here; returns entities written."""
+        return sum(self.flush(partition) for partition in list(self._parts))
 
     def _put(self, partition: int, key: str, value: bytes | None) -> None:
         raw_key = _encode([partition, self.family, key])

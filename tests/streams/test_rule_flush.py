@@ -1,0 +1,156 @@
+"""Pacing of the rules' writes: acks wait for the flush that covers them.
+
+No broker: the ack bookkeeping (``PendingAcks``) and the decision layer's
+``persist`` are driven directly, with the rule state on an in-memory table,
+because the invariant is about order (state, progress record, then ack), not
+about Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import faust
+import pytest
+
+from ctower.schemas.control import StockLevel
+from ctower.settings import Settings
+from ctower.streams import decisions as decisions_module
+from ctower.streams.app import PendingAcks, _persist_and_release
+from ctower.streams.decisions import DecisionLayer
+from ctower.tables.rules.rule_state import FLUSH_INTERVAL_S
+
+
+class MemoryTable:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.changelog: list[tuple[int | None, bytes, bytes | None]] = []
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any) -> None:
+        self.changelog.append((partition, key, value))
+
+
+class Topic:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes]] = []
+
+    def send_soon(self, *, key: bytes, value: bytes, **_: Any) -> None:
+        self.sent.append((key, value))
+
+
+class Stream:
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    async def ack(self, event: Any) -> None:
+        self.acked.append(event)
+
+
+class Processor:
+    def __init__(self) -> None:
+        self.stream = "fake"
+        self.durable: list[bool] = []
+
+    def flush(self) -> bool:
+        return self.durable.pop(0)
+
+
+def test_a_batch_not_yet_written_is_held_then_acked_with_the_next_complete_flush() -> None:
+    processor = Processor()
+    pending = PendingAcks(processor, 10, 0.2)  # type: ignore[arg-type]
+    stream = pending.stream = Stream()  # type: ignore[assignment]
+    processor.durable = [False, False, True]
+
+    async def run() -> None:
+        for batch in ([1, 2], [3], [4, 5]):
+            pending.events.extend(batch)  # type: ignore[arg-type]
+            await pending.settle()
+
+    asyncio.run(run())
+    assert stream.acked == [1, 2, 3, 4, 5]  # type: ignore[attr-defined]
+    assert pending.held == []
+
+
+def test_held_batches_are_acked_only_after_the_timer_has_written_the_state() -> None:
+    processor = Processor()
+    pending = PendingAcks(processor, 10, 0.2)  # type: ignore[arg-type]
+    stream = pending.stream = Stream()  # type: ignore[assignment]
+    processor.durable = [False]
+    writes: list[str] = []
+
+    class Decisions:
+        def persist(self, force: bool = False) -> bool:
+            assert force
+            writes.append(f"persist with {len(stream.acked)} acked")  # type: ignore[attr-defined]
+            return True
+
+    class Tower:
+        decisions = Decisions()
+
+    Tower.pending = {"stock-moves": pending}  # type: ignore[attr-defined]
+
+    async def run() -> None:
+        pending.events.extend([7, 8])  # type: ignore[arg-type]
+        await pending.settle()
+        assert stream.acked == []  # type: ignore[attr-defined]
+        await _persist_and_release(Tower())  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    assert writes == ["persist with 0 acked"]
+    assert stream.acked == [7, 8]  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def layer(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> DecisionLayer:
+    app = faust.App("test-rule-flush", broker="kafka://127.0.0.1:1", store="memory://",
+                    datadir=str(tmp_path))
+    layer = DecisionLayer(app, Settings(data_dir=tmp_path))
+    table = MemoryTable()
+    for state in layer.states():
+        state.table = table  # type: ignore[assignment]
+    layer.stock_levels_topic = Topic()  # type: ignore[assignment]
+    layer.pickup_levels_topic = Topic()  # type: ignore[assignment]
+    layer.test_table = table  # type: ignore[attr-defined]
+    now = [100.0]
+    monkeypatch.setattr(decisions_module.time, "monotonic", lambda: now[0])
+    layer._flushed_at = now[0]
+    layer.test_now = now  # type: ignore[attr-defined]
+    return layer
+
+
+def test_rule_state_is_written_once_per_interval_with_its_progress(layer: Any) -> None:
+    state = layer.stock.state
+    table: MemoryTable = layer.test_table
+    for offset in range(3):  # three batches within the interval, one key
+        state.applied(0, "scan:0", offset, 1_000 + offset)
+        state.put(0, "L1|A", state.get(0, "L1|A") or _item())
+        assert not layer.persist()
+    assert table.changelog == []
+    layer.test_now[0] += FLUSH_INTERVAL_S
+    assert layer.persist()
+    keys = [key for _, key, _ in table.changelog]
+    assert len(keys) == 2  # the entity once, then the progress record
+    assert b"__progress__" in keys[-1]
+    assert state.unflushed() == 0
+    assert layer.persist()  # nothing left: durable without writing
+
+
+def test_levels_are_coalesced_to_the_latest_per_key(layer: Any) -> None:
+    for on_hand in (5, 4, 3):
+        layer.publish_stock_level(StockLevel(
+            location_id="L1", sku="A", region="r", on_hand=on_hand, velocity_per_h=1.0,
+            cover_h=None, ts=on_hand,
+        ))
+    assert not layer.persist()  # within the interval: nothing sent yet
+    assert layer.persist(force=True)
+    sent = layer.stock_levels_topic.sent
+    assert [key for key, _ in sent] == [b"L1|A"]
+    assert json.loads(sent[0][1])["on_hand"] == 3
+
+
+def _item() -> Any:
+    from ctower.tables.rules.stock import StockItem
+
+    return StockItem(deltas=[], sales={}, scans={}, scan_marks=[])
