@@ -203,6 +203,15 @@ def run_case(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(settings)
     click.echo(f"\n[{name}] {events:,} events, {batch} per message (topics {run_id}.*)")
+    try:
+        return measure_case(settings, events, batch, seed, with_sink)
+    finally:
+        click.echo(f"  dropped the run's {drop_run_topics(settings)} topics")
+
+
+def measure_case(
+    settings: Settings, events: int, batch: int, seed: int, with_sink: bool
+) -> tuple[Drain, Drain, Drain | None]:
     sent = produce(settings, events, batch, seed)
     raw = asyncio.run(bare_consume(settings, sent))
     click.echo(f"  bare aiokafka + decode: {raw.events_per_s:,.0f} events/s")
