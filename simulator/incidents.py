@@ -183,7 +183,8 @@ class StockOut(Incident):
             "start_ts": self.start_ts,
             "end_ts": self.end_ts,
             "expect": {
-                "rule": "stock-out: on-hand zero while scans continue; restock from the transfer source",
+                "rule": "stock-out: on-hand zero while scans continue; "
+                "restock from the transfer source",
                 "on_hand": 0,
                 "adjustment_qty": -self.adjusted,
                 "scans_while_zero": self.scans,
