@@ -36,11 +36,13 @@ def run_simulator(env: dict[str, str], *args: str, timeout: float = 300) -> None
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
 
 
-def start_simulator(env: dict[str, str], seed: int, truth_path: Path) -> subprocess.Popen[bytes]:
-    """60k events of simulated history (all six streams), sent as fast as possible."""
+def start_simulator(
+    env: dict[str, str], seed: int, truth_path: Path, rate: str = "max"
+) -> subprocess.Popen[bytes]:
+    """60k events of simulated history (all six streams), as fast as possible by default."""
     return subprocess.Popen(
         [sys.executable, "-m", "ctower", "simulate", "--quiet", "--seed", str(seed),
-         "--events", "60000", "--rate", "max", "--sim-rate", "10", "--batch", "10",
+         "--events", "60000", "--rate", rate, "--sim-rate", "10", "--batch", "10",
          "--truth", str(truth_path)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
@@ -172,7 +174,9 @@ def test_a_second_worker_joining_mid_stream_shares_the_partitions_exactly(
     settings = settings_factory(idle_close_seconds=2)
     sink, first = start_pipeline(settings, ctower_process)
     truth_path = tmp_path / "truth.json"
-    simulator = start_simulator(env_for(settings), 8, truth_path)
+    # paced (about 20 s), so events are still coming when the second worker has
+    # joined: a worker draining faster than a rebalance must not make this vacuous
+    simulator = start_simulator(env_for(settings), 8, truth_path, rate="3000")
     poll(lambda: events_seen(settings.worker_web_port) > 10_000, 60, "no progress")
     free = settings_factory()  # same topics and group, fresh free ports
     second_settings = settings.model_copy(
