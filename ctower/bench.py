@@ -147,11 +147,7 @@ def drain(
         done = time.perf_counter()
         rss = peak_rss_mb(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     return Drain(done_count, done - first, done - started, rss)
 
 
@@ -373,13 +369,11 @@ def decisions_settings(base: Settings, seed: int) -> tuple[Settings, dict[str, s
         "data_dir": base.data_dir / "bench" / run_id,
         "store_dsn": None,
         "log_level": "WARNING",
-        "worker_web_port": _free_port(),
+        "worker_web_port": free_port(),
         "coupon_api_token": base.coupon_api_token or secrets.token_urlsafe(24),
     })
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    chain = settings.data_dir / "chain.json"
-    chain.write_text(json.dumps(Simulator(SimConfig(seed=seed, events=1)).chain.to_dict(),
-                                ensure_ascii=False), encoding="utf-8")
+    chain = Simulator(SimConfig(seed=seed, events=1)).chain.write(settings.data_dir / "chain.json")
     settings = settings.model_copy(update={"master_data_file": chain})
     env = settings.child_env()
     # the probes reuse stores: a resolved alert must be able to reopen at once
@@ -387,7 +381,8 @@ def decisions_settings(base: Settings, seed: int) -> tuple[Settings, dict[str, s
     return settings, env
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port free right now on 127.0.0.1, for a bench's own servers."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

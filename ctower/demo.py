@@ -13,7 +13,6 @@ already: without it the rules have no capacities and the dashboard no regions.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -65,16 +64,6 @@ class Children:
                 click.echo(f"  stopped {name}")
 
 
-def write_master_data(path: Path, seed: int = SIM_SEED) -> Path:
-    """The chain the simulator will play, as the master data the rules and dashboard read."""
-    from ctower.simulator.generator import SimConfig, Simulator
-
-    chain = Simulator(SimConfig(seed=seed, events=1)).chain.to_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(chain, ensure_ascii=False, indent=1), encoding="utf-8")
-    return path
-
-
 def wait_for_http(url: str, children: Children, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -105,8 +94,11 @@ def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
     broker = LocalKafka(settings) if settings.uses_local_kafka else None
     broker_started_here = False
     env = dict(os.environ)
-    if settings.master_data_file is None:
-        master = write_master_data(settings.data_dir / "master_data.json")
+    if settings.master_data_file is None:  # the chain the simulator will play
+        from ctower.simulator.generator import SimConfig, Simulator
+
+        chain = Simulator(SimConfig(seed=SIM_SEED, events=1)).chain
+        master = chain.write(settings.data_dir / "master_data.json")
         env["CTOWER_MASTER_DATA_FILE"] = str(master)
         click.echo(f"Master data: {master} (the simulated chain, seed {SIM_SEED})")
     children = Children(log_dir, env)

@@ -239,6 +239,7 @@ def p99(values: list[float]) -> float:
               help="Keep (or reuse) the filled store here instead of a temporary folder.")
 def dashboard_bench(events: int, runs: int, minutes: int, store_dir: Path | None) -> None:
     """Time every refresh query of the dashboard on a store of ~10M events."""
+    from ctower.bench import free_port
     from ctower.schemas.migrations import apply_migrations
     from ctower.store import open_store
     from ctower.store_server import StoreHttpServer
@@ -246,7 +247,7 @@ def dashboard_bench(events: int, runs: int, minutes: int, store_dir: Path | None
     with tempfile.TemporaryDirectory(prefix="ctower-dash-bench-") as tmp:
         data_dir = store_dir or Path(tmp)
         settings: Settings = load_settings(data_dir=data_dir, store_dsn=None,
-                                           store_http_port=_free_port())
+                                           store_http_port=free_port())
         owner = open_store(settings, owner=True)
         apply_migrations(owner)
         have = int(owner.query("SELECT count() FROM alert_acks").first_row[0])  # filled last
@@ -281,12 +282,6 @@ def dashboard_bench(events: int, runs: int, minutes: int, store_dir: Path | None
     )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import math
 import random
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 REGIONS: tuple[tuple[str, str, tuple[tuple[str, float, float], ...]], ...] = (
@@ -191,6 +193,14 @@ class Chain:
             ],
             "carriers": self.carriers,
         }
+
+    def write(self, path: Path) -> Path:
+        """Write :meth:`to_dict` as the master-data file the rules and the dashboard
+        read (``CTOWER_MASTER_DATA_FILE``)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1),
+                        encoding="utf-8")
+        return path
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

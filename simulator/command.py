@@ -10,7 +10,6 @@ Examples::
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -216,9 +215,7 @@ def simulate(
         raise click.ClickException(str(exc)) from None
     _check_window(sim, settings.ts_max_past_days, settings.ts_max_future_seconds, no_kafka)
     if chain_path is not None:
-        chain_path.write_text(
-            json.dumps(sim.chain.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8"
-        )
+        sim.chain.write(chain_path)
 
     try:
         items = sim.items()
