@@ -151,18 +151,32 @@ def drain(
     return Drain(done_count, done - first, done - started, rss)
 
 
-def worker_counter(settings: Settings) -> Callable[[], int | None]:
-    url = f"http://127.0.0.1:{settings.worker_web_port}/stats/"
+class WorkerCounter:
+    """Events the worker has folded, from its /stats/; keeps the last answer
+    so the bench can say what the worker wrote besides."""
 
-    def count() -> int | None:
+    def __init__(self, settings: Settings) -> None:
+        self.url = f"http://127.0.0.1:{settings.worker_web_port}/stats/"
+        self.last: dict[str, Any] = {}
+
+    def __call__(self) -> int | None:
         try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                stats = json.load(answer)
+            with urllib.request.urlopen(self.url, timeout=2) as answer:
+                self.last = json.load(answer)
         except OSError:
             return None
-        return sum(s.get("events", 0) for s in stats.values())
+        return sum(s.get("events", 0) for s in self.last.values())
 
-    return count
+    def written(self, events: int) -> str:
+        """The rules' records per input event, by kind (from the last answer)."""
+        decisions = self.last.get("decisions", {})
+        kinds = {
+            "rule state": decisions.get("state_entities_written", 0),
+            "levels": decisions.get("levels_sent", 0),
+            "stock-move records": decisions.get("move_records", 0),
+            "lane records": decisions.get("lane_records", 0),
+        }
+        return ", ".join(f"{kind} {n / max(events, 1):.3f}" for kind, n in kinds.items())
 
 
 def store_counter(settings: Settings) -> Callable[[], int | None]:
@@ -195,6 +209,8 @@ def run_case(
         "data_dir": base.data_dir / "bench" / run_id,
         "store_dsn": None,
         "log_level": "WARNING",
+        # a worker already serving the default port (a demo) would be counted instead
+        "worker_web_port": free_port(),
     })
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(settings)
@@ -211,11 +227,12 @@ def measure_case(
     sent = produce(settings, events, batch, seed)
     raw = asyncio.run(bare_consume(settings, sent))
     click.echo(f"  bare aiokafka + decode: {raw.events_per_s:,.0f} events/s")
-    worker = drain(settings, "worker", worker_counter(settings), sent,
-                   settings.data_dir / "worker.log")
+    counter = WorkerCounter(settings)
+    worker = drain(settings, "worker", counter, sent, settings.data_dir / "worker.log")
     click.echo(f"  one worker: {worker.events_per_s:,.0f} events/s "
                f"(drained {worker.events:,} in {worker.total_seconds:.1f} s from start, "
                f"peak RSS {worker.rss_mb:.0f} MB)")
+    click.echo(f"  written by the rules per input event: {counter.written(sent)}")
     sink = None
     if with_sink:
         sink = drain(settings, "sink", store_counter(settings), sent,

@@ -24,6 +24,7 @@ from ctower.schemas.wire import EventDecoder
 from ctower.settings import STREAMS, Settings
 from ctower.streams.coupon_service import install_coupon_service
 from ctower.streams.decisions import DecisionLayer, RuleProcessor
+from ctower.streams.gc_tuning import gc_stats
 from ctower.streams.processing import RawMessage, StreamProcessor
 from ctower.tables.folds import SPECS_BY_STREAM
 from ctower.tables.window_state import WindowState
@@ -61,6 +62,7 @@ class ControlTower:
         }
         if self.decisions is not None:
             stats["decisions"] = self.decisions.stats()
+        stats["gc"] = gc_stats()
         return stats
 
 

@@ -74,6 +74,7 @@ class Forwarder:
         self.partitions = partitions
         self.pending: dict[int, list[tuple[tuple[int, int], list[Any]]]] = defaultdict(list)
         self.sent = 0
+        self.records = 0
 
     def add(self, key: str, message: tuple[int, int], items: list[Any]) -> None:
         """Items of the source ``message`` (partition, offset) for ``key``'s partition."""
@@ -96,6 +97,7 @@ class Forwarder:
     def _send(self, partition: int, items: list[Any]) -> None:
         self.topic.send_soon(value=_pack(items), partition=partition)
         self.sent += len(items)
+        self.records += 1
 
 
 class RuleProcessor:
@@ -408,7 +410,9 @@ class DecisionLayer:
             "alerts_sent": self.alerts_sent,
             "signals_sent": self.signals_sent,
             "moves_forwarded": self.stock_moves.sent,
+            "move_records": self.stock_moves.records,
             "lane_events_forwarded": self.lanes.sent,
+            "lane_records": self.lanes.records,
             "levels_sent": self.levels_sent,
             "state_flushes": self.flushes,
             "state_entities_written": self.flushed_entities,

@@ -8,6 +8,7 @@ import faust
 
 from ctower.settings import Settings
 from ctower.streams.app import build_app
+from ctower.streams.gc_tuning import tune_for_streaming
 
 log = logging.getLogger(__name__)
 
@@ -29,4 +30,5 @@ def run_worker(settings: Settings) -> None:
     # Faust, aiokafka and mode built a record that was then dropped (about 7%
     # of a busy worker). Without the spinner the root logger keeps the level.
     worker.spinner = None
+    tune_for_streaming()
     worker.execute_from_commandline()

@@ -16,6 +16,7 @@ import pytest
 
 from ctower.settings import Settings
 from ctower.store import open_store
+from ctower.streams.gc_tuning import THRESHOLDS
 
 pytestmark = pytest.mark.kafka
 
@@ -65,8 +66,11 @@ def test_demo_runs_the_pipeline_and_ctrl_c_stops_it(
         master = json.loads((settings.data_dir / "master_data.json").read_text())
         stats_url = f"http://127.0.0.1:{settings.worker_web_port}/stats/"
         with urllib.request.urlopen(stats_url, timeout=5) as answer:
-            decisions = json.load(answer)["decisions"]
-        assert decisions["master_data_stores"] == len(master["stores"]) > 0
+            stats = json.load(answer)
+        assert stats["decisions"]["master_data_stores"] == len(master["stores"]) > 0
+        # the worker runs with the collector tuned for streaming (streams/gc_tuning.py)
+        assert stats["gc"]["thresholds"] == list(THRESHOLDS)
+        assert stats["gc"]["frozen_objects"] > 0
         demo.send_signal(signal.SIGINT)
         output, _ = demo.communicate(timeout=90)
     finally:

@@ -1,0 +1,54 @@
+"""Garbage-collector settings for the long-running stream processes.
+
+A busy worker allocates a short-lived object for nearly everything it does
+(a future per produced record, a tuple per fold, a dict per decoded batch)
+while it holds a large, slowly changing heap of state (windows, rule
+entities, the producer's pending records). With CPython's default thresholds
+(700, 10, 10) that mix triggers a full collection every time the heap grows
+by a quarter: measured on ``ctower bench --no-sink`` (300k events), about 80
+full collections of 70-160 ms each, and 10 s of the run's ~25 s spent in the
+collector. py-spy showed it as a mysterious 9% "inside" ``FutureMessage()``.
+
+Freezing what start-up built (modules, classes, the app) and raising the
+thresholds cuts that to a few collections. The same bench went from
+12.0-14.8k to 15.9-18.8k events/s, at the same peak RSS (about 205 MB).
+Full collections still run (every ~100M allocations, or when the heap has
+grown by a quarter), so reference cycles are still reclaimed.
+"""
+
+from __future__ import annotations
+
+import gc
+
+THRESHOLDS = (50_000, 20, 100)
+"""Allocations before a young collection; young collections per middle one;
+middle collections per full one (CPython's defaults: 700, 10, 10)."""
+
+_frozen = 0
+
+
+def tune_for_streaming() -> None:
+    """Freeze the start-up heap and raise the collection thresholds.
+
+    Call once, after the app is built and before it starts processing.
+    """
+    global _frozen
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*THRESHOLDS)
+    _frozen = gc.get_freeze_count()
+
+
+def gc_stats() -> dict[str, object]:
+    """The collector's counters, for ``/stats/``: collections per generation
+    and how many objects start-up froze.
+
+    The frozen count is the one taken at start-up: ``gc.get_freeze_count()``
+    walks the whole frozen list (9% of a worker whose /stats/ was polled
+    ten times a second)."""
+    per_generation = gc.get_stats()
+    return {
+        "thresholds": list(gc.get_threshold()),
+        "collections": [generation["collections"] for generation in per_generation],
+        "frozen_objects": _frozen,
+    }
