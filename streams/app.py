@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,7 +174,8 @@ def build_app(settings: Settings) -> ControlTower:
             key_serializer="raw", value_serializer="raw",
         )
         pending = PendingAcks(
-            processor, settings.batch_max_messages, settings.batch_within_seconds
+            processor, settings.batch_max_messages, settings.batch_within_seconds,
+            decisions.writer.write,
         )
         tower.pending[stream] = pending
         app.agent(source, name=f"{stream}-agent")(_agent_body(pending))
@@ -185,7 +186,8 @@ def build_app(settings: Settings) -> ControlTower:
             key_serializer="raw", value_serializer="raw",
         )
         rule_pending = PendingAcks(
-            rule_processor, settings.batch_max_messages, settings.batch_within_seconds
+            rule_processor, settings.batch_max_messages, settings.batch_within_seconds,
+            decisions.writer.write,
         )
         tower.pending[name] = rule_pending
         app.agent(internal, name=f"{name}-agent")(_agent_body(rule_pending))
@@ -264,9 +266,15 @@ class PendingAcks:
     """
 
     def __init__(
-        self, processor: StreamProcessor | RuleProcessor, max_messages: int, max_seconds: float
+        self,
+        processor: StreamProcessor | RuleProcessor,
+        max_messages: int,
+        max_seconds: float,
+        write: Callable[[], Awaitable[None]],
     ) -> None:
         self.processor = processor
+        self.write = write
+        """Hands what a flush wrote through the rules' batch writer to Kafka."""
         self.max_messages = max_messages
         self.max_seconds = max_seconds
         self.events: list[EventT] = []
@@ -283,7 +291,9 @@ class PendingAcks:
     async def settle(self) -> None:
         events, self.events = self.events, []
         self.since = time.monotonic()
-        if not self.processor.flush():
+        durable = self.processor.flush()
+        await self.write()
+        if not durable:
             self.held.extend(events)
             return
         held, self.held = self.held, []
@@ -304,11 +314,14 @@ async def _persist_and_release(tower: ControlTower) -> None:
     """Write all the rule state, then ack every message held for it.
 
     The held lists are taken before the first await: a batch settled while
-    acks are being sent is not covered by this write and must stay held.
+    the write or the acks are under way is not covered by this write and
+    must stay held.
     """
     if tower.decisions is not None:
         tower.decisions.persist(force=True)
     released = [(pending, pending.take_held()) for pending in tower.pending.values()]
+    if tower.decisions is not None:
+        await tower.decisions.writer.write()
     for pending, events in released:
         await pending.ack(events)
 

@@ -42,6 +42,7 @@ from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.events import Event, Inventory, Logistics, Order, Pickup, Scan
 from ctower.schemas.master_data import MasterData, load_master_data
 from ctower.settings import Settings, SettingsError
+from ctower.streams.batch_writer import BatchedChangelog, BatchWriter, faust_producer
 from ctower.streams.coupon_policy import campaign_partition
 from ctower.streams.processing import RawMessage
 from ctower.tables.rules.alert_book import AlertBook, AlertEntry
@@ -178,6 +179,10 @@ class DecisionLayer:
             value_type=bytes,
             partitions=partitions,
         )
+        self.writer = BatchWriter(lambda: faust_producer(app))
+        """The rule state and the levels, written as whole batches: await
+        :meth:`BatchWriter.write` after :meth:`persist`, before acking."""
+        changelog = BatchedChangelog(self.table, self.writer)
 
         def raw_topic(name: str) -> faust.TopicT:
             return app.topic(
@@ -206,21 +211,21 @@ class DecisionLayer:
 
         def book(family: str) -> AlertBook:
             return AlertBook(
-                RuleState(self.table, f"alerts.{family}", AlertEntry),
+                RuleState(changelog, f"alerts.{family}", AlertEntry),
                 self.publish_alert,
                 settings.language,
                 lambda: int(self.rules.alerts.cooldown_minutes * MINUTE),
             )
 
         self.pickup = PickupRules(
-            RuleState(self.table, "pickup", PickupQueue), book("pickup"),
+            RuleState(changelog, "pickup", PickupQueue), book("pickup"),
             lambda: self.rules, self.master, self.publish_signal, self.publish_pickup_level,
         )
         self.stock = StockRulesEngine(
-            RuleState(self.table, "stock", StockItem), book("stock"),
+            RuleState(changelog, "stock", StockItem), book("stock"),
             lambda: self.rules, self.master, self.publish_signal, self.publish_stock_level,
         )
-        self.lane_rules = LaneRules(RuleState(self.table, "lanes", Lane), book("lanes"),
+        self.lane_rules = LaneRules(RuleState(changelog, "lanes", Lane), book("lanes"),
                                     lambda: self.rules)
         self.processors = {
             "stock-moves": RuleProcessor(
@@ -267,18 +272,23 @@ class DecisionLayer:
         self._pickup_levels[level.store_id.encode()] = level
 
     def _send_levels(self) -> None:
+        partitions = self.settings.topic_partitions
         for topic, pending in (
             (self.stock_levels_topic, self._stock_levels),
             (self.pickup_levels_topic, self._pickup_levels),
         ):
+            name = topic.get_topic_name()
             for key, level in pending.items():
-                topic.send_soon(key=key, value=control_encoder.encode(level))
+                self.writer.add_keyed(name, partitions, key, control_encoder.encode(level))
             self.levels_sent += len(pending)
             pending.clear()
 
     # ---------------------------------------------------------- persisting
     def persist(self, force: bool = False) -> bool:
         """Write the levels and the rule state if due; True when nothing is left unwritten.
+
+        "Written" means added to :attr:`writer`; the caller awaits its
+        ``write()`` before acknowledging anything this covers.
 
         Due once ``FLUSH_INTERVAL_S`` has passed since the last write, or when
         ``FLUSH_MAX_DIRTY`` entities wait. Levels go first: a level is only
@@ -414,6 +424,8 @@ class DecisionLayer:
             "lane_events_forwarded": self.lanes.sent,
             "lane_records": self.lanes.records,
             "levels_sent": self.levels_sent,
+            "batched_records": self.writer.records,
+            "batches": self.writer.batches,
             "state_flushes": self.flushes,
             "state_entities_written": self.flushed_entities,
             **{name: proc.stats() for name, proc in self.processors.items()},

@@ -15,6 +15,7 @@ from typing import Any
 import faust
 import pytest
 
+from ctower.broker.topics import partition_for
 from ctower.schemas.control import StockLevel
 from ctower.settings import Settings
 from ctower.streams import decisions as decisions_module
@@ -32,12 +33,8 @@ class MemoryTable:
         self.changelog.append((partition, key, value))
 
 
-class Topic:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, bytes]] = []
-
-    def send_soon(self, *, key: bytes, value: bytes, **_: Any) -> None:
-        self.sent.append((key, value))
+async def nothing_to_write() -> None:
+    return None
 
 
 class Stream:
@@ -59,7 +56,7 @@ class Processor:
 
 def test_a_batch_not_yet_written_is_held_then_acked_with_the_next_complete_flush() -> None:
     processor = Processor()
-    pending = PendingAcks(processor, 10, 0.2)  # type: ignore[arg-type]
+    pending = PendingAcks(processor, 10, 0.2, nothing_to_write)  # type: ignore[arg-type]
     stream = pending.stream = Stream()  # type: ignore[assignment]
     processor.durable = [False, False, True]
 
@@ -75,31 +72,48 @@ def test_a_batch_not_yet_written_is_held_then_acked_with_the_next_complete_flush
 
 def test_held_batches_are_acked_only_after_the_timer_has_written_the_state() -> None:
     processor = Processor()
-    pending = PendingAcks(processor, 10, 0.2)  # type: ignore[arg-type]
-    stream = pending.stream = Stream()  # type: ignore[assignment]
-    processor.durable = [False]
     writes: list[str] = []
 
+    async def write() -> None:
+        await asyncio.sleep(0)  # a batch settled meanwhile is not covered by this write
+        writes.append(f"written with {len(stream.acked)} acked")  # type: ignore[attr-defined]
+
+    pending = PendingAcks(processor, 10, 0.2, write)  # type: ignore[arg-type]
+    stream = pending.stream = Stream()  # type: ignore[assignment]
+    processor.durable = [False, False]
+
     class Decisions:
+        def __init__(self) -> None:
+            self.writer = self
+
         def persist(self, force: bool = False) -> bool:
             assert force
             writes.append(f"persist with {len(stream.acked)} acked")  # type: ignore[attr-defined]
             return True
+
+        async def write(self) -> None:
+            await write()
 
     class Tower:
         decisions = Decisions()
 
     Tower.pending = {"stock-moves": pending}  # type: ignore[attr-defined]
 
+    async def settle_during_the_write() -> None:
+        pending.events.extend([9])  # type: ignore[arg-type]
+        await pending.settle()
+
     async def run() -> None:
         pending.events.extend([7, 8])  # type: ignore[arg-type]
         await pending.settle()
         assert stream.acked == []  # type: ignore[attr-defined]
-        await _persist_and_release(Tower())  # type: ignore[arg-type]
+        await asyncio.gather(_persist_and_release(Tower()), settle_during_the_write())  # type: ignore[arg-type]
 
     asyncio.run(run())
-    assert writes == ["persist with 0 acked"]
+    # the first settle's write, the timer's persist, then its write before any ack
+    assert writes[:3] == ["written with 0 acked", "persist with 0 acked", "written with 0 acked"]
     assert stream.acked == [7, 8]  # type: ignore[attr-defined]
+    assert pending.held == [9]  # settled after the timer took the held list
 
 
 @pytest.fixture
@@ -110,8 +124,6 @@ def layer(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> DecisionLayer:
     table = MemoryTable()
     for state in layer.states():
         state.table = table  # type: ignore[assignment]
-    layer.stock_levels_topic = Topic()  # type: ignore[assignment]
-    layer.pickup_levels_topic = Topic()  # type: ignore[assignment]
     layer.test_table = table  # type: ignore[attr-defined]
     now = [100.0]
     monkeypatch.setattr(decisions_module.time, "monotonic", lambda: now[0])
@@ -143,9 +155,13 @@ def test_levels_are_coalesced_to_the_latest_per_key(layer: Any) -> None:
             location_id="L1", sku="A", region="r", on_hand=on_hand, velocity_per_h=1.0,
             cover_h=None, ts=on_hand,
         ))
+    topic = layer.stock_levels_topic.get_topic_name()
     assert not layer.persist()  # within the interval: nothing sent yet
+    assert not layer.writer.pending
     assert layer.persist(force=True)
-    sent = layer.stock_levels_topic.sent
+    # to the writer, on the partition Kafka's partitioner gives the key
+    partition = partition_for(b"L1|A", layer.settings.topic_partitions)
+    sent = layer.writer.pending[(topic, partition)]
     assert [key for key, _ in sent] == [b"L1|A"]
     assert json.loads(sent[0][1])["on_hand"] == 3
 
