@@ -9,6 +9,7 @@ per-message machinery is the floor (about 85 µs a message).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -192,7 +193,6 @@ def build_app(settings: Settings) -> ControlTower:
         tower.pending[name] = rule_pending
         app.agent(internal, name=f"{name}-agent")(_agent_body(rule_pending))
 
-    @app.timer(interval=1.0)
     async def close_idle_windows() -> None:
         recovery = app.tables.recovery
         recovered = (
@@ -213,6 +213,24 @@ def build_app(settings: Settings) -> ControlTower:
         # the rules' batches wait for this write to be acked (also while a
         # rebalance waits for every message to be acked: Consumer.wait_empty)
         await _persist_and_release(tower)
+
+    async def release_for_shutdown() -> None:
+        for pending in tower.pending.values():
+            if pending.events:
+                await pending.settle()
+        await _persist_and_release(tower)
+
+    @app.task
+    async def every_second() -> None:
+        # Not an @app.timer: a timer ends as soon as the app is told to stop,
+        # but Faust's shutdown then waits for every message to be acked
+        # (Consumer.wait_empty), and the messages only this loop releases
+        # (settled or held for the rules' write) would never be: the stop
+        # hung until the worker was killed. A task runs until the app
+        # cancels it, after the consumer has stopped.
+        while True:
+            await asyncio.sleep(1.0)
+            await (release_for_shutdown() if app.should_stop else close_idle_windows())
 
     @app.task
     async def drop_monitor() -> None:
