@@ -23,6 +23,7 @@ from ctower.schemas.control import ClosedWindow, DeadLetter, LateEvent
 from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.wire import EventDecoder
 from ctower.settings import STREAMS, Settings
+from ctower.streams.batch_writer import BatchedChangelog, BatchWriter, faust_producer
 from ctower.streams.coupon_service import install_coupon_service
 from ctower.streams.decisions import DecisionLayer, RuleProcessor
 from ctower.streams.gc_tuning import gc_stats
@@ -53,7 +54,11 @@ class ControlTower:
 
     settings: Settings
     app: faust.App
+    writer: BatchWriter
+    """The changelogs and live levels, written as whole batches."""
     processors: dict[str, StreamProcessor] = field(default_factory=dict)
+    window_tables: dict[str, faust.Table] = field(default_factory=dict)
+    """Stream -> its Faust table (recovery says which partitions it holds)."""
     pending: dict[str, PendingAcks] = field(default_factory=dict)
     decisions: DecisionLayer | None = None
 
@@ -86,8 +91,9 @@ def build_app(settings: Settings) -> ControlTower:
         broker_session_timeout=10.0,  # a killed worker's partitions move on sooner
         producer_linger=0.005,
     )
-    tower = ControlTower(settings=settings, app=app)
-    decisions = tower.decisions = DecisionLayer(app, settings)
+    writer = BatchWriter(lambda: faust_producer(app))
+    tower = ControlTower(settings=settings, app=app, writer=writer)
+    decisions = tower.decisions = DecisionLayer(app, settings, writer)
     coupons = install_coupon_service(app, settings)
 
     aggregates = app.topic(
@@ -146,8 +152,9 @@ def build_app(settings: Settings) -> ControlTower:
             partitions=settings.topic_partitions,
             extra_topic_configs=CHANGELOG_CONFIGS,
         )
+        tower.window_tables[stream] = table
         state = WindowState(
-            table=table,
+            table=BatchedChangelog(table, writer),
             source_topic=topic_name,
             specs=SPECS_BY_STREAM[stream],
             grace_ms=int(settings.grace_seconds * 1000),
@@ -176,7 +183,7 @@ def build_app(settings: Settings) -> ControlTower:
         )
         pending = PendingAcks(
             processor, settings.batch_max_messages, settings.batch_within_seconds,
-            decisions.writer.write,
+            writer.write,
         )
         tower.pending[stream] = pending
         app.agent(source, name=f"{stream}-agent")(_agent_body(pending))
@@ -188,7 +195,7 @@ def build_app(settings: Settings) -> ControlTower:
         )
         rule_pending = PendingAcks(
             rule_processor, settings.batch_max_messages, settings.batch_within_seconds,
-            decisions.writer.write,
+            writer.write,
         )
         tower.pending[name] = rule_pending
         app.agent(internal, name=f"{name}-agent")(_agent_body(rule_pending))
@@ -201,9 +208,9 @@ def build_app(settings: Settings) -> ControlTower:
         for pending in tower.pending.values():
             if pending.events:
                 await pending.settle()  # a quiet stream's last messages
-        for processor in tower.processors.values():
+        for stream, processor in tower.processors.items():
             if recovered:
-                owned = recovery.actives_for_table.get(processor.state.table, ())
+                owned = recovery.actives_for_table.get(tower.window_tables[stream], ())
                 processor.state.adopt(tp.partition for tp in owned)
             processor.state.tick(caught_up=_caught_up(app, processor.topic))
         if recovered:
@@ -292,7 +299,7 @@ class PendingAcks:
     ) -> None:
         self.processor = processor
         self.write = write
-        """Hands what a flush wrote through the rules' batch writer to Kafka."""
+        """Hands what a flush wrote (changelogs, levels: the tower's BatchWriter) to Kafka."""
         self.max_messages = max_messages
         self.max_seconds = max_seconds
         self.events: list[EventT] = []
@@ -338,8 +345,7 @@ async def _persist_and_release(tower: ControlTower) -> None:
     if tower.decisions is not None:
         tower.decisions.persist(force=True)
     released = [(pending, pending.take_held()) for pending in tower.pending.values()]
-    if tower.decisions is not None:
-        await tower.decisions.writer.write()
+    await tower.writer.write()
     for pending, events in released:
         await pending.ack(events)
 

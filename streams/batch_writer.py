@@ -48,20 +48,43 @@ class BatchWriter:
         """Looked up at each write: the app's producer exists only once it started."""
         self.pending: defaultdict[tuple[str, int], list[Record]] = defaultdict(list)
         self._lock = asyncio.Lock()
+        self._drain: asyncio.Handle | None = None
+        self._drain_task: asyncio.Future[None] | None = None
         self.records = 0
         self.batches = 0
 
     def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+        """Queue a record. It is written by the next :meth:`write`: the caller's,
+        or one scheduled here for the next turn of the event loop, so a record
+        added from a callback (a window's closed marker, written once Kafka has
+        its records) is in the producer before a rebalance's flush, as it
+        would be with Faust's own buffer."""
         self.pending[(topic, partition)].append((key, value))
+        if self._drain is None:
+            self._schedule_drain()
 
     def add_keyed(self, topic: str, partitions: int, key: bytes, value: bytes) -> None:
         """A record on the partition Kafka's default partitioner gives ``key``."""
-        self.pending[(topic, partition_for(key, partitions))].append((key, value))
+        self.add(topic, partition_for(key, partitions), key, value)
+
+    def _schedule_drain(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a test driving the rules directly): the caller writes
+        self._drain = loop.call_soon(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain = None
+        if self.pending:
+            self._drain_task = asyncio.ensure_future(self.write())
 
     async def write(self) -> None:
-        """Hand everything added so far to the producer, in order per partition."""
-        if not self.pending:
-            return
+        """Hand everything added so far to the producer, in order per partition.
+
+        Returns once it is all there, including what a write already under way
+        (a scheduled one) took: the lock is taken even with nothing new.
+        """
         pending, self.pending = self.pending, defaultdict(list)
         async with self._lock:
             producer = self._producer()

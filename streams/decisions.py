@@ -42,7 +42,7 @@ from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.events import Event, Inventory, Logistics, Order, Pickup, Scan
 from ctower.schemas.master_data import MasterData, load_master_data
 from ctower.settings import Settings, SettingsError
-from ctower.streams.batch_writer import BatchedChangelog, BatchWriter, faust_producer
+from ctower.streams.batch_writer import BatchedChangelog, BatchWriter
 from ctower.streams.coupon_policy import campaign_partition
 from ctower.streams.processing import RawMessage
 from ctower.tables.rules.alert_book import AlertBook, AlertEntry
@@ -159,7 +159,7 @@ class RuleProcessor:
 class DecisionLayer:
     """Everything the rules need in one worker, built once by ``build_app``."""
 
-    def __init__(self, app: faust.App, settings: Settings) -> None:
+    def __init__(self, app: faust.App, settings: Settings, writer: BatchWriter) -> None:
         self.settings = settings
         try:
             self.watcher = RulesWatcher(settings.rules_file)
@@ -179,8 +179,8 @@ class DecisionLayer:
             value_type=bytes,
             partitions=partitions,
         )
-        self.writer = BatchWriter(lambda: faust_producer(app))
-        """The rule state and the levels, written as whole batches: await
+        self.writer = writer
+        """Takes the rule state and the levels: the caller awaits its
         :meth:`BatchWriter.write` after :meth:`persist`, before acking."""
         changelog = BatchedChangelog(self.table, self.writer)
 

@@ -101,3 +101,29 @@ def test_a_batched_changelog_writes_to_the_tables_changelog_topic(settings: Sett
     assert changelog.data == {b"k": b"v"}  # reads stay the table's
     changelog.send_changelog(2, b"key", None)  # a tombstone
     assert writer.pending == {("app-rules-state-changelog", 2): [(b"key", None)]}
+
+
+def test_a_record_added_outside_any_write_goes_out_on_its_own(settings: Settings) -> None:
+    """A window's closed marker is added from a Kafka ack callback: nobody
+    calls write() for it, yet it must reach the producer before a rebalance
+    flushes it."""
+    topic = _topic(settings, "batch-writer-drain")
+
+    async def run() -> tuple[int, dict[int, list[tuple[bytes, bytes]]]]:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+        await producer.start()
+        writer = BatchWriter(lambda: producer)
+        try:
+            asyncio.get_running_loop().call_soon(writer.add, topic, 1, b"marker", b"closed")
+            for _ in range(100):
+                await asyncio.sleep(0.02)
+                if writer.records:
+                    break
+            await producer.flush()
+        finally:
+            await producer.stop()
+        return writer.records, await _read(settings, topic, 1)
+
+    records, got = asyncio.run(run())
+    assert records == 1
+    assert got == {1: [(b"marker", b"closed")]}

@@ -20,6 +20,7 @@ from ctower.schemas.control import StockLevel
 from ctower.settings import Settings
 from ctower.streams import decisions as decisions_module
 from ctower.streams.app import PendingAcks, _persist_and_release
+from ctower.streams.batch_writer import BatchWriter
 from ctower.streams.decisions import DecisionLayer
 from ctower.tables.rules.rule_state import FLUSH_INTERVAL_S
 
@@ -96,6 +97,7 @@ def test_held_batches_are_acked_only_after_the_timer_has_written_the_state() -> 
 
     class Tower:
         decisions = Decisions()
+        writer = decisions.writer
 
     Tower.pending = {"stock-moves": pending}  # type: ignore[attr-defined]
 
@@ -120,7 +122,7 @@ def test_held_batches_are_acked_only_after_the_timer_has_written_the_state() -> 
 def layer(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> DecisionLayer:
     app = faust.App("test-rule-flush", broker="kafka://127.0.0.1:1", store="memory://",
                     datadir=str(tmp_path))
-    layer = DecisionLayer(app, Settings(data_dir=tmp_path))
+    layer = DecisionLayer(app, Settings(data_dir=tmp_path), BatchWriter(lambda: None))  # type: ignore[arg-type, return-value]
     table = MemoryTable()
     for state in layer.states():
         state.table = table  # type: ignore[assignment]
