@@ -165,7 +165,19 @@ class WorkerCounter:
                 self.last = json.load(answer)
         except OSError:
             return None
-        return sum(s.get("events", 0) for s in self.last.values())
+        events = sum(s.get("events", 0) for s in self.last.values())
+        if events and not self.rules_caught_up():
+            events -= 1  # not drained while the rules have re-keyed items left to apply
+        return events
+
+    def rules_caught_up(self) -> bool:
+        decisions = self.last.get("decisions", {})
+        return all(
+            decisions.get(name, {}).get("items", 0) >= decisions.get(forwarded, 0)
+            for name, forwarded in (
+                ("stock-moves", "moves_forwarded"), ("lanes", "lane_events_forwarded"),
+            )
+        )
 
     def written(self, events: int) -> str:
         """The rules' records per input event, by kind (from the last answer)."""

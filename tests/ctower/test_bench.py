@@ -4,14 +4,18 @@ runs a benchmark: their figures are for people, not assertions."""
 
 from __future__ import annotations
 
+import io
+import json
 import math
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from ctower import bench as bench_module
-from ctower.bench import decisions_result, decisions_result_line
+from ctower.bench import WorkerCounter, decisions_result, decisions_result_line
 from ctower.cli import cli
+from ctower.settings import Settings
 from ctower.streams.decision_bench import AlertRun, percentile
 
 
@@ -69,3 +73,30 @@ def test_result_takes_medians_over_reservation_runs_and_prints_the_documented_li
         "RESULT reserve_p50_ms=5.0 reserve_p99_ms=6.0 alert_p50_ms=50.5 alert_p99_ms=99.0"
     )
     assert decisions_result_line((1.0, 2.0, 3.0, math.inf)).endswith("alert_p99_ms=inf")
+
+
+def test_the_worker_is_not_drained_while_its_rules_have_items_left(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+) -> None:
+    answers = [
+        {"scan": {"events": 100}, "decisions": {
+            "moves_forwarded": 40, "lane_events_forwarded": 5,
+            "stock-moves": {"items": 30}, "lanes": {"items": 5}}},
+        {"scan": {"events": 100}, "decisions": {
+            "moves_forwarded": 40, "lane_events_forwarded": 5,
+            "stock-moves": {"items": 40}, "lanes": {"items": 5}}},
+    ]
+
+    class Answer(io.BytesIO):
+        def __enter__(self) -> Answer:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            return None
+
+    monkeypatch.setattr(bench_module.urllib.request, "urlopen",
+                        lambda *_a, **_k: Answer(json.dumps(answers.pop(0)).encode()))
+    counter = WorkerCounter(Settings(data_dir=tmp_path))
+    assert counter() == 99  # every event folded, but 10 stock moves not yet applied
+    assert counter() == 100
+    assert counter.written(100).startswith("rule state 0.000")
