@@ -438,6 +438,18 @@ def start_worker(settings: Settings, env: dict[str, str], log: Path) -> subproce
             time.sleep(0.3)
 
 
+def worker_gc(settings: Settings) -> str:
+    """The worker's garbage collections so far (a full one pauses every answer)."""
+    counter = WorkerCounter(settings)
+    if counter() is None:
+        return "worker GC: no answer"
+    gc = counter.last.get("gc", {})
+    collections = gc.get("collections", [0, 0, 0])
+    longest = gc.get("longest_pause_ms", [0.0, 0.0, 0.0])
+    return (f"worker GC so far: {collections[2]} full collections, longest pause per "
+            f"generation {' / '.join(f'{ms:.0f}' for ms in longest)} ms")
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -503,12 +515,13 @@ def decisions(
                            f"{percentile(latencies, 50):.1f} ms, p99 "
                            f"{percentile(latencies, 99):.1f} ms, max {max(latencies):.1f} ms "
                            f"(the client itself late to send: p50 {percentile(late, 50):.1f}, "
-                           f"p99 {percentile(late, 99):.1f} ms)")
+                           f"p99 {percentile(late, 99):.1f} ms); {worker_gc(settings)}")
             if probes:
                 click.echo(f"\n[event to alert] {probes} probes over {seconds:g} s, background "
                            f"{event_rate:,} events/s ({batch} per message)")
                 run = bench_alert_latency(settings, event_rate, seconds, probes, seed, batch,
                                           alert_timeout=alert_timeout)
+                click.echo(f"  {worker_gc(settings)}")
         except BenchError as exc:
             raise click.ClickException(f"{exc}\n(worker log: {log})") from None
         finally:

@@ -19,12 +19,36 @@ grown by a quarter), so reference cycles are still reclaimed.
 from __future__ import annotations
 
 import gc
+import time
+from typing import Any
 
 THRESHOLDS = (50_000, 20, 100)
 """Allocations before a young collection; young collections per middle one;
 middle collections per full one (CPython's defaults: 700, 10, 10)."""
 
 _frozen = 0
+
+
+class PauseClock:
+    """Time spent in each generation's collections, and the longest pause: a
+    full collection stops the worker (its HTTP answers too) for its length."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.longest_ms = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        generation = info["generation"]
+        self.seconds[generation] += took
+        self.longest_ms[generation] = max(self.longest_ms[generation], took * 1000)
+
+
+pauses = PauseClock()
 
 
 def tune_for_streaming() -> None:
@@ -37,6 +61,8 @@ def tune_for_streaming() -> None:
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
     _frozen = gc.get_freeze_count()
+    if pauses not in gc.callbacks:
+        gc.callbacks.append(pauses)
 
 
 def gc_stats() -> dict[str, object]:
@@ -51,4 +77,6 @@ def gc_stats() -> dict[str, object]:
         "thresholds": list(gc.get_threshold()),
         "collections": [generation["collections"] for generation in per_generation],
         "frozen_objects": _frozen,
+        "seconds": [round(seconds, 3) for seconds in pauses.seconds],
+        "longest_pause_ms": [round(ms, 1) for ms in pauses.longest_ms],
     }

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ctower.streams.gc_tuning import THRESHOLDS, gc_stats, tune_for_streaming
+from ctower.streams.gc_tuning import THRESHOLDS, gc_stats, pauses, tune_for_streaming
 
 
 @pytest.fixture
@@ -17,6 +17,8 @@ def restored_gc() -> Iterator[None]:
     yield
     gc.unfreeze()
     gc.set_threshold(*thresholds)
+    if pauses in gc.callbacks:
+        gc.callbacks.remove(pauses)
 
 
 @pytest.mark.usefixtures("restored_gc")
@@ -31,3 +33,7 @@ def test_tuning_freezes_the_start_up_heap_and_raises_the_thresholds() -> None:
     assert stats["frozen_objects"] == gc.get_freeze_count() > 1000
     gc.unfreeze()
     assert gc_stats()["frozen_objects"] == stats["frozen_objects"]  # counted once
+    full = pauses.seconds[2]
+    gc.collect()
+    assert pauses.seconds[2] > full  # full collections are timed
+    assert gc_stats()["longest_pause_ms"][2] > 0  # type: ignore[index]
