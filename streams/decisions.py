@@ -20,9 +20,10 @@ What the rules write is paced, not per batch: the rule state goes to its
 changelog about once a second (:meth:`DecisionLayer.persist`) and the live
 levels are coalesced to the latest per key in between. Producing records was
 the worker's main cost (one changelog record per touched entity per 0.2 s
-batch, one level per change). The batches' source messages stay unacked until
-the flush that covers them, so a committed offset never runs ahead of the
-state (see ``PendingAcks`` in ``app.py``).
+batch, one level per change), and both now go out as whole Kafka batches
+(``batch_writer.py``). The batches' source messages stay unacked until the
+write that covers them is in the producer, so a committed offset never runs
+ahead of the state (see ``PendingAcks`` in ``app.py``).
 """
 
 from __future__ import annotations
