@@ -87,6 +87,8 @@ class BatchWriter:
         """
         pending, self.pending = self.pending, defaultdict(list)
         async with self._lock:
+            if not pending:
+                return  # what an earlier write took is in the producer now
             producer = self._producer()
             for (topic, partition), records in pending.items():
                 await self._send(producer, topic, partition, records)

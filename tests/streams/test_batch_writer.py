@@ -127,3 +127,12 @@ def test_a_record_added_outside_any_write_goes_out_on_its_own(settings: Settings
     records, got = asyncio.run(run())
     assert records == 1
     assert got == {1: [(b"marker", b"closed")]}
+
+
+def test_a_write_with_nothing_to_write_never_asks_for_the_producer() -> None:
+    """Acks may be settled before the app's producer exists (it raises then)."""
+
+    def no_producer() -> AIOKafkaProducer:
+        raise RuntimeError("the producer is not started")
+
+    asyncio.run(BatchWriter(no_producer).write())
