@@ -209,11 +209,11 @@ def store_counter(settings: Settings) -> Callable[[], int | None]:
     return count
 
 
-def run_case(
-    base: Settings, name: str, events: int, batch: int, seed: int, with_sink: bool
-) -> tuple[Drain, Drain, Drain | None]:
-    from ctower.broker.topics import ensure_topics
-
+def run_settings(base: Settings, name: str) -> Settings:
+    """A fresh world for one bench run: its own topics, app id (the changelogs'
+    prefix, so ``drop_run_topics`` finds them), data folder and worker web port
+    (a worker already serving the default one, a demo, would be counted
+    instead); no store, quiet logs."""
     run_id = f"bench{int(time.time())}{name}"
     settings = base.model_copy(update={
         "topic_prefix": f"{run_id}.",
@@ -221,12 +221,21 @@ def run_case(
         "data_dir": base.data_dir / "bench" / run_id,
         "store_dsn": None,
         "log_level": "WARNING",
-        # a worker already serving the default port (a demo) would be counted instead
         "worker_web_port": free_port(),
     })
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def run_case(
+    base: Settings, name: str, events: int, batch: int, seed: int, with_sink: bool
+) -> tuple[Drain, Drain, Drain | None]:
+    from ctower.broker.topics import ensure_topics
+
+    settings = run_settings(base, name)
     ensure_topics(settings)
-    click.echo(f"\n[{name}] {events:,} events, {batch} per message (topics {run_id}.*)")
+    click.echo(f"\n[{name}] {events:,} events, {batch} per message "
+               f"(topics {settings.topic_prefix}*)")
     try:
         return measure_case(settings, events, batch, seed, with_sink)
     finally:
@@ -391,17 +400,9 @@ def decisions_settings(base: Settings, seed: int) -> tuple[Settings, dict[str, s
     worker's environment."""
     from ctower.simulator.generator import SimConfig, Simulator
 
-    run_id = f"bench{int(time.time())}decisions"
-    settings = base.model_copy(update={
-        "topic_prefix": f"{run_id}.",
-        "app_id": run_id,
-        "data_dir": base.data_dir / "bench" / run_id,
-        "store_dsn": None,
-        "log_level": "WARNING",
-        "worker_web_port": free_port(),
+    settings = run_settings(base, "decisions").model_copy(update={
         "coupon_api_token": base.coupon_api_token or secrets.token_urlsafe(24),
     })
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     chain = Simulator(SimConfig(seed=seed, events=1)).chain.write(settings.data_dir / "chain.json")
     settings = settings.model_copy(update={"master_data_file": chain})
     env = settings.child_env()
