@@ -29,8 +29,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from clickhouse_connect.driver.client import Client
 
 from ctower.settings import Settings, load_settings
+from ctower.store import open_store
 
 
 def free_port() -> int:
@@ -94,6 +96,33 @@ def settings_factory(
 @pytest.fixture
 def settings(settings_factory: Callable[..., Settings]) -> Settings:
     return settings_factory()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Client]:
+    """A fresh embedded store; closed after the test so the next can open another path."""
+    client = open_store(load_settings(data_dir=tmp_path / "data"), owner=True)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+class MemoryTable:
+    """What RuleState and WindowState use of a Faust table: ``data`` and
+    ``send_changelog``, the changelog kept as a list."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.changelog: list[tuple[int | None, bytes, bytes | None]] = []
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any) -> None:
+        self.changelog.append((partition, key, value))
+
+
+@pytest.fixture
+def memory_table() -> MemoryTable:
+    return MemoryTable()
 
 
 class CtowerProcess:

@@ -7,7 +7,6 @@ Every test runs against a real embedded ClickHouse (chdb) in tmp_path.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,7 @@ from ctower.schemas.migrations import (
     load_migrations,
     split_statements,
 )
-from ctower.settings import STREAMS, load_settings
-from ctower.store import open_store
+from ctower.settings import STREAMS
 from ctower.tables.aggregates import AGGREGATES, SKU_SALES_5MIN
 
 MINUTE = 60_000
@@ -34,16 +32,6 @@ T0 = 1_763_000_000_000 - 1_763_000_000_000 % (5 * MINUTE)
 
 def ms(value: datetime) -> int:
     return int(value.replace(tzinfo=UTC).timestamp() * 1000)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Client]:
-    """A fresh embedded store; closed after the test so the next can open another path."""
-    client = open_store(load_settings(data_dir=tmp_path / "data"), owner=True)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ runs against a real embedded ClickHouse (chdb) in tmp_path.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,6 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from ctower.schemas.migrations import DDL_DIR, apply_migrations
-from ctower.settings import load_settings
-from ctower.store import open_store
 from ctower.tables.rules.alert_book import AlertBook, AlertEntry
 from ctower.tables.rules.config import Rules
 from ctower.tables.rules.rule_state import RuleState
@@ -41,15 +38,6 @@ SAME_MS: list[Move] = [
     ("W1", "transfer_out", 30, T0),       # ...ships in the same millisecond
 ]
 EXPECTED = {"S1": 10 + 7 - 2 - 1, "W1": 100 - 30}
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Client]:
-    client = open_store(load_settings(data_dir=tmp_path / "data"), owner=True)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def insert_moves(client: Client, moves: list[Move]) -> None:

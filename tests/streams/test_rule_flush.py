@@ -25,15 +25,6 @@ from ctower.streams.decisions import DecisionLayer
 from ctower.tables.rules.rule_state import FLUSH_INTERVAL_S
 
 
-class MemoryTable:
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-        self.changelog: list[tuple[int | None, bytes, bytes | None]] = []
-
-    def send_changelog(self, partition: int | None, key: Any, value: Any) -> None:
-        self.changelog.append((partition, key, value))
-
-
 async def nothing_to_write() -> None:
     return None
 
@@ -119,11 +110,13 @@ def test_held_batches_are_acked_only_after_the_timer_has_written_the_state() -> 
 
 
 @pytest.fixture
-def layer(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> DecisionLayer:
+def layer(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, memory_table: Any
+) -> DecisionLayer:
     app = faust.App("test-rule-flush", broker="kafka://127.0.0.1:1", store="memory://",
                     datadir=str(tmp_path))
     layer = DecisionLayer(app, Settings(data_dir=tmp_path), BatchWriter(lambda: None))  # type: ignore[arg-type, return-value]
-    table = MemoryTable()
+    table = memory_table
     for state in layer.states():
         state.table = table  # type: ignore[assignment]
     layer.test_table = table  # type: ignore[attr-defined]
@@ -136,7 +129,7 @@ def layer(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> DecisionLayer:
 
 def test_rule_state_is_written_once_per_interval_with_its_progress(layer: Any) -> None:
     state = layer.stock.state
-    table: MemoryTable = layer.test_table
+    table = layer.test_table
     for offset in range(3):  # three batches within the interval, one key
         state.applied(0, "scan:0", offset, 1_000 + offset)
         state.put(0, "L1|A", state.get(0, "L1|A") or _item())

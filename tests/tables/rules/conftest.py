@@ -11,20 +11,10 @@ from ctower.tables.rules.alert_book import AlertBook, AlertEntry
 from ctower.tables.rules.rule_state import RuleState
 
 
-class MemoryTable:
-    """What RuleState uses of a Faust table: ``data`` and ``send_changelog``."""
-
-    def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
-        self.changelog: list[tuple[int | None, bytes, bytes | None]] = []
-
-    def send_changelog(self, partition: int | None, key: Any, value: Any) -> None:
-        self.changelog.append((partition, key, value))
-
-
 class Harness:
-    def __init__(self) -> None:
-        self.table = MemoryTable()
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        """The shared in-memory stand-in for the Faust table (``memory_table``)."""
         self.wall = 1_000.0
         self.alerts: list[Alert] = []
         self.signals: list[Any] = []
@@ -44,5 +34,5 @@ class Harness:
 
 
 @pytest.fixture
-def harness() -> Harness:
-    return Harness()
+def harness(memory_table: Any) -> Harness:
+    return Harness(memory_table)
