@@ -27,6 +27,7 @@ from ctower.streams.batch_writer import BatchedChangelog, BatchWriter, faust_pro
 from ctower.streams.coupon_service import install_coupon_service
 from ctower.streams.decisions import DecisionLayer, RuleProcessor
 from ctower.streams.gc_tuning import gc_stats
+from ctower.streams.offset_order import OffsetOrder, let_go
 from ctower.streams.processing import RawMessage, StreamProcessor
 from ctower.tables.folds import SPECS_BY_STREAM
 from ctower.tables.window_state import WindowState
@@ -60,6 +61,8 @@ class ControlTower:
     window_tables: dict[str, faust.Table] = field(default_factory=dict)
     """Stream -> its Faust table (recovery says which partitions it holds)."""
     pending: dict[str, PendingAcks] = field(default_factory=dict)
+    orders: dict[str, OffsetOrder] = field(default_factory=dict)
+    """Agent -> the order its topic's messages are folded in."""
     decisions: DecisionLayer | None = None
 
     def stats(self) -> dict[str, Any]:
@@ -68,6 +71,7 @@ class ControlTower:
         }
         if self.decisions is not None:
             stats["decisions"] = self.decisions.stats()
+        stats["offset_order"] = {name: order.stats() for name, order in self.orders.items()}
         stats["gc"] = gc_stats()
         return stats
 
@@ -186,7 +190,8 @@ def build_app(settings: Settings) -> ControlTower:
             writer.write,
         )
         tower.pending[stream] = pending
-        app.agent(source, name=f"{stream}-agent")(_agent_body(pending))
+        order = tower.orders[stream] = _offset_order(app, topic_name, processor.position)
+        app.agent(source, name=f"{stream}-agent")(_agent_body(app, pending, order))
 
     for name, rule_processor in decisions.processors.items():
         internal = app.topic(
@@ -198,7 +203,10 @@ def build_app(settings: Settings) -> ControlTower:
             writer.write,
         )
         tower.pending[name] = rule_pending
-        app.agent(internal, name=f"{name}-agent")(_agent_body(rule_pending))
+        order = tower.orders[name] = _offset_order(
+            app, rule_processor.topic, rule_processor.position
+        )
+        app.agent(internal, name=f"{name}-agent")(_agent_body(app, rule_pending, order))
 
     async def close_idle_windows() -> None:
         recovery = app.tables.recovery
@@ -253,6 +261,9 @@ def build_app(settings: Settings) -> ControlTower:
             await pending.settle()
         await _persist_and_release(tower)
         for tp in revoked:
+            for order in tower.orders.values():
+                if tp.topic == order.topic:
+                    order.forget(tp.partition)
             for processor in tower.processors.values():
                 if tp.topic == processor.topic:
                     processor.state.drop(tp.partition)
@@ -264,6 +275,23 @@ def build_app(settings: Settings) -> ControlTower:
         return web.json(tower.stats())
 
     return tower
+
+
+def _offset_order(
+    app: faust.App, topic: str, position: Callable[[int], int]
+) -> OffsetOrder:
+    """The order for one agent's topic, seeking through the app's consumer."""
+
+    def settled(tp: TP) -> bool:
+        # a seek during a rebalance could hit a partition no longer assigned,
+        # and the recovery seeks every partition itself when it completes
+        return (
+            not app.rebalancing
+            and app.tables.recovery.completed.is_set()
+            and tp in app.consumer.assignment()
+        )
+
+    return OffsetOrder(topic, position, settled, app.consumer.seek)
 
 
 def _caught_up(app: faust.App, topic: str) -> Callable[[int, int], bool]:
@@ -350,7 +378,7 @@ async def _persist_and_release(tower: ControlTower) -> None:
         await pending.ack(events)
 
 
-def _agent_body(pending: PendingAcks) -> Any:
+def _agent_body(app: faust.App, pending: PendingAcks, order: OffsetOrder) -> Any:
     processor = pending.processor
 
     async def agent(stream: StreamT) -> None:
@@ -359,6 +387,9 @@ def _agent_body(pending: PendingAcks) -> Any:
         event: EventT
         async for event in manual.events():
             message = event.message
+            if not await order.admit(message.partition, message.offset):
+                let_go(app.consumer, message)  # it comes again, in order
+                continue
             processor.absorb(RawMessage(message.partition, message.offset, message.value))
             pending.events.append(event)
             if pending.due():

@@ -134,6 +134,7 @@ class RuleProcessor:
 
     def absorb(self, message: RawMessage) -> None:
         self.messages += 1
+        self.state.read(message.partition, message.offset)
         try:
             items = self.decode(message.value or b"")
         except msgspec.DecodeError:
@@ -142,6 +143,9 @@ class RuleProcessor:
             return
         self.items += len(items)
         self.apply(message.partition, items)
+
+    def position(self, partition: int) -> int:
+        return self.state.position(partition)
 
     def flush(self) -> bool:
         """Evaluate what the batch touched (alerts go out now); True when durable."""

@@ -98,6 +98,10 @@ class StreamProcessor:
         self._touched.add(partition)
         self.messages += 1
 
+    def position(self, partition: int) -> int:
+        """The last offset of ``partition`` folded in (-1: none)."""
+        return self.state.position(partition)
+
     def flush(self) -> bool:
         """Persist what was absorbed, for the partitions this worker still owns.
 

@@ -110,6 +110,8 @@ class _Partition:
     max_ts: int = 0
     watermark: int = 0
     last_offset: int = -1
+    persisted_offset: int = -1
+    """``last_offset`` as last written: the record is rewritten when it moves."""
     last_seen: float = 0.0
     watermark_dirty: bool = False
 
@@ -164,6 +166,7 @@ class WindowState:
             value = _decode(raw_value)
             if key[1] == _WATERMARK:
                 part.last_offset, part.watermark, part.max_ts = value
+                part.persisted_offset = part.last_offset
             elif key[3] == _MARKER:
                 window = (key[1], key[2])
                 part.markers[window] = value[0]
@@ -211,6 +214,11 @@ class WindowState:
 
     def watermark(self, partition: int) -> int:
         return self.partition(partition).watermark
+
+    def position(self, partition: int) -> int:
+        """The last source offset folded in (-1: none): where the partition's
+        messages carry on (``streams/offset_order.py``)."""
+        return self.partition(partition).last_offset
 
     # --------------------------------------------------------------- updates
     def apply(self, partition: int, offset: int, contributions: Contributions) -> None:
@@ -284,10 +292,11 @@ class WindowState:
 
     # ------------------------------------------------- persistence and closing
     def flush(self, partition: int) -> int:
-        """Write changed shards, close due windows, persist the watermark.
+        """Write changed shards, close due windows, persist the watermark and position.
 
         All into the same changelog partition, in this order, so a durable
-        watermark implies durable shards. Returns the number of windows closed.
+        watermark (and the last offset folded, which orders the messages after a
+        rebalance) implies durable shards. Returns the number of windows closed.
         """
         part = self.partition(partition)
         for aggregate, start, shard in part.dirty:
@@ -299,13 +308,14 @@ class WindowState:
             bucket.written.add(shard)
         part.dirty.clear()
         closed = self._close_due(partition, part)
-        if part.watermark_dirty or closed:
+        if part.watermark_dirty or closed or part.last_offset != part.persisted_offset:
             self._put(
                 _encode([partition, _WATERMARK]),
                 _encode([part.last_offset, part.watermark, part.max_ts]),
                 partition,
             )
             part.watermark_dirty = False
+            part.persisted_offset = part.last_offset
         self._purge_markers(partition, part)
         return closed
 

@@ -51,6 +51,8 @@ FLUSH_MAX_DIRTY = 20_000
 work of one flush and the replay after a crash."""
 
 _PROGRESS = "__progress__"
+_READ = "__read__"
+"""The progress entry for the family's own topic: the last offset read from it."""
 _encode = msgspec.msgpack.Encoder().encode
 _decode_key = msgspec.msgpack.Decoder(list[Any]).decode
 _decode_progress = msgspec.msgpack.Decoder(tuple[dict[str, int], int, int]).decode
@@ -205,6 +207,18 @@ class RuleState(Generic[E]):
             yield item
         if current is not None and not skip:
             self.applied(partition, current[0], current[1], newest)
+
+    def read(self, partition: int, offset: int) -> None:
+        """A message of the family's own topic is in (whatever it held)."""
+        part = self.part(partition)
+        if offset > part.progress.get(_READ, -1):
+            part.progress[_READ] = offset
+            part.progress_dirty = True
+
+    def position(self, partition: int) -> int:
+        """The last offset of the family's own topic read (-1: none): where the
+        partition's messages carry on (``streams/offset_order.py``)."""
+        return self.part(partition).progress.get(_READ, -1)
 
     def applied(self, partition: int, source: str, offset: int, ts: int) -> None:
         part = self.part(partition)

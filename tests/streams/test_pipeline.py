@@ -89,14 +89,24 @@ def wait_for_truth(
     processes: list[Any], timeout: float = 180,
 ) -> dict[Any, dict[str, int]]:
     expected = totals(truth_rows)
+    last: dict[str, int] = {}
 
     def matched() -> Any:
         for process in processes:
             assert process.alive(), f"{process.name} died:\n{process.log_tail()}"
         rows = store_rows(settings)
-        return rows if totals(rows) == expected else False
+        last.update(totals(rows))
+        return rows if last == expected else False
 
-    return poll(matched, timeout, f"store totals never reached {expected}", every=1.0)
+    try:
+        return poll(matched, timeout, "store totals never reached the truth", every=1.0)
+    except AssertionError as failure:
+        # say which totals are off and by how much, and what the processes said:
+        # a loss and a double count need different hunts
+        off = {name: (last.get(name), want) for name, want in expected.items()
+               if last.get(name) != want}
+        logs = "\n".join(f"--- {p.name}\n{p.log_tail(4000)}" for p in processes)
+        raise AssertionError(f"{failure}; (got, want) {off}\n{logs}") from None
 
 
 def test_aggregates_equal_the_simulator_truth(

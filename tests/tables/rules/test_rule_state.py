@@ -40,3 +40,16 @@ def test_a_restart_after_a_paced_flush_skips_what_the_state_holds(harness: Any) 
     assert restarted.fresh(0, "pickup:0", 8)  # replayed from the uncommitted offset
     entity = restarted.get(0, "S1")
     assert entity is not None and entity.waiting == {"o7": 7}
+
+
+def test_the_position_in_the_own_topic_is_written_with_the_state(harness: Any) -> None:
+    state: RuleState[PickupQueue] = harness.state("stock", PickupQueue)
+    assert state.position(0) == -1
+    state.read(0, 41)
+    state.read(0, 40)  # a replay does not move it back
+    assert state.position(0) == 41
+    assert state.unflushed() == 1  # an unwritten position holds the batch's acks back
+    state.flush_all()
+    restarted: RuleState[PickupQueue] = harness.state("stock", PickupQueue)
+    assert restarted.position(0) == 41
+    assert restarted.fresh(0, "ct.scan:0", 0)  # not taken for a source's progress
