@@ -77,6 +77,10 @@ class OffsetOrder:
         waiting = self._waiting.get(partition)
         if waiting is None or waiting.expected != expected:
             waiting = self._waiting[partition] = _Waiting(expected, offset)
+            log.info(
+                "%s:%d offset %d came while %d is next; letting it go until the seek",
+                self.topic, partition, offset, expected,
+            )
         elif waiting.sought and offset <= waiting.peak:
             # back round after our seek without meeting ``expected``: not in Kafka
             del self._waiting[partition]
