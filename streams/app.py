@@ -27,7 +27,7 @@ from ctower.streams.batch_writer import BatchedChangelog, BatchWriter, faust_pro
 from ctower.streams.coupon_service import install_coupon_service
 from ctower.streams.decisions import DecisionLayer, RuleProcessor
 from ctower.streams.gc_tuning import gc_stats
-from ctower.streams.offset_order import OffsetOrder, let_go
+from ctower.streams.offset_order import OffsetOrder, kafka_first_offset, let_go
 from ctower.streams.processing import RawMessage, StreamProcessor
 from ctower.tables.folds import SPECS_BY_STREAM
 from ctower.tables.window_state import WindowState
@@ -190,7 +190,7 @@ def build_app(settings: Settings) -> ControlTower:
             writer.write,
         )
         tower.pending[stream] = pending
-        order = tower.orders[stream] = _offset_order(app, topic_name, processor.position)
+        order = tower.orders[stream] = _offset_order(app, settings, topic_name, processor.position)
         app.agent(source, name=f"{stream}-agent")(_agent_body(app, pending, order))
 
     for name, rule_processor in decisions.processors.items():
@@ -204,7 +204,7 @@ def build_app(settings: Settings) -> ControlTower:
         )
         tower.pending[name] = rule_pending
         order = tower.orders[name] = _offset_order(
-            app, rule_processor.topic, rule_processor.position
+            app, settings, rule_processor.topic, rule_processor.position
         )
         app.agent(internal, name=f"{name}-agent")(_agent_body(app, rule_pending, order))
 
@@ -278,7 +278,7 @@ def build_app(settings: Settings) -> ControlTower:
 
 
 def _offset_order(
-    app: faust.App, topic: str, position: Callable[[int], int]
+    app: faust.App, settings: Settings, topic: str, position: Callable[[int], int]
 ) -> OffsetOrder:
     """The order for one agent's topic, seeking through the app's consumer."""
 
@@ -291,7 +291,9 @@ def _offset_order(
             and tp in app.consumer.assignment()
         )
 
-    return OffsetOrder(topic, position, settled, app.consumer.seek)
+    return OffsetOrder(
+        topic, position, settled, app.consumer.seek, kafka_first_offset(settings.bootstrap)
+    )
 
 
 def _caught_up(app: faust.App, topic: str) -> Callable[[int, int], bool]:

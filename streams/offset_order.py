@@ -13,23 +13,34 @@ never counted.
 
 So a message beyond the next expected offset is not folded and not
 acknowledged; it is let go (Faust forgets it without committing its
-offset), and comes again in order after the seek. If no seek is coming
-(the worker is settled: no rebalance, recovery done), one is asked for. If
-the expected offset is not in Kafka at all (a transaction marker,
-compaction, retention), the consumer comes back round to an offset already
-let go; then the hole is real and is stepped over.
+offset) and comes again in order after a seek. A seek can be undone: Faust's
+fetch loop, still draining a batch fetched before it, moves its read offset
+past the sought one and then drops what the seek brings. So while a settled
+worker (no rebalance, recovery done) keeps getting messages ahead of their
+turn, the seek is asked for again every ``RESEEK_SECONDS``. After a few seeks,
+Kafka itself is asked which offset comes first from the expected one: if the
+expected offset is not there (deleted by retention, compacted, a
+transaction marker), the hole is stepped over.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 from faust.types import TP, Message
 from faust.types.transports import ConsumerT
 
 log = logging.getLogger(__name__)
+
+RESEEK_SECONDS = 1.0
+"""Between two seeks of a partition still getting messages ahead of their turn."""
+SEEKS_BEFORE_PROBE = 2
+"""Seeks that did not bring the expected offset before Kafka is asked whether it exists."""
 
 
 @dataclass(slots=True)
@@ -37,9 +48,8 @@ class _Waiting:
     """A partition waiting for its expected offset."""
 
     expected: int
-    peak: int
-    """The highest offset let go since the seek (or since waiting began)."""
-    sought: bool = False
+    seeks: int = 0
+    sought_at: float = float("-inf")
 
 
 class OffsetOrder:
@@ -56,60 +66,81 @@ class OffsetOrder:
         position: Callable[[int], int],
         settled: Callable[[TP], bool],
         seek: Callable[[TP, int], Awaitable[None]],
+        first_offset: Callable[[TP, int], Awaitable[int | None]],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.topic = topic
         self.position = position
         self.settled = settled
         """Whether a seek may be asked for now (assigned, not rebalancing)."""
         self.seek = seek
+        self.first_offset = first_offset
+        """The first offset Kafka holds at or after the given one (None: none yet)."""
+        self.clock = clock
         self._waiting: dict[int, _Waiting] = {}
+        self._floor: dict[int, int] = {}
+        """Partition -> first offset after a hole Kafka confirmed."""
         self.let_go = 0
         """Messages that came ahead of their turn (they come again)."""
+        self.seeks = 0
         self.holes = 0
-        """Offsets found missing in Kafka and stepped over."""
+        """Stretches of offsets Kafka does not have, stepped over."""
+
+    def expected(self, partition: int) -> int:
+        return max(self.position(partition) + 1, self._floor.get(partition, 0))
 
     async def admit(self, partition: int, offset: int) -> bool:
         """True: fold the message now. False: let it go (see :func:`let_go`)."""
-        expected = self.position(partition) + 1
+        expected = self.expected(partition)
         if offset <= expected:
             self._waiting.pop(partition, None)
             return True  # the next one, or a replay the state recognises
         waiting = self._waiting.get(partition)
         if waiting is None or waiting.expected != expected:
-            waiting = self._waiting[partition] = _Waiting(expected, offset)
+            waiting = self._waiting[partition] = _Waiting(expected)
             log.info(
-                "%s:%d offset %d came while %d is next; letting it go until the seek",
+                "%s:%d offset %d came while %d is next; letting it go until a seek",
                 self.topic, partition, offset, expected,
             )
-        elif waiting.sought and offset <= waiting.peak:
-            # back round after our seek without meeting ``expected``: not in Kafka
-            del self._waiting[partition]
-            self.holes += 1
-            log.warning(
-                "%s:%d offsets %d..%d are not in Kafka (compacted, deleted or "
-                "transaction markers); going on from %d",
-                self.topic, partition, expected, offset - 1, offset,
-            )
-            return True
-        waiting.peak = max(waiting.peak, offset)
         self.let_go += 1
         tp = TP(self.topic, partition)
-        if not waiting.sought and self.settled(tp):
-            try:
-                await self.seek(tp, expected)
-            except Exception:  # a rebalance took the partition meanwhile: its seek comes
-                log.warning("could not seek %s to %d", tp, expected, exc_info=True)
-                return False
-            waiting.sought = True
-            waiting.peak = offset
+        now = self.clock()
+        if now - waiting.sought_at < RESEEK_SECONDS or not self.settled(tp):
+            return False  # a seek is on its way (ours, or the recovery's)
+        try:
+            if waiting.seeks >= SEEKS_BEFORE_PROBE:
+                first = await self.first_offset(tp, expected)
+                if first is not None and first > expected:
+                    self._step_over(partition, expected, first)
+                    if offset == first:
+                        del self._waiting[partition]
+                        return True
+                    expected = first
+            await self.seek(tp, expected)
+        except Exception:  # a rebalance took the partition meanwhile: its seek comes
+            log.warning("could not seek %s to %d", tp, expected, exc_info=True)
+            return False
+        self.seeks += 1
+        waiting.seeks += 1
+        waiting.sought_at = now
         return False
 
+    def _step_over(self, partition: int, expected: int, first: int) -> None:
+        self._floor[partition] = first
+        self._waiting[partition] = _Waiting(first)
+        self.holes += 1
+        log.warning(
+            "%s:%d offsets %d..%d are not in Kafka (retention, compaction or "
+            "transaction markers); going on from %d",
+            self.topic, partition, expected, first - 1, first,
+        )
+
     def forget(self, partition: int) -> None:
-        """A rebalance came: what was let go and sought before it says nothing now."""
+        """A rebalance came: seeks asked for before it say nothing now."""
         self._waiting.pop(partition, None)
 
     def stats(self) -> dict[str, int]:
-        return {"let_go": self.let_go, "holes": self.holes}
+        return {"let_go": self.let_go, "seeks": self.seeks, "holes": self.holes}
 
 
 def let_go(consumer: ConsumerT, message: Message) -> None:
@@ -122,3 +153,28 @@ def let_go(consumer: ConsumerT, message: Message) -> None:
     """
     message.acked = True
     consumer.unacked.discard(message)
+
+
+def kafka_first_offset(bootstrap: str, timeout_ms: int = 3_000) -> Callable[
+    [TP, int], Awaitable[int | None]
+]:
+    """Ask Kafka, with a consumer of no group, which offset it holds first
+    at or after ``offset`` (an offset below the log start gives the log start)."""
+
+    async def first_offset(tp: TP, offset: int) -> int | None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            partition = TopicPartition(tp.topic, tp.partition)
+            consumer.assign([partition])
+            consumer.seek(partition, offset)
+            got = await consumer.getmany(partition, timeout_ms=timeout_ms, max_records=1)
+            records = got.get(partition, [])
+            return records[0].offset if records else None
+        finally:
+            await consumer.stop()
+
+    return first_offset

@@ -13,9 +13,22 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgspec
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.structs import TopicPartition
+from faust.types import TP
+from kafka.admin import KafkaAdminClient, NewTopic
 
 from ctower.schemas.wire import EventDecoder
-from ctower.streams.offset_order import OffsetOrder, let_go
+from ctower.settings import Settings
+from ctower.streams.offset_order import (
+    RESEEK_SECONDS,
+    SEEKS_BEFORE_PROBE,
+    OffsetOrder,
+    kafka_first_offset,
+    let_go,
+)
 from ctower.streams.processing import RawMessage, StreamProcessor
 from ctower.tables.aggregates import STORE_MINUTE
 from ctower.tables.window_state import WindowState
@@ -54,17 +67,32 @@ def scans_counted(proc: StreamProcessor) -> int:
 
 
 class Consumer:
-    """What the order needs of Faust's consumer: whether a seek may be asked, and seek."""
+    """What the order needs of Faust's consumer and of Kafka: whether a seek may
+    be asked for, the seek, and the first offset Kafka holds from a given one."""
 
-    def __init__(self, settled: bool) -> None:
+    def __init__(self, settled: bool, holes: dict[int, int] | None = None) -> None:
         self.is_settled = settled
+        self.holes = holes or {}
+        """Offset missing from Kafka -> the first offset after it."""
         self.seeks: list[tuple[int, int]] = []
+        self.probes: list[int] = []
+        self.now = 0.0
 
     def settled(self, tp: Any) -> bool:
         return self.is_settled
 
     async def seek(self, tp: Any, offset: int) -> None:
         self.seeks.append((tp.partition, offset))
+
+    async def first_offset(self, tp: Any, offset: int) -> int | None:
+        self.probes.append(offset)
+        return self.holes.get(offset, offset)
+
+    def order(self, proc: StreamProcessor) -> OffsetOrder:
+        return OffsetOrder(
+            TOPIC, proc.position, self.settled, self.seek, self.first_offset,
+            clock=lambda: self.now,
+        )
 
 
 def deliver(
@@ -103,59 +131,78 @@ def test_without_the_order_a_stale_prefetch_loses_what_came_before_it(
 def test_the_order_folds_every_offset_once_after_a_stale_prefetch(memory_table: Any) -> None:
     proc = processor(memory_table)
     consumer = Consumer(settled=False)  # the recovery's own seek is still to come
-    order = OffsetOrder(TOPIC, proc.position, consumer.settled, consumer.seek)
+    order = consumer.order(proc)
     deliver(order, proc, scans(range(136)))
     folded = deliver(order, proc, stale_prefetch_then_seek())
     assert folded[:19] == list(range(136, 155))
     assert scans_counted(proc) == 200
-    assert order.stats() == {"let_go": 17, "holes": 0}
+    assert order.stats() == {"let_go": 17, "seeks": 0, "holes": 0}
     assert consumer.seeks == []  # not settled: Faust seeks, not us
 
 
-def test_a_settled_worker_asks_for_one_seek_back_to_the_expected_offset(
+def test_a_settled_worker_seeks_back_and_again_while_the_seek_is_undone(
     memory_table: Any,
 ) -> None:
     proc = processor(memory_table)
     consumer = Consumer(settled=True)
-    order = OffsetOrder(TOPIC, proc.position, consumer.settled, consumer.seek)
+    order = consumer.order(proc)
     deliver(order, proc, scans(range(10)))
     deliver(order, proc, scans(range(14, 18)))  # 10..13 went missing on the way
+    assert consumer.seeks == [(0, 10)]  # once, not once a message
+    # Faust's fetch loop, still draining an older batch, dropped what the seek
+    # brought: later offsets keep coming, and after a while the seek is asked again
+    deliver(order, proc, scans(range(18, 22)))
     assert consumer.seeks == [(0, 10)]
-    deliver(order, proc, scans(range(10, 20)))  # what the seek brings
-    assert scans_counted(proc) == 20
-    assert order.stats() == {"let_go": 4, "holes": 0}
+    consumer.now += RESEEK_SECONDS
+    deliver(order, proc, scans(range(22, 24)))
+    assert consumer.seeks == [(0, 10), (0, 10)]
+    deliver(order, proc, scans(range(10, 30)))  # what the second seek brings
+    assert scans_counted(proc) == 30
+    assert order.stats() == {"let_go": 10, "seeks": 2, "holes": 0}
+    assert consumer.probes == []  # two seeks, then Kafka would have been asked
 
 
-def test_an_offset_missing_from_kafka_is_stepped_over_after_one_seek(
+def test_an_offset_kafka_does_not_hold_is_stepped_over_after_asking_it(
     memory_table: Any,
 ) -> None:
     proc = processor(memory_table)
-    consumer = Consumer(settled=True)
-    order = OffsetOrder(TOPIC, proc.position, consumer.settled, consumer.seek)
+    consumer = Consumer(settled=True, holes={10: 12})  # 10, 11: transaction markers
+    order = consumer.order(proc)
     deliver(order, proc, scans(range(10)))
-    # 10 is a transaction marker: 11 comes, then 12 (already fetched), the seek
-    # to 10 brings 11 again: the hole is real
-    folded = deliver(order, proc, scans([11, 12, 11, 12, 13]))
-    assert folded == [11, 12, 13]
-    assert consumer.seeks == [(0, 10)]
-    assert order.stats() == {"let_go": 2, "holes": 1}
+    for _ in range(SEEKS_BEFORE_PROBE):
+        assert deliver(order, proc, scans([12, 13])) == []  # what each seek brings
+        consumer.now += RESEEK_SECONDS
+    assert consumer.seeks == [(0, 10)] * SEEKS_BEFORE_PROBE
+    assert consumer.probes == []
+    assert deliver(order, proc, scans([12, 13, 14])) == [12, 13, 14]
+    assert consumer.probes == [10]
+    assert order.stats()["holes"] == 1
     assert scans_counted(proc) == 13
 
 
-def test_a_rebalance_forgets_what_was_let_go_before_it(memory_table: Any) -> None:
+def test_no_hole_is_assumed_while_kafka_holds_the_expected_offset(memory_table: Any) -> None:
     proc = processor(memory_table)
     consumer = Consumer(settled=True)
-    order = OffsetOrder(TOPIC, proc.position, consumer.settled, consumer.seek)
+    order = consumer.order(proc)
     deliver(order, proc, scans(range(10)))
-    deliver(order, proc, scans(range(20, 30)))  # let go, seek to 10 asked, peak 29
-    order.forget(0)  # revoked, and given back
-    consumer.is_settled = False
-    # the fetcher had read 10..14 after our seek; the rebalance cleared them and
-    # its stale position (15) comes first: not a hole, though it is under the peak
-    assert deliver(order, proc, scans([15, 16])) == []
-    assert deliver(order, proc, scans(range(10, 30))) == list(range(10, 30))
-    assert scans_counted(proc) == 30
+    for _ in range(SEEKS_BEFORE_PROBE + 2):
+        assert deliver(order, proc, scans([15])) == []
+        consumer.now += RESEEK_SECONDS
+    assert consumer.probes == [10, 10]  # asked, told it is there: seek again
+    assert deliver(order, proc, scans(range(10, 16))) == list(range(10, 16))
     assert order.stats()["holes"] == 0
+
+
+def test_a_rebalance_forgets_the_seeks_asked_before_it(memory_table: Any) -> None:
+    proc = processor(memory_table)
+    consumer = Consumer(settled=True)
+    order = consumer.order(proc)
+    deliver(order, proc, scans(range(10)))
+    deliver(order, proc, scans([20]))
+    assert consumer.seeks == [(0, 10)]
+    order.forget(0)  # revoked and given back: the recovery seeks, ours is stale
+    deliver(order, proc, scans([21]))
+    assert consumer.seeks == [(0, 10), (0, 10)]  # settled again: asked at once
 
 
 def test_the_position_survives_a_restart_with_the_state(memory_table: Any) -> None:
@@ -179,3 +226,35 @@ def test_let_go_leaves_the_offset_uncommitted_and_the_message_forgotten() -> Non
     let_go(consumer, message)  # type: ignore[arg-type]
     assert message.acked  # a later ack() is a no-op: the offset never reaches a commit
     assert consumer.unacked == set()  # a rebalance does not wait for it
+
+
+@pytest.mark.kafka
+def test_kafka_says_which_offset_it_holds_first(settings: Settings) -> None:
+    """The probe against the real broker, with a hole retention would leave."""
+    topic = settings.topic("offset-probe")
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        admin.close()
+    tp = TopicPartition(topic, 0)
+
+    async def run() -> list[int | None]:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+        await producer.start()
+        try:
+            for value in range(6):
+                await producer.send_and_wait(topic, str(value).encode(), partition=0)
+        finally:
+            await producer.stop()
+        kafka_admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+        await kafka_admin.start()
+        try:
+            await kafka_admin.delete_records({tp: RecordsToDelete(before_offset=3)})
+        finally:
+            await kafka_admin.close()
+        first_offset = kafka_first_offset(settings.bootstrap, timeout_ms=500)
+        faust_tp = TP(topic, 0)
+        return [await first_offset(faust_tp, offset) for offset in (0, 4, 6)]
+
+    assert asyncio.run(run()) == [3, 4, None]
