@@ -111,7 +111,7 @@ class OffsetOrder:
             if waiting.seeks >= SEEKS_BEFORE_PROBE:
                 first = await self.first_offset(tp, expected)
                 if first is not None and first > expected:
-                    self._step_over(partition, expected, first)
+                    waiting = self._step_over(partition, expected, first)
                     if offset == first:
                         del self._waiting[partition]
                         return True
@@ -125,15 +125,18 @@ class OffsetOrder:
         waiting.sought_at = now
         return False
 
-    def _step_over(self, partition: int, expected: int, first: int) -> None:
+    def _step_over(self, partition: int, expected: int, first: int) -> _Waiting:
+        """Go on from ``first``; the partition now waits for it (the seek to it is
+        counted on what this returns)."""
         self._floor[partition] = first
-        self._waiting[partition] = _Waiting(first)
+        waiting = self._waiting[partition] = _Waiting(first)
         self.holes += 1
         log.warning(
             "%s:%d offsets %d..%d are not in Kafka (retention, compaction or "
             "transaction markers); going on from %d",
             self.topic, partition, expected, first - 1, first,
         )
+        return waiting
 
     def forget(self, partition: int) -> None:
         """A rebalance came: seeks asked for before it say nothing now."""

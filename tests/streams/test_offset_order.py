@@ -180,6 +180,20 @@ def test_an_offset_kafka_does_not_hold_is_stepped_over_after_asking_it(
     assert scans_counted(proc) == 13
 
 
+def test_the_seek_past_a_hole_counts_as_a_seek(memory_table: Any) -> None:
+    proc = processor(memory_table)
+    consumer = Consumer(settled=True, holes={10: 12})
+    order = consumer.order(proc)
+    deliver(order, proc, scans(range(10)))
+    for _ in range(SEEKS_BEFORE_PROBE):
+        deliver(order, proc, scans([13]))  # 12 was fetched and cleared: 13 comes first
+        consumer.now += RESEEK_SECONDS
+    assert deliver(order, proc, scans([13, 14])) == []  # hole found: seek to 12, once
+    assert consumer.seeks == [(0, 10)] * SEEKS_BEFORE_PROBE + [(0, 12)]
+    assert deliver(order, proc, scans(range(12, 15))) == [12, 13, 14]
+    assert scans_counted(proc) == 13
+
+
 def test_no_hole_is_assumed_while_kafka_holds_the_expected_offset(memory_table: Any) -> None:
     proc = processor(memory_table)
     consumer = Consumer(settled=True)
