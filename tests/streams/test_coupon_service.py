@@ -31,6 +31,25 @@ pytestmark = pytest.mark.kafka
 
 TOKEN = "test-token-5b1f"
 CONCURRENCY = 50
+# Counts live in tumbling windows aligned to the epoch, so a test that runs
+# across a window's edge sees its counts start again (CI once crossed 14:00
+# UTC between a SIGKILL and the restart). The tests count in 31-day windows
+# and start at least EDGE_MARGIN seconds before the next edge.
+WINDOW_SECONDS = 31 * 86400
+EDGE_MARGIN = 900
+
+
+@pytest.fixture
+def coupon_settings(settings_factory: Callable[..., Settings]) -> Callable[..., Settings]:
+    """Settings counting in ``WINDOW_SECONDS``, made clear of a window's edge."""
+
+    def make(**fields: Any) -> Settings:
+        left = WINDOW_SECONDS - time.time() % WINDOW_SECONDS
+        if left < EDGE_MARGIN:
+            time.sleep(left + 1)
+        return settings_factory(coupon_default_window_seconds=WINDOW_SECONDS, **fields)
+
+    return make
 
 
 def base(settings: Settings) -> str:
@@ -122,23 +141,25 @@ def cli(settings: Settings, env_for: Callable[[Settings], dict[str, str]], *args
 
 def policy(campaign: str, **fields: Any) -> CouponPolicy:
     return CouponPolicy(
-        campaign_id=campaign, set_by="test", set_at=int(time.time() * 1000), **fields
+        campaign_id=campaign, set_by="test", set_at=int(time.time() * 1000),
+        window_seconds=WINDOW_SECONDS, **fields,
     )
 
 
 def test_caps_are_exact_under_50_concurrent_clients(
-    settings_factory: Callable[..., Settings],
+    coupon_settings: Callable[..., Settings],
     ctower_process: Callable[..., Any],
     poll: Callable[..., Any],
     env_for: Callable[[Settings], dict[str, str]],
 ) -> None:
-    settings = settings_factory(coupon_api_token=TOKEN)
+    settings = coupon_settings(coupon_api_token=TOKEN)
     ensure_topics(settings)
     start_worker(settings, ctower_process, poll)
 
     # policies set with the command; in force once the worker has them
-    cli(settings, env_for, "cap", "CAP-A", "--cap", "100", "--by", "marketing")
-    cli(settings, env_for, "cap", "CAP-B", "--cap", "1000", "--per-member", "3")
+    window = str(WINDOW_SECONDS)
+    cli(settings, env_for, "cap", "CAP-A", "--cap", "100", "--window", window, "--by", "marketing")
+    cli(settings, env_for, "cap", "CAP-B", "--cap", "1000", "--window", window, "--per-member", "3")
     poll(lambda: (status(settings, "CAP-A") or {}).get("policies"), 10, "CAP-A never in force")
     poll(lambda: (status(settings, "CAP-B") or {}).get("policies"), 10, "CAP-B never in force")
 
@@ -191,11 +212,11 @@ def test_caps_are_exact_under_50_concurrent_clients(
 
 
 def test_bad_requests_get_clear_errors(
-    settings_factory: Callable[..., Settings],
+    coupon_settings: Callable[..., Settings],
     ctower_process: Callable[..., Any],
     poll: Callable[..., Any],
 ) -> None:
-    settings = settings_factory(coupon_api_token=TOKEN)
+    settings = coupon_settings(coupon_api_token=TOKEN)
     ensure_topics(settings)
     start_worker(settings, ctower_process, poll)
     publish_policy(settings, policy("ERR", cap_per_window=5))
@@ -231,11 +252,11 @@ def test_bad_requests_get_clear_errors(
 
 
 def test_without_a_token_the_api_refuses_and_names_the_setting(
-    settings_factory: Callable[..., Settings],
+    coupon_settings: Callable[..., Settings],
     ctower_process: Callable[..., Any],
     poll: Callable[..., Any],
 ) -> None:
-    settings = settings_factory()  # no CTOWER_COUPON_API_TOKEN
+    settings = coupon_settings()  # no CTOWER_COUPON_API_TOKEN
     ensure_topics(settings)
     worker = start_worker(settings, ctower_process, poll)
     code, body = post(f"{base(settings)}/coupons/ANY/reserve", b"{}", TOKEN)
@@ -244,11 +265,11 @@ def test_without_a_token_the_api_refuses_and_names_the_setting(
 
 
 def test_counts_and_policies_survive_a_killed_worker(
-    settings_factory: Callable[..., Settings],
+    coupon_settings: Callable[..., Settings],
     ctower_process: Callable[..., Any],
     poll: Callable[..., Any],
 ) -> None:
-    settings = settings_factory(coupon_api_token=TOKEN)
+    settings = coupon_settings(coupon_api_token=TOKEN)
     ensure_topics(settings)
     worker = start_worker(settings, ctower_process, poll)
     publish_policy(settings, policy("KILL", cap_per_window=30, per_member_limit=2))
@@ -260,11 +281,14 @@ def test_counts_and_policies_survive_a_killed_worker(
     )
     assert sum(1 for _, b in answers if b["granted"]) == 20
     before = status(settings, "KILL", "S9")
+    assert before is not None
+    counted_in = before["windows"]["*"]
+    assert counted_in["window_end"] - counted_in["window_start"] == WINDOW_SECONDS * 1000
     worker.kill()  # SIGKILL: the answers given must be durable already
 
     start_worker(settings, ctower_process, poll, name="worker-again")
     after = status(settings, "KILL", "S9")
-    assert after is not None and before is not None
+    assert after is not None
     assert after["policies"] == before["policies"]
     assert after["windows"] == before["windows"]
     assert after["windows"]["*"]["count"] == 20
@@ -310,11 +334,11 @@ def decisions(settings: Settings, campaign: str) -> list[dict[str, Any]]:
 
 
 def test_signals_throttle_and_pause_stores_with_decisions_on_the_topic(
-    settings_factory: Callable[..., Settings],
+    coupon_settings: Callable[..., Settings],
     ctower_process: Callable[..., Any],
     poll: Callable[..., Any],
 ) -> None:
-    settings = settings_factory(coupon_api_token=TOKEN)
+    settings = coupon_settings(coupon_api_token=TOKEN)
     ensure_topics(settings)
     start_worker(settings, ctower_process, poll)
     publish_policy(settings, policy("PICK", cap_per_window=100))
@@ -364,14 +388,14 @@ def test_signals_throttle_and_pause_stores_with_decisions_on_the_topic(
 
 
 def test_two_workers_share_campaigns_and_forward_requests_to_the_owner(
-    settings_factory: Callable[..., Settings],
+    coupon_settings: Callable[..., Settings],
     ctower_process: Callable[..., Any],
     poll: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
-    first = settings_factory(coupon_api_token=TOKEN)
+    first = coupon_settings(coupon_api_token=TOKEN)
     ensure_topics(first)
-    free = settings_factory()
+    free = coupon_settings()
     second = first.model_copy(
         update={"worker_web_port": free.worker_web_port, "data_dir": tmp_path / "second"}
     )
