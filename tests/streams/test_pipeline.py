@@ -84,6 +84,14 @@ def start_pipeline(
     return sink, worker
 
 
+# A replay of past events sent at full speed: a partition idle this long
+# while caught up closes its windows by the wall clock, and everything sent
+# after that is late. A loaded machine can stall the simulator for 2 s; 10 s
+# (the default) is what a replay can rely on. The paced test sends events
+# stamped with the present, so a stall there is harmless and 2 s keeps it short.
+REPLAY_IDLE_CLOSE = 10.0
+
+
 def wait_for_truth(
     settings: Settings, truth_rows: dict[Any, dict[str, int]], poll: Callable[..., Any],
     processes: list[Any], timeout: float = 180,
@@ -116,7 +124,7 @@ def test_aggregates_equal_the_simulator_truth(
     tmp_path: Path,
     env_for: Callable[[Settings], dict[str, str]],
 ) -> None:
-    settings = settings_factory(idle_close_seconds=2)
+    settings = settings_factory(idle_close_seconds=REPLAY_IDLE_CLOSE)
     sink, worker = start_pipeline(settings, ctower_process)
     truth_path = tmp_path / "truth.json"
     run_simulator(
@@ -152,7 +160,7 @@ def test_worker_killed_mid_stream_loses_and_doubles_nothing(
     tmp_path: Path,
     env_for: Callable[[Settings], dict[str, str]],
 ) -> None:
-    settings = settings_factory(idle_close_seconds=2)
+    settings = settings_factory(idle_close_seconds=REPLAY_IDLE_CLOSE)
     sink, worker = start_pipeline(settings, ctower_process)
     truth_path = tmp_path / "truth.json"
     simulator = start_simulator(env_for(settings), 5, truth_path)
