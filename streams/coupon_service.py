@@ -314,7 +314,8 @@ class CouponService:
         """Write what is pending while the partitions are still ours, then let go;
         reservations for them are refused (503) until they are recovered here
         or elsewhere."""
-        pending = self.ledger.flush_all()
+        self.ledger.flush_all()
+        pending = [fut for p in self.ledger.owned() for fut in self.ledger.unacked(p)]
         if pending:
             await asyncio.wait(pending, timeout=DURABLE_TIMEOUT)
         for partition in self.ledger.owned():
@@ -336,10 +337,13 @@ class CouponService:
     def _write_batch(self, partition: int, batch: asyncio.Future[None]) -> None:
         del self._batches[partition]
         try:
-            sent = self.ledger.flush(partition)
+            self.ledger.flush(partition)
         except Exception as exc:
             batch.set_exception(exc)
             return
+        # every write in flight, not only this flush's: the counts of these
+        # callers may have left with the upkeep's or a policy's flush
+        sent = self.ledger.unacked(partition)
         if not sent:
             batch.set_result(None)
             return

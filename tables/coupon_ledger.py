@@ -39,6 +39,8 @@ Per-member counts are kept only while a policy sets a per-member limit.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import time
 from collections import defaultdict
@@ -148,6 +150,8 @@ class _Partition:
     campaigns: dict[str, _Campaign] = field(default_factory=dict)
     pending: dict[bytes, bytes | None] = field(default_factory=dict)
     """Records changed since the last flush, in the order they first changed."""
+    unacked: set[asyncio.Future[Any]] = field(default_factory=set)
+    """Writes sent and not yet acknowledged by Kafka, whoever flushed them."""
 
 
 @dataclass(slots=True)
@@ -255,7 +259,14 @@ class CouponLedger:
         self._mark(part, _encode([partition, _COUNTER, campaign_id, *key]), _encode(entry))
 
     def flush(self, partition: int) -> list[Any]:
-        """Write the partition's changed records; return the producer's futures."""
+        """Write the partition's changed records; return the producer's futures.
+
+        The futures are also kept until Kafka answers (:meth:`unacked`): a
+        reservation is durable only once every write of its partition is, and
+        the write holding its count may have been sent by another flush (the
+        upkeep timer, a policy applied meanwhile). A record whose write fails
+        is marked changed again, so the next flush sends its latest value.
+        """
         part = self._parts.get(partition)
         if part is None or not part.pending:
             return []
@@ -266,9 +277,24 @@ class CouponLedger:
                 self.table.data.pop(raw_key, None)
             else:
                 self.table.data[raw_key] = raw_value
-            sent.append(self.table.send_changelog(partition, raw_key, raw_value))
+            written = self.table.send_changelog(partition, raw_key, raw_value)
+            sent.append(written)
+            if isinstance(written, asyncio.Future) and not written.done():
+                part.unacked.add(written)
+                written.add_done_callback(functools.partial(self._acked, part, raw_key))
         self.stats["records_written"] += len(sent)
         return sent
+
+    def _acked(self, part: _Partition, raw_key: bytes, written: asyncio.Future[Any]) -> None:
+        part.unacked.discard(written)
+        if written.cancelled() or written.exception() is not None:
+            self.stats["writes_failed"] += 1
+            part.pending.setdefault(raw_key, self.table.data.get(raw_key))
+
+    def unacked(self, partition: int) -> list[asyncio.Future[Any]]:
+        """The partition's writes not yet acknowledged (sent by any flush)."""
+        part = self._parts.get(partition)
+        return list(part.unacked) if part else []
 
     def flush_all(self) -> list[Any]:
         return [fut for partition in list(self._parts) for fut in self.flush(partition)]

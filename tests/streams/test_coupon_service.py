@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import faust
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -26,6 +27,7 @@ from ctower.schemas.control import CouponPolicy, CouponSignal
 from ctower.schemas.control import encoder as control_encoder
 from ctower.settings import Settings
 from ctower.streams.coupon_policy import campaign_partition, publish_policy
+from ctower.streams.coupon_service import CouponService
 
 pytestmark = pytest.mark.kafka
 
@@ -274,7 +276,10 @@ def test_counts_and_policies_survive_a_killed_worker(
     worker = start_worker(settings, ctower_process, poll)
     publish_policy(settings, policy("KILL", cap_per_window=30, per_member_limit=2))
     publish_policy(settings, policy("KILL", store_id="S9", cap_per_window=4))
-    poll(lambda: status(settings, "KILL"), 10, "KILL never in force")
+    poll(lambda: "S9" in ((status(settings, "KILL", "S9") or {}).get("policies") or {}), 10,
+         "the S9 policy never in force")
+    # a policy arriving during the grants: its flush takes their counts along
+    publish_policy(settings, policy("KILL", store_id="S8", cap_per_window=9))
     answers = reserve_many(
         settings, "KILL", [{"store_id": f"S{i % 10}", "member_id": f"M{i % 11}"}
                            for i in range(20)]
@@ -299,6 +304,41 @@ def test_counts_and_policies_survive_a_killed_worker(
     # the member limit remembered the first run's members too: M0 had 2
     [(_, again)] = reserve_many(settings, "KILL", [{"store_id": "S1", "member_id": "M0"}])
     assert again["reason"] in ("member_limit", "cap_reached")
+
+
+def test_a_grant_is_answered_only_once_every_write_of_its_partition_is_acknowledged(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """CI lost 20 grants to a SIGKILL: a policy applied while they were made
+    flushed their counts, so the grants' own flush found nothing to wait for
+    and they were answered while the counts were still in the producer's buffer."""
+    settings = settings_factory(coupon_api_token=TOKEN)
+    app = faust.App("durable-check", broker=f"kafka://{settings.bootstrap}", store="memory://")
+    service = CouponService(app, settings, None)
+
+    async def scenario() -> None:
+        writes: list[asyncio.Future[None]] = []
+
+        class Changelog:
+            def __init__(self) -> None:
+                self.data: dict[bytes, bytes] = {}
+
+            def send_changelog(self, partition: int | None, key: Any, value: Any) -> Any:
+                writes.append(asyncio.get_running_loop().create_future())
+                return writes[-1]
+
+        service.ledger.table = Changelog()
+        service.ledger.apply_policy(0, 0, "C1", None, policy("C1", cap_per_window=5))
+        assert service.ledger.reserve(0, "C1", "S1", "M1", int(time.time() * 1000)).granted
+        service.ledger.flush(0)  # the policy agent or the upkeep timer, first
+        durable = service.durable(0)
+        await asyncio.sleep(0.05)
+        assert not durable.done(), "answered before Kafka acknowledged the count"
+        for written in writes:
+            written.set_result(None)
+        await asyncio.wait_for(durable, 1)
+
+    asyncio.run(scenario())
 
 
 def send_signal(settings: Settings, signal: CouponSignal) -> None:

@@ -8,6 +8,7 @@ version (a worker process, HTTP, SIGKILL) is tests/streams/test_coupon_service.p
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,6 +217,51 @@ def test_state_survives_a_restart_without_announcing_again() -> None:
     assert reserve(again, member="M1").reason == "member_limit"
     assert again.observe(P, 3, [issued("X1", member="M3")], now_ms=T0 + 60_000) == 0
     assert again.apply_signal(P, 1, signal("pickup_pressure", True, store="S2")) == []
+
+
+class KafkaTable(Table):
+    """A table whose changelog writes are futures Kafka answers later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[bytes, bytes | None, asyncio.Future[None]]] = []
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any) -> asyncio.Future[None]:
+        super().send_changelog(partition, key, value)
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.writes.append((key, value, written))
+        return written
+
+
+def test_unacked_writes_are_known_whoever_flushed_them_and_failed_ones_are_sent_again() -> None:
+    async def scenario() -> None:
+        table = KafkaTable()
+        led = ledger(table)
+        led.apply_policy(P, 0, "C1", None, policy(cap_per_window=5))
+        led.flush(P)  # e.g. the policy agent
+        assert reserve(led).granted
+        sent = led.flush(P)  # e.g. the upkeep timer, not the reservation's caller
+        assert len(sent) == 2  # the campaign's and the store's counters
+        assert set(led.unacked(P)) == {written for _k, _v, written in table.writes}
+        policy_write, (counter_key, _value, counter_write) = table.writes[0][2], table.writes[1]
+        policy_write.set_result(None)
+        counter_write.set_exception(RuntimeError("broker gone"))
+        for _k, _v, written in table.writes[2:]:
+            written.set_result(None)
+        await asyncio.sleep(0)
+        assert led.unacked(P) == [] and led.stats["writes_failed"] == 1
+
+        # the failed record goes again with the next flush, and Kafka then has the count
+        resent = led.flush(P)
+        assert [key for key, _v, _w in table.writes[-len(resent):]] == [counter_key]
+        in_kafka = Table()
+        for key, value, written in table.writes:
+            if (written.done() and written.exception() is None) or written in resent:
+                in_kafka.log.append((key, value))
+        recovered = ledger(in_kafka.recovered(len(in_kafka.log)))
+        assert recovered.status(P, "C1", None, T0 + 60_000)["windows"][ALL_STORES]["count"] == 1
+
+    asyncio.run(scenario())
 
 
 def test_purge_forgets_ended_windows_in_the_changelog_too() -> None:
