@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import click
+from pydantic import SecretStr
 from tqdm import tqdm
 
 from ctower.settings import STREAMS, Settings
@@ -401,7 +402,7 @@ def decisions_settings(base: Settings, seed: int) -> tuple[Settings, dict[str, s
     from ctower.simulator.generator import SimConfig, Simulator
 
     settings = run_settings(base, "decisions").model_copy(update={
-        "coupon_api_token": base.coupon_api_token or secrets.token_urlsafe(24),
+        "coupon_api_token": base.coupon_api_token or SecretStr(secrets.token_urlsafe(24)),
     })
     chain = Simulator(SimConfig(seed=seed, events=1)).chain.write(settings.data_dir / "chain.json")
     settings = settings.model_copy(update={"master_data_file": chain})

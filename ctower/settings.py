@@ -12,9 +12,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -56,11 +63,42 @@ def _default_data_dir() -> Path:
     return Path(base) / "ctower"
 
 
+class _SecretFiles(PydanticBaseSettingsSource):
+    """``CTOWER_<SECRET>_FILE=/run/secrets/x``: the secret is the file's text
+    (trailing newline stripped), as compose and Kubernetes mount secrets.
+
+    Naming both ``CTOWER_<SECRET>`` and ``CTOWER_<SECRET>_FILE`` is refused
+    (which one was meant?); an unreadable file names its variable.
+    """
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is done in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name in SECRET_FIELDS:
+            variable = f"CTOWER_{name.upper()}"
+            path = os.environ.get(f"{variable}_FILE")
+            if not path:
+                continue
+            if variable in os.environ:
+                raise SettingsError(f"{variable}_FILE and {variable} are both set: use one")
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                why = getattr(exc, "strerror", None) or type(exc).__name__
+                raise SettingsError(f"{variable}_FILE: cannot read {path}: {why}") from None
+            found[name] = text.rstrip("\r\n")
+        return found
+
+
 class Settings(BaseSettings):
     """Everything a ctower process can be told from outside.
 
-    Durations are seconds. Secrets (tokens, passwords, webhook URLs) belong in
-    the environment only: they are never printed by :meth:`public_dict`.
+    Durations are seconds. Secrets (tokens, passwords; webhook URLs are read
+    outside this object) are :class:`~pydantic.SecretStr`: repr, str, logs and
+    :meth:`public_dict` show them masked; ``.get_secret_value()`` is the value.
+    Each can also come from a file: ``CTOWER_<NAME>_FILE``.
     """
 
     model_config = SettingsConfigDict(
@@ -68,6 +106,7 @@ class Settings(BaseSettings):
         extra="forbid",
         validate_default=True,
         populate_by_name=True,
+        hide_input_in_errors=True,  # a validation error never quotes what it was given
     )
 
     # --- Kafka -----------------------------------------------------------
@@ -89,7 +128,9 @@ class Settings(BaseSettings):
         description="chdb:///abs/path (embedded) or http(s)://host:8123; unset = chdb in data_dir.",
     )
     store_user: str = Field("default", description="ClickHouse user (server mode).")
-    store_password: str = Field("", description="ClickHouse password (server mode); secret.")
+    store_password: SecretStr = Field(
+        SecretStr(""), description="ClickHouse password (server mode); secret."
+    )
     store_http_port: int = Field(
         8124, ge=1024, le=65535,
         description="Embedded mode: port where the sink serves ClickHouse's HTTP interface.",
@@ -118,6 +159,9 @@ class Settings(BaseSettings):
         3600.0, ge=0, description="Events further in the future than this are malformed."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["plain", "json"] = Field(
+        "plain", description="Log lines as plain text or as JSON objects, one a line."
+    )
 
     # --- Decisions (rules, coupons) ----------------------------------------
     master_data_file: Path | None = Field(
@@ -132,9 +176,8 @@ class Settings(BaseSettings):
     )
 
     # --- Coupons -----------------------------------------------------------
-    coupon_api_token: str | None = Field(
+    coupon_api_token: SecretStr | None = Field(
         None,
-        repr=False,
         description="Bearer token the coupon API asks of reservations and policy changes "
         "(secret, environment only); unset = the API answers 503.",
     )
@@ -158,8 +201,8 @@ class Settings(BaseSettings):
         2.0, ge=0, le=300,
         description="How often the dashboard's live figures refresh; 0 = only on interaction.",
     )
-    operator_token: str = Field(
-        "",
+    operator_token: SecretStr = Field(
+        SecretStr(""),
         description="Password or token that unlocks the dashboard's controls (coupon caps, "
         "pause/resume, alert acknowledgement); secret, environment only; empty = locked.",
     )
@@ -205,7 +248,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings, env_settings, _SecretFiles(settings_cls)
+        ]
         config_file = os.environ.get("CTOWER_CONFIG")
         if config_file:
             if not Path(config_file).is_file():
@@ -340,21 +385,36 @@ class Settings(BaseSettings):
             and (not k.startswith("CTOWER_") or k.startswith(_PASSED_TO_CHILDREN))
             and k.upper() not in _FIELD_VARIABLES
         }
-        for name, value in self.model_dump(mode="json").items():
+        values = self.model_dump(mode="json")
+        for name in SECRET_FIELDS:  # the real values: the child needs them
+            secret = getattr(self, name)
+            values[name] = None if secret is None else secret.get_secret_value()
+        for name, value in values.items():
             if value is not None:
                 env[f"CTOWER_{name.upper()}"] = str(value)
         env["PYTHONSAFEPATH"] = "1"
         return env
 
+    def secret_values(self) -> list[str]:
+        """The values of the secret settings that are set (for log masking)."""
+        found = []
+        for name in SECRET_FIELDS:
+            secret = getattr(self, name)
+            if secret is not None and secret.get_secret_value():
+                found.append(secret.get_secret_value())
+        return found
+
     def public_dict(self) -> dict[str, Any]:
         """Settings safe to print: secrets are masked."""
         shown = self.model_dump(mode="json")
-        for secret in ("store_password", "operator_token", "coupon_api_token"):
-            if shown.get(secret):
-                shown[secret] = "***"
+        for name in SECRET_FIELDS:
+            secret = getattr(self, name)
+            shown[name] = None if secret is None else ("***" if secret.get_secret_value() else "")
         for name, value in shown.items():  # a webhook URL is a secret wherever it appears
             if isinstance(value, str) and "key=" in value:
                 shown[name] = re.sub(r"key=[^&\s]+", "key=***", value)
+            if isinstance(value, str) and "@" in value:  # so is a password in a URL
+                shown[name] = re.sub(r"(://[^/@\s:]*:)[^/@\s]+@", r"\1***@", shown[name])
         return shown
 
 
@@ -367,9 +427,19 @@ def load_settings(**overrides: Any) -> Settings:
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"]) or "settings"
             env_name = f"CTOWER_{field.upper()}" if field != "settings" else "settings"
-            problems.append(f"{env_name}: {error['msg']} (got {error.get('input')!r})")
+            # the input is quoted only for a single field that is not a secret:
+            # a model-level error's input is everything, the secrets included
+            shown = field in Settings.model_fields and field not in SECRET_FIELDS
+            got = f" (got {error.get('input')!r})" if shown else ""
+            problems.append(f"{env_name}: {error['msg']}{got}")
         raise SettingsError("bad setting: " + "; ".join(problems)) from None
 
+
+SECRET_FIELDS = tuple(
+    name for name, field in Settings.model_fields.items()
+    if SecretStr in (field.annotation, *get_args(field.annotation))
+)
+"""The secret settings: masked everywhere, and each readable from ``CTOWER_<NAME>_FILE``."""
 
 _FIELD_VARIABLES = frozenset(f"CTOWER_{name.upper()}" for name in Settings.model_fields)
 """Settings' own variables: a child gets them from the settings, never from outside."""

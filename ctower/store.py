@@ -53,7 +53,7 @@ def open_store(settings: Settings, *, owner: bool = False, path_fallback: bool =
             port=url.port or (8443 if url.scheme == "https" else 8123),
             secure=url.scheme == "https",
             username=settings.store_user,
-            password=settings.store_password,
+            password=settings.store_password.get_secret_value(),
             # one client is shared by the dashboard's threads: no server session
             autogenerate_session_id=False,
         )

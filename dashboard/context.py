@@ -64,7 +64,7 @@ def _store_client(_settings: Settings, key: str) -> Client:
 
 def token_matches(settings: Settings, offered: str) -> bool:
     """Constant-time comparison, and never true when no token is configured."""
-    expected = settings.operator_token
+    expected = settings.operator_token.get_secret_value()
     return bool(expected) and hmac.compare_digest(offered.encode(), expected.encode())
 
 

@@ -86,7 +86,7 @@ def prepare_campaigns(settings: Settings, campaigns: list[str], timeout: float =
 async def _fire(
     settings: Settings, campaigns: list[str], rate: int, seconds: float
 ) -> ReservationRun:
-    token = settings.coupon_api_token
+    token = settings.coupon_api_token.get_secret_value() if settings.coupon_api_token else ""
     base = f"http://{settings.worker_web_host}:{settings.worker_web_port}/coupons"
     rng = random.Random(7)
     total = max(1, int(rate * seconds))

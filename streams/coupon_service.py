@@ -382,7 +382,7 @@ class CouponService:
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            value.strip().encode(), token.encode()
+            value.strip().encode(), token.get_secret_value().encode()
         ):
             return view.json(
                 {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
