@@ -3,17 +3,25 @@ policy and decisions, alerts. JSON on the wire, like the events."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 import msgspec
 from msgspec import Struct
 
+DEAD_LETTER_RAW_BYTES = 64 * 1024
+"""Default of how much of a malformed event a dead letter carries."""
+
 
 class DeadLetter(Struct, kw_only=True):
-    """A malformed event, kept whole so nothing is lost and it can be replayed.
+    """A malformed event, kept so nothing is lost and it can be replayed.
 
-    ``raw`` is the exact bytes (base64 in JSON); ``index`` is the position in
-    a batch envelope, or -1 when the message itself was the event.
+    ``raw`` is the event's bytes (base64 in JSON), cut to a bound so that the
+    dead letter always fits in a Kafka message (a 900 kB event in base64 did
+    not, and its send failed); ``raw_length`` and ``raw_sha256`` describe the
+    whole, so a cut event can still be matched with its producer's copy.
+    ``index`` is the position in a batch envelope, or -1 when the message
+    itself was the event.
     """
 
     source_topic: str
@@ -24,6 +32,37 @@ class DeadLetter(Struct, kw_only=True):
     detail: str
     raw: bytes
     received_at: int
+    raw_length: int = -1
+    """Length of the whole event; -1 in records written before raw was cut."""
+    raw_sha256: str = ""
+
+    @classmethod
+    def bounded(
+        cls,
+        *,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        index: int,
+        reason: str,
+        detail: str,
+        raw: bytes,
+        received_at: int,
+        raw_limit: int = DEAD_LETTER_RAW_BYTES,
+    ) -> DeadLetter:
+        """A dead letter that carries at most ``raw_limit`` bytes of the event."""
+        return cls(
+            source_topic=source_topic,
+            partition=partition,
+            offset=offset,
+            index=index,
+            reason=reason,
+            detail=detail[:1000],
+            raw=raw[:raw_limit],
+            received_at=received_at,
+            raw_length=len(raw),
+            raw_sha256=hashlib.sha256(raw).hexdigest(),
+        )
 
     def dedup_key(self) -> str:
         return f"{self.source_topic}:{self.partition}:{self.offset}:{self.index}"
@@ -74,6 +113,24 @@ class LateEvent(Struct, kw_only=True):
         dims = "|".join(self.dims)  # a late order feeds one sku_sales window per line
         where = f"{self.source_topic}:{self.partition}:{self.offset}:{self.index}"
         return f"{where}:{self.aggregate}:{dims}"
+
+
+class DuplicateEvent(Struct, kw_only=True):
+    """An event dropped because the same event (same identity) was already
+    counted: an at-least-once producer sent it again. The store counts these
+    per stream; the first copy says where the counted one was."""
+
+    source_topic: str
+    partition: int
+    offset: int
+    index: int
+    identity: str
+    first_offset: int
+    first_index: int
+    event_ts: int
+
+    def dedup_key(self) -> str:
+        return f"{self.source_topic}:{self.partition}:{self.offset}:{self.index}"
 
 
 class CouponPolicy(Struct, kw_only=True, omit_defaults=True):

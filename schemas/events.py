@@ -6,8 +6,15 @@ decoded, so windows and the store never deal with time zones. Money is
 accepted in yuan and kept in integer fen (``amount_fen``) because GMV must
 add up exactly, and float sums depend on their order.
 
-``dedup_key`` names one real-world event: producers are at-least-once, so the
-same event may arrive twice, and the store collapses it on this key.
+``identity()`` names one real-world event: its ``event_id`` when the producer
+gives one, else the natural key of what happened. Producers are at-least-once,
+so the same event may arrive twice; the worker counts it once (see
+``tables/dedup.py``) and the store collapses it on the same key.
+
+Bounds: every value that is counted has a documented range here, checked at
+decoding, so nothing that passes can overflow later (the window state's
+64-bit counters, the store's Int64 fen). A value beyond them is dead-lettered
+as ``out_of_range``.
 """
 
 from __future__ import annotations
@@ -18,11 +25,27 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-NonNegInt = Annotated[int, Meta(ge=0)]
-PositiveInt = Annotated[int, Meta(gt=0)]
-NonNegFloat = Annotated[float, Meta(ge=0)]
+MAX_AMOUNT_YUAN = 10_000_000.0
+"""Largest order amount (yuan): ten million, 1e9 fen."""
+MAX_UNIT_PRICE_YUAN = 1_000_000.0
+"""Largest unit price of an order line (yuan)."""
+MAX_LINE_QTY = 10_000
+"""Largest quantity of one order line. With the price bound a line is at most
+1e12 fen and an order of 500 lines 5e14, so ten thousand such orders in one
+window still add up inside the Int64 counters of the state and the store."""
+MAX_STOCK_QTY = 10_000_000
+"""Largest quantity of one stock movement or count (a warehouse receipt)."""
+MAX_TS_MS = 7_258_118_400_000
+"""2200-01-01 UTC: the latest time any time field may carry (the store's
+DateTime64(3) ends in 2299)."""
+
+LineQty = Annotated[int, Meta(gt=0, le=MAX_LINE_QTY)]
+StockQty = Annotated[int, Meta(ge=-MAX_STOCK_QTY, le=MAX_STOCK_QTY)]
+Amount = Annotated[float, Meta(ge=0, le=MAX_AMOUNT_YUAN)]
+UnitPrice = Annotated[float, Meta(ge=0, le=MAX_UNIT_PRICE_YUAN)]
 Id = Annotated[str, Meta(min_length=1, max_length=128)]
-WireTime = int | str
+EpochMs = Annotated[int, Meta(ge=0, le=MAX_TS_MS)]
+WireTime = EpochMs | Annotated[str, Meta(max_length=64)]
 """Epoch milliseconds, or ISO 8601 text with an offset; an ``int`` after decoding."""
 
 
@@ -40,7 +63,10 @@ def parse_ts(value: int | str, field: str = "ts") -> int:
         raise ValueError(f"`{field}` is not ISO 8601 or epoch ms: {value!r}") from None
     if parsed.tzinfo is None:
         raise ValueError(f"`{field}` has no UTC offset: {value!r}")
-    return int(parsed.timestamp() * 1000)
+    ms = int(parsed.timestamp() * 1000)
+    if not 0 <= ms <= MAX_TS_MS:
+        raise ValueError(f"`{field}` is out of range (1970 to 2200): {value!r}")
+    return ms
 
 
 class Event(Struct, kw_only=True, omit_defaults=True):
@@ -51,7 +77,7 @@ class Event(Struct, kw_only=True, omit_defaults=True):
     """The field Kafka partitions this stream by."""
 
     ts: WireTime
-    event_id: str | None = None
+    event_id: Id | None = None
 
     def __post_init__(self) -> None:
         self.ts = parse_ts(self.ts)
@@ -60,8 +86,13 @@ class Event(Struct, kw_only=True, omit_defaults=True):
     def partition_key(self) -> str:
         return getattr(self, self.key_field)
 
-    def dedup_key(self) -> str:
+    def identity(self) -> str:
+        """What makes two deliveries the same event (a re-send counts once)."""
         raise NotImplementedError
+
+    def dedup_key(self) -> str:
+        """The store's name for :meth:`identity` (its ReplacingMergeTree key)."""
+        return self.identity()
 
 
 class Scan(Event, kw_only=True, omit_defaults=True):
@@ -72,16 +103,16 @@ class Scan(Event, kw_only=True, omit_defaults=True):
     store_id: Id
     sku: Id
     action: Literal["view", "add_to_cart"]
-    member_id: str | None = None
+    member_id: Id | None = None
 
-    def dedup_key(self) -> str:
+    def identity(self) -> str:
         return self.event_id or self.scan_id
 
 
 class OrderLine(Struct, kw_only=True):
     sku: Id
-    qty: PositiveInt
-    unit_price: NonNegFloat
+    qty: LineQty
+    unit_price: UnitPrice
 
 
 Channel = Literal["scan_and_go", "mini_program", "community_group", "live_stream", "guide"]
@@ -99,10 +130,10 @@ class Order(Event, kw_only=True, omit_defaults=True):
     channel: Channel
     fulfillment: Fulfillment
     lines: Annotated[list[OrderLine], Meta(min_length=1, max_length=500)]
-    amount: NonNegFloat
+    amount: Amount
     status: OrderStatus
-    coupon_id: str | None = None
-    ship_from: str | None = None
+    coupon_id: Id | None = None
+    ship_from: Id | None = None
     """Location the goods leave from; unset means the store itself."""
 
     @property
@@ -113,7 +144,7 @@ class Order(Event, kw_only=True, omit_defaults=True):
     def stock_location(self) -> str:
         return self.ship_from or self.store_id
 
-    def dedup_key(self) -> str:
+    def identity(self) -> str:
         return self.event_id or f"{self.order_id}:{self.status}"
 
 
@@ -134,7 +165,7 @@ class Pickup(Event, kw_only=True, omit_defaults=True):
         if self.slot_start is not None:
             self.slot_start = parse_ts(self.slot_start, "slot_start")
 
-    def dedup_key(self) -> str:
+    def identity(self) -> str:
         return self.event_id or f"{self.order_id}:{self.state}"
 
 
@@ -162,7 +193,7 @@ class Logistics(Event, kw_only=True, omit_defaults=True):
         if self.eta is not None:
             self.eta = parse_ts(self.eta, "eta")
 
-    def dedup_key(self) -> str:
+    def identity(self) -> str:
         return self.event_id or f"{self.shipment_id}:{self.status}:{self.ts}"
 
 
@@ -179,7 +210,7 @@ class Inventory(Event, kw_only=True, omit_defaults=True):
     location_id: Id
     sku: Id
     kind: InventoryKind
-    qty: int
+    qty: StockQty
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -191,7 +222,7 @@ class Inventory(Event, kw_only=True, omit_defaults=True):
         """Change of on-hand stock; snapshots are absolute and handled apart."""
         return -self.qty if self.kind == "transfer_out" else self.qty
 
-    def dedup_key(self) -> str:
+    def identity(self) -> str:
         return self.event_id or f"{self.location_id}:{self.sku}:{self.kind}:{self.ts}:{self.qty}"
 
 
@@ -208,7 +239,7 @@ class Coupon(Event, kw_only=True, omit_defaults=True):
     member_id: Id
     action: CouponAction
 
-    def dedup_key(self) -> str:
+    def identity(self) -> str:
         return self.event_id or f"{self.coupon_id}:{self.action}"
 
 

@@ -123,6 +123,6 @@ def test_0009_redefines_the_view_of_a_store_at_0008(store: Client, tmp_path: Pat
     insert_moves(store, SAME_MS)
     before = view_on_hand(store)
     assert before == {"S1": 10 - 1, "W1": 100}  # 0004: the same millisecond was ignored
-    assert apply_migrations(store) == ["0009_stock_on_hand_same_ms.sql"]
+    assert apply_migrations(store)[0] == "0009_stock_on_hand_same_ms.sql"  # and any later
     assert view_on_hand(store) == EXPECTED
     assert apply_migrations(store) == []
