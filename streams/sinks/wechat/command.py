@@ -87,7 +87,8 @@ def deliver(routes_file: str | None, secrets_file: str | None) -> None:
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"stopped: {stats.alerts} alerts read, {sum(stats.messages.values())} messages "
-               f"sent ({dict(stats.messages)})")
+               f"sent ({dict(stats.messages)}), {stats.skipped} records not alerts, "
+               f"dead-lettered ({dict(stats.dead_letters)})")
 
 
 @alerts.command("test")
@@ -127,6 +128,7 @@ async def _test(settings: Settings, route_name: str) -> int:
                 label = robot_label(robot, urls[robot])
                 message = render_test(route.name, label, lang=settings.language,
                                       dashboard=settings.dashboard_link)
+                send_id = outbox.send_started(robot)  # counted even if we die waiting
                 result = await client.send(urls[robot], message.body)
                 outcome = result.outcome
                 ok = outcome == "delivered"
@@ -137,7 +139,7 @@ async def _test(settings: Settings, route_name: str) -> int:
                     result=outcome, errcode=result.errcode, http_status=result.http_status,
                     latency_ms=result.latency_ms, message_kind="test", ts=now_ms(),
                     detail=result.detail,
-                )], sent=(robot, time.time()))
+                )], sent=(robot, time.time()), send_id=send_id)
                 click.echo(f"{route.name} -> {label}: {'ok' if ok else outcome} "
                            f"(errcode {result.errcode}, {result.latency_ms:.0f} ms)"
                            f"{'' if ok else ' ' + result.detail}")

@@ -5,7 +5,12 @@ Three loops share one process:
 - **intake** reads ``ct.alerts`` (consumer group ``<app_id>-alerts``),
   routes each alert and writes one outbox item per (route, robot); only
   then is the Kafka offset committed. A crash before the commit reads the
-  alerts again, and the outbox ignores the items it already has.
+  alerts again, and the outbox ignores the items it already has. A record
+  that is not an alert (not JSON, not UTF-8, nested too deep to decode, the
+  wrong shape, an alert no message can be made of) stops nothing: it is
+  logged on one line, counted (``DeliveryStats.dead_letters``) and sent to
+  ``ct.dead-letter`` as a ``DeadLetter`` - as the workers do with malformed
+  events - before its offset is committed; the alerts around it go on.
 - **dispatch** serves each robot that has due items, one request at a time
   per robot, within its rate budget. When more is due than the budget
   allows, the due items of a route are rolled up into one digest (counts by
@@ -26,6 +31,7 @@ import hashlib
 import logging
 import random
 import signal
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -36,7 +42,8 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from ctower.schemas.control import Alert, AlertDelivery
+from ctower.schemas.control import Alert, AlertDelivery, DeadLetter
+from ctower.schemas.wire import reject
 from ctower.settings import Settings, SettingsError
 from ctower.streams.sinks.wechat.client import SendResult, WebhookClient, backoff
 from ctower.streams.sinks.wechat.messages import (
@@ -55,6 +62,7 @@ from ctower.streams.sinks.wechat.outbox import (
     Item,
     Outbox,
     delivery_id,
+    encode_alert,
     now_ms,
 )
 from ctower.streams.sinks.wechat.rate import RateBudget
@@ -69,6 +77,8 @@ KEEP_DONE_SECONDS = 7 * 86_400
 """Finished items are kept this long: a replay of ct.alerts within it sends nothing twice."""
 PUBLISH_EVERY = 0.2
 STATS_EVERY = 30.0
+LOG_DETAIL_CHARS = 300
+_encode_control = msgspec.json.Encoder().encode
 
 
 def outbox_path(settings: Settings) -> Path:
@@ -81,7 +91,9 @@ class DeliveryStats:
 
     alerts: int = 0
     skipped: int = 0
-    """Messages on ct.alerts that were not an Alert (logged with their offset)."""
+    """Records on ct.alerts that were not an alert (each logged, dead-lettered)."""
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    """The same, by dead-letter reason."""
     items: int = 0
     messages: Counter[str] = field(default_factory=Counter)
     """Requests sent, by message kind."""
@@ -117,6 +129,7 @@ class DeliveryService:
         self._notices: dict[str, list[Message]] = {}
         self._broken: set[str] = set()
         self._client: WebhookClient | None = None
+        self._alert_decoder = msgspec.json.Decoder(Alert)
         self.budgets = {
             robot: RateBudget(settings.alert_rate_per_minute, settings.alert_rate_window_seconds)
             for robot in urls
@@ -127,10 +140,15 @@ class DeliveryService:
         """Recover from a crash, remember the rate spent before it, and
         load route health (a broken route whose robot URL changed since is
         given another chance)."""
-        crashed = self.outbox.recover(self.labels)
+        in_flight = self.outbox.in_flight()
+        crashed = self.outbox.recover(self.labels)  # in-flight requests become sends
         if crashed:
             log.warning("%d deliveries were in flight when the service stopped; sending again",
                         len(crashed))
+        if in_flight:
+            log.warning("%d request(s) were on their way to a robot when the service stopped; "
+                        "each counts against its robot's rate budget from when it started",
+                        len(in_flight))
         since = time.time() - self.settings.alert_rate_window_seconds
         for robot, ends in self.outbox.recent_sends(since).items():
             if robot in self.budgets:
@@ -222,6 +240,11 @@ class DeliveryService:
         there is work and budget."""
         try:
             await self._serve_robot(robot, stop)
+        except Exception:
+            # a bug, not an answer: say so, and let the dispatcher start a new
+            # server for the robot a second later rather than at once
+            log.exception("robot %s: serving failed; trying again in 1 s", self.labels[robot])
+            await _sleep_or_stop(1.0, stop)
         finally:
             self._wake.set()  # the dispatcher looks again: more may be due by now
 
@@ -242,8 +265,7 @@ class DeliveryService:
                 continue
             free = budget.free()
             if len(items) <= free:
-                worst = worst_first([i.alert for i in items])[0]
-                await self._send_one(robot, next(i for i in items if i.alert is worst))
+                await self._send_one(robot, worst_first_item(items))
                 continue
             by_route: dict[str, list[Item]] = {}
             for item in items:
@@ -257,34 +279,64 @@ class DeliveryService:
 
     async def _send_one(self, robot: str, item: Item) -> None:
         route = self.table.get(item.route)
-        message = render_alert(
-            item.alert, lang=self.settings.language, dashboard=self.settings.dashboard_link,
-            delivery_id=item.delivery_id, mentions=_mentions(route),
-        )
+        try:
+            message = render_alert(
+                item.alert, lang=self.settings.language,
+                dashboard=self.settings.dashboard_link, delivery_id=item.delivery_id,
+                mentions=_mentions(route),
+            )
+        except Exception as exc:  # intake checks this; an older outbox may hold one
+            self._unrenderable(robot, item, exc)
+            return
         await self._attempt(robot, route, [item], message)
 
     async def _send_digest(self, robot: str, items: list[Item]) -> None:
         route = self.table.get(items[0].route)
-        message = render_digest(
-            [i.alert for i in items], lang=self.settings.language,
-            dashboard=self.settings.dashboard_link, digest_id=_digest_id(items),
-            route=route.name, mentions=_mentions(route),
-        )
+        try:
+            message = render_digest(
+                [i.alert for i in items], lang=self.settings.language,
+                dashboard=self.settings.dashboard_link, digest_id=_digest_id(items),
+                route=route.name, mentions=_mentions(route),
+            )
+        except Exception:
+            # one of them cannot be put into words: send them one by one, so
+            # the one that cannot is found and set aside and the rest go
+            log.exception("route %s: a digest of %d alerts failed to render; sending singly",
+                          route.name, len(items))
+            await self._send_one(robot, worst_first_item(items))
+            return
         await self._attempt(robot, route, items, message)
 
-    async def _post(self, robot: str, message: Message) -> SendResult:
+    def _unrenderable(self, robot: str, item: Item, exc: Exception) -> None:
+        """An item no message can be made of is recorded as rejected, never
+        retried: it would stop its robot's queue."""
+        detail = _one_line(f"could not render the message: {type(exc).__name__}: {exc}")
+        log.error("alert %s for robot %s: %s; recorded as rejected", item.alert_id,
+                  self.labels[robot], detail)
+        self.outbox.finish([item], REJECTED, [AlertDelivery(
+            delivery_id=item.delivery_id, alert_id=item.alert_id, alert_key=item.alert.key,
+            kind=item.alert.kind, severity=item.alert.severity, route=item.route,
+            robot=self.labels[robot], attempt=item.attempts, result="rejected",
+            message_kind="markdown", ts=now_ms(), detail=detail,
+        )])
+
+    async def _post(self, robot: str, message: Message) -> tuple[SendResult, int]:
+        """One request; returns its answer and its ``send_id``, which the
+        caller hands to the outbox with the answer (until then the request
+        is noted as in flight, and a crash counts it after the restart)."""
         assert self._client is not None
+        send_id = self.outbox.send_started(robot)
         result = await self._client.send(self.urls[robot], message.body)
         self.budgets[robot].spent()
         self.stats.messages[message.kind] += 1
         self.stats.outcomes[result.outcome] += 1
-        return result
+        return result, send_id
 
     async def _attempt(self, robot: str, route: Route, items: list[Item], message: Message
                        ) -> None:
         """One request for ``items`` and everything its answer implies."""
         items = self.outbox.start_sending(items, message.kind)
-        result = await self._post(robot, message)
+        result, send_id = await self._post(robot, message)
         ended = time.time()
         outcome = result.outcome
         digest = message.kind == "digest"
@@ -295,19 +347,19 @@ class DeliveryService:
         sent = (robot, ended)
         if outcome == "delivered":
             self.outbox.finish(items, DELIVERED, records("digest" if digest else "delivered"),
-                               sent=sent)
+                               sent=sent, send_id=send_id)
             self._route_ok(route)
             return
         if outcome == "rejected":
             log.error("robot %s refused %s for %d alert(s) (%s); recorded as rejected",
                       self.labels[robot], message.kind, len(items), result.detail)
-            self.outbox.finish(items, REJECTED, records("rejected"), sent=sent)
+            self.outbox.finish(items, REJECTED, records("rejected"), sent=sent, send_id=send_id)
             return
         if outcome == "rate_limited":
             self.budgets[robot].exhausted()
             self.outbox.finish(items, PENDING, records("rate_limited"),
                                not_before=ended + self.settings.alert_rate_window_seconds,
-                               sent=sent)
+                               sent=sent, send_id=send_id)
             log.warning("robot %s: frequency limit (45009); waiting for the next window",
                         self.labels[robot])
             return
@@ -318,12 +370,13 @@ class DeliveryService:
             log.warning("robot %s: %s; retrying %d alert(s) in %.1fs", self.labels[robot],
                         result.detail or f"errcode {result.errcode}", len(items), pause)
             self.outbox.finish(items, PENDING, records("retry"), not_before=ended + pause,
-                               sent=sent)
+                               sent=sent, send_id=send_id)
             return
         # broken
         self.outbox.finish(items, PENDING, records("broken"),
                            not_before=ended + (s.alert_retry_max_seconds
-                                               if route.name == FALLBACK else 0.0), sent=sent)
+                                               if route.name == FALLBACK else 0.0),
+                           sent=sent, send_id=send_id)
         self._route_broken(route, robot, result)
 
     def _route_ok(self, route: Route) -> None:
@@ -390,7 +443,7 @@ class DeliveryService:
         return len(pending)
 
     async def _send_notice(self, robot: str, message: Message) -> None:
-        result = await self._post(robot, message)
+        result, send_id = await self._post(robot, message)
         record = AlertDelivery(
             delivery_id="n" + hashlib.sha256(message.content.encode()).hexdigest()[:15],
             alert_id="", alert_key="", kind="notice", severity="warning", route=FALLBACK,
@@ -400,7 +453,7 @@ class DeliveryService:
             latency_ms=result.latency_ms, message_kind="markdown", ts=now_ms(),
             detail=result.detail,
         )
-        self.outbox.record([record], sent=(robot, time.time()))
+        self.outbox.record([record], sent=(robot, time.time()), send_id=send_id)
 
     def _record(self, item: Item, robot: str, result_name: str, result: SendResult,
                 message: Message) -> AlertDelivery:
@@ -415,30 +468,99 @@ class DeliveryService:
         )
 
     # ------------------------------------------------------------ Kafka
-    async def intake(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
-        """ct.alerts -> outbox -> commit, until ``stop``."""
-        decoder = msgspec.json.Decoder(Alert)
+    def admit(self, topic: str, partition: int, offset: int, value: bytes | None
+              ) -> Alert | DeadLetter:
+        """The alert in a record of ct.alerts, or the dead letter that says why
+        there is none (logged on one line and counted here).
+
+        Whatever the bytes, this returns: a decoder's error (malformed JSON,
+        invalid UTF-8, the RecursionError of JSON nested thousands deep, a
+        value of the wrong type or range) and an alert that the outbox could
+        not store or no message could be made of all become dead letters,
+        instead of stopping the intake or, later, a robot's queue.
+        """
+        raw = value or b""
+        if not raw:
+            reason, detail = "not_json", "empty message value"
+        else:
+            try:
+                alert = self._alert_decoder.decode(raw)
+                self._check(alert)
+                return alert
+            except Exception as exc:  # any record is data, never a reason to stop
+                rejected = reject(-1, raw, exc)  # the workers' reason codes (too_deep, ...)
+                reason, detail = rejected.reason, _one_line(rejected.detail)
+        self.stats.skipped += 1
+        self.stats.dead_letters[reason] += 1
+        log.error("%s[%d]@%d is not an alert (%s: %s; %d bytes); sent to %s", topic, partition,
+                  offset, reason, detail[:LOG_DETAIL_CHARS], len(raw),
+                  self.settings.topic("dead-letter"))
+        # at most 64 kB of the record, with its length and sha256: it must fit in a message
+        return DeadLetter.bounded(
+            source_topic=topic, partition=partition, offset=offset, index=-1, reason=reason,
+            detail=detail, raw=raw, received_at=now_ms(),
+        )
+
+    def _check(self, alert: Alert) -> None:
+        """Raises if the outbox could not store ``alert`` or no message could
+        be made of it (the renderers are built not to raise: this keeps a
+        surprise out of the outbox, where it would come back at every try)."""
+        encode_alert(alert)
+        for mentions in (Mentions(), Mentions(("-",))):
+            render_alert(alert, lang=self.settings.language, dashboard="", delivery_id="d",
+                         mentions=mentions)
+            render_digest([alert], lang=self.settings.language, dashboard="", digest_id="g",
+                          route=FALLBACK, mentions=mentions)
+
+    async def intake(self, consumer: AIOKafkaConsumer, stop: asyncio.Event,
+                     producer: AIOKafkaProducer | None = None) -> None:
+        """ct.alerts -> outbox (alerts) and ct.dead-letter (the rest) -> commit,
+        until ``stop``."""
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=300, max_records=1000)
             if not batches:
                 continue
             alerts: list[Alert] = []
+            dead: list[DeadLetter] = []
             offsets: dict[TopicPartition, int] = {}
             for tp, messages in batches.items():
                 for msg in messages:
-                    try:
-                        alerts.append(decoder.decode(msg.value or b""))
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        self.stats.skipped += 1
-                        log.error("%s[%d]@%d is not an Alert (%s); skipped", tp.topic,
-                                  tp.partition, msg.offset, exc)
+                    admitted = self.admit(tp.topic, tp.partition, msg.offset, msg.value)
+                    if isinstance(admitted, Alert):
+                        alerts.append(admitted)
+                    else:
+                        dead.append(admitted)
                 offsets[tp] = messages[-1].offset + 1
             self.reload_route_health()
             self.accept(alerts)  # durable before the commit below
+            if dead and producer is not None and not await self.dead_letter(
+                    producer, dead, stop):
+                return  # stopping: uncommitted, so the next start sends them again
             try:
                 await consumer.commit(offsets)
             except KafkaError as exc:
                 log.warning("offset commit failed (%s); the outbox absorbs the replay", exc)
+
+    async def dead_letter(self, producer: AIOKafkaProducer, letters: Sequence[DeadLetter],
+                          stop: asyncio.Event) -> bool:
+        """Send ``letters`` to ct.dead-letter and wait for the broker's ack;
+        retried until they are in or ``stop`` (False: not sent)."""
+        topic = self.settings.topic("dead-letter")
+        while True:
+            try:
+                futures = [
+                    await producer.send(topic, key=letter.dedup_key().encode(),
+                                        value=_encode_control(letter))
+                    for letter in letters
+                ]
+                await asyncio.gather(*futures)
+                return True
+            except KafkaError as exc:
+                log.warning("could not send %d dead letter(s) to %s (%s); retrying",
+                            len(letters), topic, exc)
+                if stop.is_set():
+                    return False
+                await _sleep_or_stop(1.0, stop)
 
     async def publish(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
         """Outbox records -> ct.alert-deliveries, until ``stop`` and drained."""
@@ -483,15 +605,27 @@ class DeliveryService:
             try:
                 dispatch_stop = asyncio.Event()
                 tasks = [
-                    asyncio.create_task(self.intake(consumer, stop)),
+                    asyncio.create_task(self.intake(consumer, stop, producer)),
                     asyncio.create_task(self.serve(dispatch_stop)),
                     asyncio.create_task(self._log_stats(stop)),
                 ]
                 publisher = asyncio.create_task(self.publish(producer, dispatch_stop))
-                await stop.wait()
+                stopping = asyncio.create_task(stop.wait())
+                # a loop that ends before ``stop`` has failed: stop loudly, never
+                # run on deaf (an intake that died would leave ct.alerts unread)
+                await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+                failed = next((t for t in tasks if t.done() and not t.cancelled()
+                               and t.exception() is not None), None)
+                if failed is not None:
+                    log.critical("a loop of the delivery service failed; stopping",
+                                 exc_info=failed.exception())
+                stop.set()
                 dispatch_stop.set()
-                await asyncio.gather(*tasks)
+                await asyncio.gather(*tasks, return_exceptions=True)
                 await asyncio.wait_for(publisher, timeout=30)
+                if failed is not None:
+                    raise RuntimeError("the delivery service stopped on an error (logged above)"
+                                       ) from failed.exception()
             finally:
                 await consumer.stop()
         finally:
@@ -502,13 +636,27 @@ class DeliveryService:
     async def _log_stats(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await _sleep_or_stop(STATS_EVERY, stop)
-            log.info("alerts: %d read, %d items, sent %s, outcomes %s, outbox %s",
-                     self.stats.alerts, self.stats.items, dict(self.stats.messages),
-                     dict(self.stats.outcomes), self.outbox.counts())
+            try:
+                counts: object = self.outbox.counts()
+            except sqlite3.Error as exc:  # a busy outbox is no reason to stop delivering
+                counts = f"unreadable ({exc})"
+            log.info("alerts: %d read, %d items, sent %s, outcomes %s, outbox %s, "
+                     "dead letters %s", self.stats.alerts, self.stats.items,
+                     dict(self.stats.messages), dict(self.stats.outcomes), counts,
+                     dict(self.stats.dead_letters))
 
 
 def _mentions(route: Route) -> Mentions:
     return Mentions(route.mention_users, route.mention_mobiles)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def worst_first_item(items: Sequence[Item]) -> Item:
+    worst = worst_first([i.alert for i in items])[0]
+    return next(i for i in items if i.alert is worst)
 
 
 async def _sleep_or_stop(seconds: float, stop: asyncio.Event) -> None:
@@ -538,7 +686,8 @@ async def _main(settings: Settings) -> DeliveryStats:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await ensure_topics(settings, [settings.topic("alerts"), settings.topic("alert-deliveries")])
+    await ensure_topics(settings, [settings.topic("alerts"), settings.topic("alert-deliveries"),
+                                   settings.topic("dead-letter")])
     log.info("delivering alerts to %d robot(s) on %d route(s): %s",
              len(service.urls), len(service.table.by_name),
              ", ".join(sorted(service.labels.values())))

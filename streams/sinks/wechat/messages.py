@@ -7,10 +7,18 @@ people on duty is a ``text`` message (at most 2048 bytes) with the mention
 lists; everything else is markdown.
 
 Limits are bytes, not characters: a Chinese character is three bytes. A
-message that does not fit is cut in its body, on a character boundary (and
-at a line end when one is near), and says so; the title, the link to the
-dashboard and the ids in the footer always survive, because they are what
-lets an operator find the whole alert.
+message that does not fit is cut on a character boundary (and at a line end
+when one is near), and says so; the title, the link to the dashboard and the
+ids in the footer always survive, because they are what lets an operator
+find the whole alert. What gives way first is the alert's free text (its
+message), shortened with an ellipsis: the scope, the evidence and the
+suggested action are what an operator acts on, so a long text never crowds
+them out. Only when those facts alone overflow are the longest of them cut
+too, each keeping a fair share (and the free text its first
+``FREE_TEXT_MIN_BYTES``).
+
+Rendering never raises for an alert that decoded: a time no calendar can
+show, or a value no JSON encoder takes, is shown raw or as its type.
 
 Labels are Chinese by default; ``Settings.language = 'en'`` switches them.
 """
@@ -33,6 +41,12 @@ TEXT_LIMIT = 2048
 DIGEST_LINE_CHARS = 60
 """A digest lists each alert on one line, its text cut to this many characters."""
 EVIDENCE_VALUE_CHARS = 120
+FREE_TEXT_MIN_BYTES = 240
+"""What the free text keeps (about 80 Chinese characters) when the alert's
+facts alone fill the message."""
+HEADLINE_PLACE_CHARS = 40
+"""The store, region or carrier in a title is cut to this many characters."""
+ELLIPSIS = "…"
 
 Language = Literal["zh", "en"]
 MessageKind = Literal["markdown", "text", "digest", "test"]
@@ -146,7 +160,10 @@ def _label(lang: Language, name: str) -> str:
 def _when(ms: int | None, zone: ZoneInfo) -> str:
     if not ms:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, zone).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(ms / 1000, zone).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):  # beyond any calendar: say what it was
+        return f"{ms} ms"
 
 
 def _value(value: Any) -> str:
@@ -155,7 +172,10 @@ def _value(value: Any) -> str:
     elif isinstance(value, str):
         text = value
     else:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        try:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        except (ValueError, TypeError, RecursionError):  # an int of 5,000 digits, deep nesting
+            text = f"<{type(value).__name__}>"
     return text if len(text) <= EVIDENCE_VALUE_CHARS else text[: EVIDENCE_VALUE_CHARS - 1] + "…"
 
 
@@ -189,8 +209,14 @@ def _status_key(alert: Alert) -> str:
 
 def _headline(alert: Alert, lang: Language) -> str:
     where = alert.store_id or alert.region or alert.carrier or ""
+    if len(where) > HEADLINE_PLACE_CHARS:
+        where = where[: HEADLINE_PLACE_CHARS - 1] + ELLIPSIS
     what = _label(lang, alert.kind)
     return f"{what} {where}".strip()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 # --------------------------------------------------------------------------
@@ -212,9 +238,38 @@ def _text(content: str, mentions: Mentions, kind: MessageKind) -> Message:
 
 
 def _assemble(head: str, body: str, tail: str, limit: int, lang: Language) -> str:
-    """head + body + tail in ``limit`` bytes; only the body is ever cut."""
+    """head + body + tail in ``limit`` bytes; only the body is cut - unless
+    head and tail alone overflow (ids or a store name of absurd length),
+    when the whole is cut, so no message is ever over its limit."""
+    marker = _label(lang, "truncated")
     room = limit - utf8_len(head) - utf8_len(tail)
-    return head + cut_utf8(body, max(room, 0), _label(lang, "truncated")) + tail
+    if room < 0:
+        return cut_utf8(head + body + tail, limit, marker)
+    return head + cut_utf8(body, room, marker) + tail
+
+
+def _fit_body(free: str, facts: list[str], room: int, lang: Language) -> str:
+    """The free text then the facts, one a line, in ``room`` bytes.
+
+    The free text gives way first, down to an ellipsis. When the facts
+    alone leave it less than ``FREE_TEXT_MIN_BYTES``, the free text keeps
+    that much and the facts share the rest: the short ones whole, the long
+    ones (a huge evidence) cut to equal shares, so each still has its line.
+    """
+    lines_bytes = sum(utf8_len(f) + 1 for f in facts)  # each after a line end
+    if utf8_len(free) + lines_bytes <= room:
+        return "\n".join([free, *facts])
+    if room - lines_bytes >= min(utf8_len(free), FREE_TEXT_MIN_BYTES):
+        return "\n".join([cut_utf8(free, room - lines_bytes, ELLIPSIS), *facts])
+    free = cut_utf8(free, min(FREE_TEXT_MIN_BYTES, max(room, 0)), ELLIPSIS)
+    left = room - utf8_len(free) - len(facts)  # the line ends
+    shares = {}
+    marker = _label(lang, "truncated")
+    for n, index in enumerate(sorted(range(len(facts)), key=lambda i: utf8_len(facts[i]))):
+        share = max(left, 0) // (len(facts) - n)
+        shares[index] = cut_utf8(facts[index], share, marker)
+        left -= utf8_len(shares[index])
+    return "\n".join([free, *(shares[i] for i in range(len(facts)))])
 
 
 def render_alert(
@@ -236,23 +291,29 @@ def render_alert(
     times = f"{L['opened']}{L['colon']}{_when(alert.opened_at, zone)}"
     if alert.status == "resolved":
         times += f"{L['sep']}{L['resolved_at']}{L['colon']}{_when(alert.resolved_at, zone)}"
-    lines = [
-        alert.message,
+    facts = [
         f"{L['scope']}{L['colon']}{scope_text(alert, lang)}",
         f"{L['evidence']}{L['colon']}{evidence_text(alert, lang)}",
     ]
     if alert.action:
-        lines.append(f"{L['action']}{L['colon']}{alert.action}")
-    lines.append(times)
+        facts.append(f"{L['action']}{L['colon']}{alert.action}")
+    facts.append(times)
     footer = f"{L['alert']} {alert.alert_id} · {L['delivery']} {delivery_id}"
     if mentions and alert.status == "open":
         head = f"【{L[status]}】{_headline(alert, lang)}\n"
         tail = f"\n{L['view']}{L['colon']}{link}\n{footer}"
-        return _text(_assemble(head, "\n".join(lines), tail, TEXT_LIMIT, lang), mentions, "text")
-    head = f'### <font color="{COLOURS[status]}">{L[status]}</font> {_headline(alert, lang)}\n'
-    body = "\n".join([lines[0], *(f"> {line}" for line in lines[1:])])
-    tail = f'\n[{L["view"]}]({link})\n<font color="comment">{footer}</font>'
-    return _markdown(_assemble(head, body, tail, MARKDOWN_LIMIT, lang), "markdown")
+        limit = TEXT_LIMIT
+    else:
+        head = (f'### <font color="{COLOURS[status]}">{L[status]}</font> '
+                f"{_headline(alert, lang)}\n")
+        tail = f'\n[{L["view"]}]({link})\n<font color="comment">{footer}</font>'
+        facts = [f"> {line}" for line in facts]
+        limit = MARKDOWN_LIMIT
+    body = _fit_body(alert.message, facts, limit - utf8_len(head) - utf8_len(tail), lang)
+    content = _assemble(head, body, tail, limit, lang)
+    if limit == TEXT_LIMIT:
+        return _text(content, mentions, "text")
+    return _markdown(content, "markdown")
 
 
 def worst_first(alerts: Sequence[Alert]) -> list[Alert]:
@@ -301,8 +362,9 @@ def render_digest(
     used = 0
     for shown, alert in enumerate(ordered):
         status = _status_key(alert)
-        text = alert.message if len(alert.message) <= DIGEST_LINE_CHARS else (
-            alert.message[: DIGEST_LINE_CHARS - 1] + "…"
+        free = _one_line(alert.message)  # one line per alert, whatever the text holds
+        text = free if len(free) <= DIGEST_LINE_CHARS else (
+            free[: DIGEST_LINE_CHARS - 1] + ELLIPSIS
         )
         label = L[status] if mention else f'<font color="{COLOURS[status]}">{L[status]}</font>'
         line = f"{shown + 1}. {label} {_headline(alert, lang)}{L['colon']}{text}"

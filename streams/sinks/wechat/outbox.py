@@ -15,6 +15,13 @@ when the process died: its attempt is recorded as ``crashed`` (the robot
 may or may not have posted it) and it is sent again. That is the one place
 a duplicate can come from, and the record says so.
 
+Every request also spends the robot's rate budget (20 a minute, failed ones
+included), and the budget must survive a restart: the ``sends`` table keeps
+when each request ended, and ``in_flight`` notes each request from just
+before it goes out until its answer is recorded. A request still in flight
+at start-up may have reached the robot, so it counts as a send made when it
+started (:meth:`Outbox.recover`).
+
 Route health (broken or not) lives here too, so a restart does not forget
 that a robot's key was refused.
 """
@@ -61,6 +68,11 @@ CREATE TABLE IF NOT EXISTS sends (
     robot    TEXT NOT NULL,
     ended_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS in_flight (
+    send_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    robot      TEXT NOT NULL,
+    started_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS routes (
     route       TEXT PRIMARY KEY,
     broken      INTEGER NOT NULL,
@@ -88,6 +100,11 @@ def delivery_id(alert: Alert, route: str, robot: str) -> str:
     always give the same id."""
     raw = f"{alert.alert_id}\x1f{alert.status}\x1f{route}\x1f{robot}".encode()
     return "d" + hashlib.sha256(raw).hexdigest()[:15]
+
+
+def encode_alert(alert: Alert) -> bytes:
+    """An alert as the outbox stores it."""
+    return _alert_json.encode(alert)
 
 
 def now_ms() -> int:
@@ -173,7 +190,7 @@ class Outbox:
                     "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?)",
                     (delivery_id(alert, route, robot), alert.alert_id, alert.key, alert.status,
                      alert.kind, alert.severity, route, origin or route, robot,
-                     _alert_json.encode(alert), PENDING, not_before, now),
+                     encode_alert(alert), PENDING, not_before, now),
                 )
                 added += cursor.rowcount
         return added
@@ -223,15 +240,37 @@ class Outbox:
                 started.append(replace(item, state=SENDING, attempts=item.attempts + 1))
         return started
 
+    def send_started(self, robot: str, at: float | None = None) -> int:
+        """A request to ``robot`` is about to go out: noted durably, so that
+        a crash before its answer is recorded still counts it against the
+        robot's budget after the restart. Returns the id :meth:`finish` or
+        :meth:`record` take as ``send_id`` when the answer is in."""
+        started = time.time() if at is None else at
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO in_flight (robot, started_at) VALUES (?, ?)", (robot, started)
+            )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    @staticmethod
+    def _sent(db: sqlite3.Connection, sent: tuple[str, float] | None,
+              send_id: int | None) -> None:
+        if sent is not None:
+            db.execute("INSERT INTO sends (robot, ended_at) VALUES (?, ?)", sent)
+        if send_id is not None:
+            db.execute("DELETE FROM in_flight WHERE send_id = ?", (send_id,))
+
     def finish(self, items: Iterable[Item], state: str, records: Iterable[AlertDelivery],
-               not_before: float | None = None, sent: tuple[str, float] | None = None) -> None:
+               not_before: float | None = None, sent: tuple[str, float] | None = None,
+               send_id: int | None = None) -> None:
         """The outcome of an attempt and its records, in one transaction.
         ``sent`` (robot, when the send ended) feeds the robot's rate budget
-        after a restart."""
+        after a restart; ``send_id`` (from :meth:`send_started`) is no longer
+        in flight."""
         now = time.time()
         with self.transaction() as db:
-            if sent is not None:
-                db.execute("INSERT INTO sends (robot, ended_at) VALUES (?, ?)", sent)
+            self._sent(db, sent, send_id)
             for item in items:
                 if state == PENDING:
                     db.execute(
@@ -247,17 +286,17 @@ class Outbox:
             self._add_records(db, records)
 
     def record(self, records: Iterable[AlertDelivery],
-               sent: tuple[str, float] | None = None) -> None:
+               sent: tuple[str, float] | None = None, send_id: int | None = None) -> None:
         """Records not tied to an item's state (test messages, notices)."""
         with self.transaction() as db:
-            if sent is not None:
-                db.execute("INSERT INTO sends (robot, ended_at) VALUES (?, ?)", sent)
+            self._sent(db, sent, send_id)
             self._add_records(db, records)
 
     def recent_sends(self, since: float) -> dict[str, list[float]]:
         """Robot -> when its sends ended, since ``since`` (epoch seconds); the
         older ones are forgotten. Seeds the rate budgets after a restart: the
-        service still counts sends made before it."""
+        service still counts sends made before it, including those a crash
+        caught in flight once :meth:`recover` has settled them."""
         self.db.execute("DELETE FROM sends WHERE ended_at < ?", (since,))
         found: dict[str, list[float]] = {}
         for robot, ended in self.db.execute(
@@ -275,10 +314,14 @@ class Outbox:
 
     def recover(self, robot_label: dict[str, str]) -> list[AlertDelivery]:
         """After a crash: items caught ``sending`` get a ``crashed`` record for
-        their attempt and go back to pending. Returns the records written."""
+        their attempt and go back to pending, and every request caught in
+        flight (items, digests, notices) becomes a send of its robot made
+        when it started - the robot may have counted it. Returns the records
+        written."""
         rows = self.db.execute(
             f"SELECT {_ITEM_COLUMNS}, message_kind FROM items WHERE state = ?", (SENDING,)
         ).fetchall()
+        in_flight = self.db.execute("SELECT count(*) FROM in_flight").fetchone()[0]
         records = []
         for row in rows:
             item = _item(row[:-1])
@@ -289,11 +332,20 @@ class Outbox:
                 result="crashed", message_kind=row[-1] or "markdown", ts=now_ms(),
                 detail="the delivery process stopped before the answer was recorded",
             ))
-        if rows:
+        if rows or in_flight:
             with self.transaction() as db:
                 db.execute("UPDATE items SET state = ? WHERE state = ?", (PENDING, SENDING))
                 self._add_records(db, records)
+                db.execute("INSERT INTO sends (robot, ended_at) "
+                           "SELECT robot, started_at FROM in_flight")
+                db.execute("DELETE FROM in_flight")
         return records
+
+    def in_flight(self) -> list[tuple[str, float]]:
+        """(robot, started at) of the requests noted as on their way."""
+        return self.db.execute(
+            "SELECT robot, started_at FROM in_flight ORDER BY send_id"
+        ).fetchall()
 
     # ------------------------------------------------------------ records
     def unpublished(self, limit: int = 500) -> list[tuple[int, bytes]]:

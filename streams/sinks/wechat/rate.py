@@ -10,7 +10,9 @@ or the server counts differently) fills the window: nothing more goes
 until the next minute.
 
 The clock is the wall clock (sends are remembered across restarts, in the
-outbox) and injectable, so tests can run a minute in no time.
+outbox) and injectable, so tests can run a minute in no time. A request a
+crash caught in the air is replayed into the budget at the time it started
+(the outbox cannot know when, or whether, the robot counted it).
 """
 
 from __future__ import annotations

@@ -243,3 +243,103 @@ def test_an_attempt_cut_short_by_a_crash_is_recorded_and_sent_again(
     got = [(r.attempt, r.result) for r in records(restarted.outbox)]
     assert got == [(1, "crashed"), (2, "delivered")]
     assert len(webhook_server.delivered("k-stock-0011")) == 1
+
+
+def test_a_request_in_flight_at_a_crash_counts_against_the_budget_from_when_it_started(
+    tmp_path: Path, webhook_server: Any, make_alert: Callable[..., Alert],
+    write_routes: Callable[[str], Path], write_secrets: Callable[[dict[str, str]], Path],
+) -> None:
+    urls = {"stock": webhook_server.add_key("k-stock-0013"),
+            "ops": webhook_server.add_key("k-ops-0014")}
+    settings = delivery_settings(tmp_path, write_routes(ROUTES), write_secrets(urls),
+                                 alert_rate_per_minute=5, alert_rate_window_seconds=60)
+    service = service_for(settings, urls)
+    service.accept([make_alert()])
+    (item,) = service.outbox.pending()
+    started = time.time() - 10
+    service.outbox.start_sending([item], "markdown")
+    service.outbox.send_started("stock", at=started)  # the request is in the air ...
+    service.outbox.send_started("ops", at=started + 1)  # ... and so is a notice
+    service.outbox.close()  # ... when the process dies
+
+    restarted = service_for(settings, urls)
+    assert restarted.budgets["stock"].free() == 4
+    assert restarted.budgets["ops"].free() == 4
+    assert restarted.outbox.in_flight() == []
+    assert restarted.outbox.recent_sends(0) == {"stock": [started], "ops": [started + 1]}
+    # a second restart counts them once, not again
+    restarted.outbox.close()
+    again = service_for(settings, urls)
+    assert again.budgets["stock"].free() == 4
+    run_until(again, all_done(again))
+    assert again.budgets["stock"].free() == 3
+    assert again.outbox.in_flight() == []  # the answer settled the new request
+
+
+def test_admit_turns_any_record_into_an_alert_or_one_counted_dead_letter(
+    tmp_path: Path, webhook_server: Any, make_alert: Callable[..., Alert],
+    write_routes: Callable[[str], Path], write_secrets: Callable[[dict[str, str]], Path],
+) -> None:
+    urls = {"stock": webhook_server.add_key("k-stock-0015"),
+            "ops": webhook_server.add_key("k-ops-0016")}
+    settings = delivery_settings(tmp_path, write_routes(ROUTES), write_secrets(urls))
+    service = service_for(settings, urls)
+    encode = msgspec.json.encode
+    deep = b"[" * 5000 + b"]" * 5000
+    cases: list[tuple[bytes | None, str]] = [
+        (b"not json", "not_json"),
+        (b'{"alert_id": "\xc3\x28"}', "not_utf8"),
+        (encode(make_alert(evidence={"x": "D"})).replace(b'"D"', deep), "too_deep"),
+        (deep, "not_an_object"),
+        (b'{"a": 1}', "missing_field"),
+        (encode(make_alert()).replace(b'"stock_out"', b'"meteor"'), "unknown_value"),
+        (b'{"alert_id": "' + b"x" * 600_000 + b'"}', "missing_field"),
+        (None, "not_json"),
+        (b"", "not_json"),
+    ]
+    for offset, (raw, reason) in enumerate(cases):
+        letter = service.admit("ct.alerts", 2, offset, raw)
+        assert not isinstance(letter, Alert)
+        assert (letter.reason, letter.offset, letter.partition) == (reason, offset, 2), letter
+        assert letter.raw == (raw or b"")[:64 * 1024] and letter.raw_length == len(raw or b"")
+        assert "\n" not in letter.detail
+    assert service.stats.skipped == len(cases)
+    assert sum(service.stats.dead_letters.values()) == len(cases)
+    # odd but valid alerts are admitted, and go out
+    odd = [make_alert(opened_at=2**62), make_alert(opened_at=-(2**62), status="resolved"),
+           make_alert(message="库存" * 5000, store_id="S" * 10_000)]
+    admitted = [service.admit("ct.alerts", 0, n, encode(a)) for n, a in enumerate(odd)]
+    assert admitted == odd
+    service.accept(admitted)
+    run_until(service, all_done(service))
+    assert {r.alert_id for r in records(service.outbox) if r.result == "delivered"} == {
+        a.alert_id for a in odd}
+
+
+def test_an_item_no_message_can_be_made_of_is_rejected_and_the_queue_goes_on(
+    tmp_path: Path, webhook_server: Any, make_alert: Callable[..., Alert],
+    write_routes: Callable[[str], Path], write_secrets: Callable[[dict[str, str]], Path],
+    monkeypatch: Any,
+) -> None:
+    from ctower.streams.sinks.wechat import delivery
+
+    urls = {"stock": webhook_server.add_key("k-stock-0017"),
+            "ops": webhook_server.add_key("k-ops-0018")}
+    settings = delivery_settings(tmp_path, write_routes(ROUTES), write_secrets(urls))
+    service = service_for(settings, urls)
+    poison, fine = make_alert(severity="critical", message="poison"), make_alert()
+    service.accept([poison, fine])  # an outbox written before intake checked alerts
+    render = delivery.render_alert
+
+    def fragile(alert: Alert, **kwargs: Any) -> Any:
+        if alert.message == "poison":
+            raise ValueError("year 146140482 is out of range")
+        return render(alert, **kwargs)
+
+    monkeypatch.setattr(delivery, "render_alert", fragile)
+    run_until(service, lambda: set(service.outbox.counts()) <= {DELIVERED, "rejected"})
+    got = {r.alert_id: (r.result, r.detail) for r in records(service.outbox)}
+    assert got[fine.alert_id] == ("delivered", "")
+    assert got[poison.alert_id][0] == "rejected"
+    assert "could not render" in got[poison.alert_id][1]
+    assert len(webhook_server.received) == 1

@@ -147,3 +147,117 @@ def test_worst_first_order(make_alert: Callable[..., Alert]) -> None:
     warn = make_alert(severity="warning")
     resolved_crit = make_alert(severity="critical", status="resolved")
     assert worst_first([info, resolved_crit, warn, crit]) == [crit, warn, info, resolved_crit]
+
+
+LONG_TEXTS = {
+    "ascii": "Stock of K1 at S001 is zero while scans continue. " * 60,  # 3,000 characters
+    "chinese": "门店库存为零而扫码仍在继续，请尽快调拨。" * 150,  # 3,000 characters, 9,000 bytes
+    "emoji": "库存😀告警A" * 500,  # 1-, 3- and 4-byte characters
+}
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+@pytest.mark.parametrize("form", ["markdown", "text"])
+@pytest.mark.parametrize("text", sorted(LONG_TEXTS))
+def test_a_long_free_text_is_shortened_and_the_evidence_and_action_keep_their_place(
+    make_alert: Callable[..., Alert], lang: str, form: str, text: str,
+) -> None:
+    free = LONG_TEXTS[text]
+    assert len(free) == 3000
+    alert = make_alert(
+        message=free, severity="critical", action="从 S002 调拨 20 件，并暂停 C7 的到店券",
+        evidence={"on_hand": 0, "scans_15m": 42, "threshold": 5, "window": "14:00-14:15",
+                  "cover_h": 0.0},
+    )
+    mentions = Mentions(("zhangsan",)) if form == "text" else Mentions()
+    message = render_alert(alert, lang=lang, dashboard=DASH, delivery_id="d7",  # type: ignore[arg-type]
+                           mentions=mentions)
+    assert message.body["msgtype"] == form
+    content = message.content
+    limit = TEXT_LIMIT if form == "text" else MARKDOWN_LIMIT
+    assert utf8_len(content) <= limit
+    whole = utf8_len(free) < limit - 1000  # 3,000 ASCII characters fit in markdown's 4096
+    if not whole:
+        assert utf8_len(content) >= limit - 4  # the free text took all the room left
+    labels = {"zh": ("范围：", "依据：", "建议：", "开始："),
+              "en": ("Scope: ", "Evidence: ", "Suggested action: ", "Opened: ")}[lang]
+    quote = "> " if form == "markdown" else ""
+    lines = content.split("\n")
+    # the evidence and the action are whole, each on its own line, after the text
+    evidence = f"{quote}{labels[1]}" + ("，" if lang == "zh" else ", ").join(
+        ["on_hand=0", "scans_15m=42", "threshold=5", "window=14:00-14:15", "cover_h=0"])
+    assert evidence in lines
+    assert f"{quote}{labels[2]}{alert.action}" in lines
+    assert any(line.startswith(quote + labels[0]) and "S001" in line for line in lines)
+    assert any(line.startswith(quote + labels[3]) for line in lines)
+    # the free text is cut on a character boundary and ends with an ellipsis
+    shortened = lines[1]
+    if whole:
+        assert shortened == free
+    else:
+        assert shortened.endswith("…") and free.startswith(shortened[:-1])
+        assert len(shortened) > 500
+    assert "内容过长" not in content and "too long" not in content  # nothing else was cut
+    assert content.endswith(f"{alert.alert_id} · {'投递' if lang == 'zh' else 'delivery'} d7"
+                            + ("</font>" if form == "markdown" else ""))
+
+
+@pytest.mark.parametrize("form", ["markdown", "text"])
+def test_when_the_facts_alone_overflow_each_keeps_its_line_and_the_text_its_start(
+    make_alert: Callable[..., Alert], form: str,
+) -> None:
+    alert = make_alert(message="库存告警" * 2000, action="调拨" * 1000,
+                       evidence={f"k{i}": "值" * 50 for i in range(80)})
+    mentions = Mentions(("zhangsan",)) if form == "text" else Mentions()
+    content = render_alert(alert, lang="zh", dashboard=DASH, delivery_id="d8",
+                           mentions=mentions).content
+    limit = TEXT_LIMIT if form == "text" else MARKDOWN_LIMIT
+    assert limit - 16 <= utf8_len(content) <= limit
+    quote = "> " if form == "markdown" else ""
+    lines = content.split("\n")
+    assert lines[1].startswith("库存告警") and lines[1].endswith("…")
+    assert 200 <= utf8_len(lines[1]) <= 240
+    scope = [line for line in lines if line.startswith(quote + "范围：")]
+    evidence = [line for line in lines if line.startswith(quote + "依据：k0=")]
+    action = [line for line in lines if line.startswith(quote + "建议：调拨")]
+    opened = [line for line in lines if line.startswith(quote + "开始：")]
+    assert scope and evidence and action and opened
+    assert "（内容过长，已截断）" in evidence[0] and "（内容过长，已截断）" in action[0]
+    assert utf8_len(evidence[0]) > 400 and utf8_len(action[0]) > 400  # fair shares
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+@pytest.mark.parametrize("mention", [False, True])
+def test_a_digest_of_long_texts_keeps_each_alert_to_one_short_line(
+    make_alert: Callable[..., Alert], lang: str, mention: bool,
+) -> None:
+    alerts = [make_alert(message=LONG_TEXTS[name] + "\n第二行")
+              for name in sorted(LONG_TEXTS) for _ in range(10)]
+    message = render_digest(alerts, lang=lang, dashboard=DASH, digest_id="g3",  # type: ignore[arg-type]
+                            route="ops", mentions=Mentions(("lisi",)) if mention else Mentions())
+    content = message.content
+    assert utf8_len(content) <= (TEXT_LIMIT if mention else MARKDOWN_LIMIT)
+    listed = re.findall(r"^(\d+)\. (.*)$", content, re.M)
+    assert listed and all(len(line) < 120 for _, line in listed)
+    assert "第二行" not in content
+    assert ("共 30 条" if lang == "zh" else "Total 30 alerts") in content
+    assert content.endswith(("告警汇总" if lang == "zh" else "Alert digest") + " g3 · 30"
+                            + ("" if mention else "</font>"))
+
+
+def test_rendering_never_raises_for_an_alert_that_decoded(make_alert: Callable[..., Alert]
+                                                          ) -> None:
+    deep: object = 1
+    for _ in range(2000):
+        deep = [deep]
+    alert = make_alert(
+        opened_at=2**62, resolved_at=-(2**62), status="resolved",
+        evidence={"digits": 10**5000, "deep": deep, "x": float("inf")},
+        store_id="S" * 100_000, alert_id="a" * 10_000,
+    )
+    for mentions in (Mentions(), Mentions(("u",))):
+        content = render_alert(alert, lang="zh", dashboard=DASH, delivery_id="d",
+                               mentions=mentions).content
+        assert utf8_len(content) <= MARKDOWN_LIMIT
+    content = render_digest([alert], lang="en", dashboard=DASH, digest_id="g", route="r").content
+    assert utf8_len(content) <= MARKDOWN_LIMIT

@@ -8,6 +8,14 @@ embedded ClickHouse. Alerts are produced to ct.alerts by the test itself.
   in its own message or in a digest's count.
 - SIGKILL during delivery, then a restart: every alert is delivered at least
   once, and ClickHouse shows every attempt of every delivery.
+- SIGKILL while a request is in the air, after 18 answered ones, then a
+  restart within the minute: the request in the air counts against the
+  robot's 20 (the robot may have counted it), so the restart sends one more
+  message, not two, and never gets 45009.
+- Bad bytes between valid alerts on ct.alerts (not JSON, invalid UTF-8, JSON
+  nested 5,000 deep, JSON that is no alert, a tombstone, a value of 900 KB):
+  every valid alert is delivered, each bad record is logged once, counted
+  and dead-lettered, and the service stays up.
 
 The rate window is shortened to a few seconds (``alert_rate_window_seconds``)
 on both sides, the service and the fake webhook, so the limit tested is the
@@ -16,7 +24,9 @@ real one - 20 per window - without waiting minutes.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,10 +35,10 @@ from typing import Any
 
 import msgspec
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 
 from ctower.broker.topics import ensure_topics
-from ctower.schemas.control import Alert
+from ctower.schemas.control import Alert, DeadLetter
 from ctower.settings import Settings
 from ctower.store import open_store
 from ctower.streams.sinks.wechat.outbox import DELIVERED, Outbox
@@ -218,3 +228,157 @@ def test_sigkill_during_delivery_then_restart_delivers_everything_and_records_ea
     assert [(r[0], r[1], bool(r[2])) for r in health] == [
         ("fallback", "delivered", False), ("stock", "delivered", False)]
     assert sum(int(r[3]) for r in health) == len(found)
+
+
+def test_a_request_in_the_air_at_a_sigkill_still_counts_against_the_robots_budget(
+    settings_factory: Callable[..., Settings], ctower_process: Callable[..., Any],
+    webhook_server: Any, make_alert: Callable[..., Alert], poll: Callable[..., Any],
+    write_routes: Callable[[str], Path], write_secrets: Callable[[dict[str, str]], Path],
+) -> None:
+    # the documented limits, on both sides: 20 a minute per robot, failed ones counted
+    webhook_server.per_window, webhook_server.window = 20, 60.0
+    urls = {"stock": webhook_server.add_key("k-inair-stock"),
+            "ops": webhook_server.add_key("k-inair-ops")}
+    settings = settings_factory(
+        alert_routes_file=write_routes(ROUTES), webhook_secrets_file=write_secrets(urls),
+        alert_rate_per_minute=20, alert_rate_window_seconds=60.0,
+    )
+    ensure_topics(settings)
+    # the robot takes the 19th request but holds its answer until the sender is dead
+    held, release = threading.Event(), threading.Event()
+    answer = webhook_server._answer
+
+    def hold_the_19th(path: str, raw: bytes) -> Any:
+        got = answer(path, raw)
+        if len(webhook_server.received) == 19 and not held.is_set():
+            held.set()
+            release.wait(60)
+        return got
+
+    webhook_server._answer = hold_the_19th
+    deliver = ctower_process(settings, "deliver", "alerts", "deliver")
+    alerts = [make_alert() for _ in range(20)]  # 20 fit the budget: each goes alone
+    produce(settings, alerts)
+    outbox = Outbox(settings.data_dir / "alerts" / "outbox.sqlite3")
+    try:
+        poll(lambda: held.is_set() and sum(outbox.counts().values()) == 20, 60,
+             "the 19th request never came:\n" + deliver.log_tail())
+        deliver.kill()  # the 19th is in the air: the robot counted it, nobody recorded it
+        release.set()
+        assert outbox.counts() == {DELIVERED: 18, "sending": 1, "pending": 1}
+        first = webhook_server.received[0]["t"]
+        restarted = ctower_process(settings, "deliver-again", "alerts", "deliver")
+
+        def settled() -> Any:
+            assert restarted.alive(), restarted.log_tail()
+            assert 45009 not in webhook_server.answers("k-inair-stock"), (
+                "the restart spent the slot of the request in the air:\n"
+                + restarted.log_tail())
+            return outbox.counts() == {DELIVERED: 20}
+
+        poll(settled, 40, "the restart did not deliver the last two alerts")
+    finally:
+        outbox.close()
+    received = webhook_server.received
+    # one message (a digest of both) was all the minute had left; it went at once
+    assert len(received) == 20 and received[-1]["t"] - first < 60
+    assert webhook_server.answers("k-inair-stock") == [0] * 20
+    assert webhook_server.max_in_window("k-inair-stock") == 20
+    assert "frequency limit" not in restarted.log_tail()
+
+
+def test_bad_bytes_on_ct_alerts_are_dead_lettered_and_every_alert_around_them_delivered(
+    settings_factory: Callable[..., Settings], ctower_process: Callable[..., Any],
+    webhook_server: Any, make_alert: Callable[..., Alert], poll: Callable[..., Any],
+    write_routes: Callable[[str], Path], write_secrets: Callable[[dict[str, str]], Path],
+) -> None:
+    webhook_server.per_window = 1000  # rates are other tests' business
+    urls = {"stock": webhook_server.add_key("k-bad-stock"),
+            "ops": webhook_server.add_key("k-bad-ops")}
+    settings = settings_factory(
+        alert_routes_file=write_routes(ROUTES), webhook_secrets_file=write_secrets(urls),
+        alert_rate_per_minute=1000,
+    )
+    ensure_topics(settings)
+    deliver = ctower_process(settings, "deliver", "alerts", "deliver")
+    deep = b"[" * 5000 + b"]" * 5000
+    bad: list[bytes | None] = [
+        b"this is not JSON {",
+        b'{"alert_id": "\xff\xfe", "key": "k"}',  # invalid UTF-8
+        encode(make_alert(evidence={"x": "D"})).replace(b'"D"', deep),  # RecursionError
+        deep,
+        b'{"hello": "world"}',
+        b"null",
+        None,  # a tombstone
+        encode(make_alert()).replace(b'"warning"', b'"apocalyptic"'),
+        b'{"alert_id": "' + b"x" * 900_000 + b'"}',
+    ]
+    # valid, if odd: a time no calendar shows, 3,000 characters of text, a deep evidence
+    alerts = [make_alert() for _ in range(6)] + [
+        make_alert(opened_at=2**62), make_alert(message="库存为零" * 750),
+        make_alert(evidence={"nested": [[[[[[1]]]]]], "n": 10**18}),
+    ]
+    records: list[tuple[bytes, bytes | None]] = []
+    for n, alert in enumerate(alerts):
+        records.append((alert.alert_id.encode(), encode(alert)))
+        if n < len(bad):
+            records.append((alert.alert_id.encode(), bad[n]))  # same key: same partition
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
+                             max_request_size=2_000_000)
+    try:
+        for key, value in records:
+            producer.send(settings.topic("alerts"), key=key, value=value)
+        producer.flush()
+    finally:
+        producer.close()
+    ids = {a.alert_id for a in alerts}
+
+    def all_delivered() -> Any:
+        assert deliver.alive(), deliver.log_tail()
+        return {m.group(1) for r in webhook_server.delivered("k-bad-stock")
+                if (m := SINGLE.search(content(r)))} >= ids
+
+    poll(all_delivered, 60, "not every valid alert was delivered:\n" + deliver.log_tail())
+    assert len(webhook_server.delivered("k-bad-stock")) == len(alerts)
+    assert 45002 not in webhook_server.answers()  # the long text was cut, not refused
+
+    consumer = KafkaConsumer(
+        settings.topic("dead-letter"), bootstrap_servers=settings.bootstrap,
+        auto_offset_reset="earliest", consumer_timeout_ms=2000, fetch_max_bytes=5_000_000,
+    )
+    letters: list[DeadLetter] = []
+    decode = msgspec.json.Decoder(DeadLetter).decode
+    try:
+        deadline = time.monotonic() + 60
+        while len(letters) < len(bad) and time.monotonic() < deadline:
+            letters += [decode(m.value) for m in consumer]
+    finally:
+        consumer.close()
+    assert len(letters) == len(bad), letters
+    assert {letter.source_topic for letter in letters} == {settings.topic("alerts")}
+    by_raw = {bytes(letter.raw[:64]): letter for letter in letters}
+    for value in bad:
+        letter = by_raw[(value or b"")[:64]]
+        if value is not None and len(value) < 64 * 1024:
+            assert letter.raw == value  # kept whole
+        assert letter.raw_length == len(value or b"")
+    reasons = {(value or b"")[:20]: by_raw[(value or b"")[:64]].reason for value in bad}
+    assert reasons[b"this is not JSON {"] == "not_json"
+    assert reasons[b'{"alert_id": "\xff\xfe", "k'[:20]] == "not_utf8"
+    assert reasons[b"[" * 20] == "not_an_object"
+    assert reasons[b'{"hello": "world"}'] == "missing_field"
+    assert reasons[b""] == "not_json"
+    too_deep = by_raw[bad[2][:64]]  # type: ignore[index]
+    assert too_deep.reason == "too_deep"
+    assert by_raw[bad[7][:64]].reason == "unknown_value"  # type: ignore[index]
+    huge = by_raw[bad[-1][:64]]  # type: ignore[index]
+    assert len(huge.raw) == 64 * 1024 and huge.raw_length == 900_016
+    assert huge.raw_sha256 == hashlib.sha256(bad[-1]).hexdigest()  # type: ignore[arg-type]
+
+    assert deliver.alive()
+    deliver.stop()
+    assert deliver.proc is not None and deliver.proc.returncode == 0, deliver.log_tail()
+    log = deliver.log_path.read_text(errors="replace")
+    assert log.count("is not an alert") == len(bad)  # one line each
+    assert "Traceback" not in log
+    assert f"{len(bad)} records not alerts" in log
