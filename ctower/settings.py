@@ -158,6 +158,26 @@ class Settings(BaseSettings):
     ts_max_future_seconds: float = Field(
         3600.0, ge=0, description="Events further in the future than this are malformed."
     )
+    max_event_kb: int = Field(
+        64, ge=1, le=900,
+        description="Largest event (a message, or one element of an envelope); a larger one "
+        "is dead-lettered as too_large.",
+    )
+    dead_letter_raw_kb: int = Field(
+        64, ge=1, le=512,
+        description="How much of a malformed event its dead letter carries (with the whole "
+        "length and sha256); at most 512 so a dead letter always fits in a Kafka message.",
+    )
+    dedup_horizon_seconds: float = Field(
+        960.0, ge=0,
+        description="Event time over which a re-sent event (same identity) is counted once; "
+        "default the longest window (15 min) plus grace. 0 turns de-duplication off.",
+    )
+    dedup_max_entries: int = Field(
+        2_000_000, ge=1000,
+        description="Identities one worker keeps per stream (about 120 bytes each); past it "
+        "the oldest minutes are forgotten before the horizon.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["plain", "json"] = Field(
         "plain", description="Log lines as plain text or as JSON objects, one a line."

@@ -19,16 +19,18 @@ from typing import Any
 import faust
 from faust.types import TP, EventT, StreamT
 
-from ctower.schemas.control import ClosedWindow, DeadLetter, LateEvent
+from ctower.schemas.control import ClosedWindow, DuplicateEvent, LateEvent
 from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.wire import EventDecoder
 from ctower.settings import STREAMS, Settings
 from ctower.streams.batch_writer import BatchedChangelog, BatchWriter, faust_producer
 from ctower.streams.coupon_service import install_coupon_service
+from ctower.streams.dead_letters import DeadLetterOutbox
 from ctower.streams.decisions import DecisionLayer, RuleProcessor
 from ctower.streams.gc_tuning import gc_stats
 from ctower.streams.offset_order import OffsetOrder, kafka_first_offset, let_go
 from ctower.streams.processing import RawMessage, StreamProcessor
+from ctower.tables.dedup import SeenEvents
 from ctower.tables.folds import SPECS_BY_STREAM
 from ctower.tables.window_state import WindowState
 
@@ -36,6 +38,10 @@ log = logging.getLogger(__name__)
 
 KIND_HEADER = "kind"
 """Header telling the sink what a message on ct.aggregates holds."""
+
+DEAD_LETTER_WAIT_SECONDS = 1.0
+"""Longest a batch waits for Kafka to acknowledge its dead letters; what is not
+acknowledged by then waits on, alone with its partition."""
 
 CLOSED_PER_MESSAGE = 500
 """Closed keys per message on ct.aggregates: about 150 kB, under Kafka's 1 MB limit."""
@@ -63,6 +69,8 @@ class ControlTower:
     pending: dict[str, PendingAcks] = field(default_factory=dict)
     orders: dict[str, OffsetOrder] = field(default_factory=dict)
     """Agent -> the order its topic's messages are folded in."""
+    outboxes: dict[str, DeadLetterOutbox] = field(default_factory=dict)
+    """Agent -> its dead letters not yet acknowledged by Kafka."""
     decisions: DecisionLayer | None = None
 
     def stats(self) -> dict[str, Any]:
@@ -72,6 +80,9 @@ class ControlTower:
         if self.decisions is not None:
             stats["decisions"] = self.decisions.stats()
         stats["offset_order"] = {name: order.stats() for name, order in self.orders.items()}
+        stats["dead_letter_outbox"] = {
+            name: outbox.stats() for name, outbox in self.outboxes.items()
+        }
         stats["gc"] = gc_stats()
         return stats
 
@@ -102,10 +113,6 @@ def build_app(settings: Settings) -> ControlTower:
 
     aggregates = app.topic(
         settings.topic("aggregates"), key_type=bytes, value_type=bytes,
-        key_serializer="raw", value_serializer="raw",
-    )
-    dead_letters = app.topic(
-        settings.topic("dead-letter"), key_type=bytes, value_type=bytes,
         key_serializer="raw", value_serializer="raw",
     )
 
@@ -139,10 +146,18 @@ def build_app(settings: Settings) -> ControlTower:
             headers={KIND_HEADER: b"late_event"},
         )
 
-    def publish_dead_letter(record: DeadLetter) -> None:
-        dead_letters.send_soon(
-            key=record.dedup_key().encode(), value=control_encoder.encode(record)
+    def publish_duplicate(record: DuplicateEvent) -> None:
+        aggregates.send_soon(
+            key=record.dedup_key().encode(),
+            value=control_encoder.encode(record),
+            headers={KIND_HEADER: b"duplicate_event"},
         )
+
+    def outbox_for(name: str, topic: str) -> DeadLetterOutbox:
+        outbox = tower.outboxes[name] = DeadLetterOutbox(
+            topic, settings.topic("dead-letter"), lambda: faust_producer(app)
+        )
+        return outbox
 
     for stream in STREAMS:
         topic_name = settings.topic(stream)
@@ -157,8 +172,9 @@ def build_app(settings: Settings) -> ControlTower:
             extra_topic_configs=CHANGELOG_CONFIGS,
         )
         tower.window_tables[stream] = table
+        changelog = BatchedChangelog(table, writer)
         state = WindowState(
-            table=BatchedChangelog(table, writer),
+            table=changelog,
             source_topic=topic_name,
             specs=SPECS_BY_STREAM[stream],
             grace_ms=int(settings.grace_seconds * 1000),
@@ -170,10 +186,21 @@ def build_app(settings: Settings) -> ControlTower:
             stream=stream,
             topic=topic_name,
             decoder=EventDecoder.for_stream(
-                stream, settings.ts_max_past_days * 86400, settings.ts_max_future_seconds
+                stream, settings.ts_max_past_days * 86400, settings.ts_max_future_seconds,
+                settings.max_event_kb * 1024,
             ),
             state=state,
-            publish_dead_letter=publish_dead_letter,
+            publish_dead_letter=outbox_for(f"{stream}-agent", topic_name).add,
+            dead_letter_raw_bytes=settings.dead_letter_raw_kb * 1024,
+            seen=(
+                SeenEvents(
+                    changelog,
+                    int(settings.dedup_horizon_seconds * 1000),
+                    settings.dedup_max_entries,
+                )
+                if settings.dedup_horizon_seconds > 0 else None
+            ),
+            publish_duplicate=publish_duplicate,
             observer=(
                 coupons.observe_coupons  # type: ignore[arg-type]
                 if stream == "coupon" else decisions.observer(stream)
@@ -187,7 +214,7 @@ def build_app(settings: Settings) -> ControlTower:
         )
         pending = PendingAcks(
             processor, settings.batch_max_messages, settings.batch_within_seconds,
-            writer.write,
+            writer.write, tower.outboxes[f"{stream}-agent"],
         )
         tower.pending[stream] = pending
         order = tower.orders[stream] = _offset_order(app, settings, topic_name, processor.position)
@@ -198,9 +225,10 @@ def build_app(settings: Settings) -> ControlTower:
             rule_processor.topic, key_type=bytes, value_type=bytes,
             key_serializer="raw", value_serializer="raw",
         )
+        rule_processor.publish_dead_letter = outbox_for(f"{name}-agent", rule_processor.topic).add
         rule_pending = PendingAcks(
             rule_processor, settings.batch_max_messages, settings.batch_within_seconds,
-            writer.write,
+            writer.write, tower.outboxes[f"{name}-agent"],
         )
         tower.pending[name] = rule_pending
         order = tower.orders[name] = _offset_order(
@@ -213,9 +241,12 @@ def build_app(settings: Settings) -> ControlTower:
         recovered = (
             not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
         )
-        for pending in tower.pending.values():
+        for name, pending in tower.pending.items():
             if pending.events:
                 await pending.settle()  # a quiet stream's last messages
+            await pending.retry_dead_letters()
+            for partition in pending.outbox.take_resumed():
+                await tower.orders[name].rewind(partition)
         for stream, processor in tower.processors.items():
             if recovered:
                 owned = recovery.actives_for_table.get(tower.window_tables[stream], ())
@@ -233,6 +264,8 @@ def build_app(settings: Settings) -> ControlTower:
         for pending in tower.pending.values():
             if pending.events:
                 await pending.settle()
+            # waiting for a dead letter: not acked, not in the way of the stop
+            pending.let_go_waiting(app.consumer)
         await _persist_and_release(tower)
 
     @app.task
@@ -264,9 +297,12 @@ def build_app(settings: Settings) -> ControlTower:
             for order in tower.orders.values():
                 if tp.topic == order.topic:
                     order.forget(tp.partition)
+            for pending in tower.pending.values():
+                if tp.topic == pending.outbox.source_topic:
+                    pending.let_go_waiting(app.consumer, tp.partition)
             for processor in tower.processors.values():
                 if tp.topic == processor.topic:
-                    processor.state.drop(tp.partition)
+                    processor.drop(tp.partition)
             if tp.topic == decisions.processors["stock-moves"].topic:
                 decisions.drop(tp.partition)
 
@@ -326,9 +362,14 @@ class PendingAcks:
         max_messages: int,
         max_seconds: float,
         write: Callable[[], Awaitable[None]],
+        outbox: DeadLetterOutbox,
     ) -> None:
         self.processor = processor
         self.write = write
+        self.outbox = outbox
+        """The batch's dead letters: a partition's messages wait until Kafka has its letters."""
+        self.waiting: list[EventT] = []
+        """Settled, but a dead letter of their partition is not acknowledged yet."""
         """Hands what a flush wrote (changelogs, levels: the tower's BatchWriter) to Kafka."""
         self.max_messages = max_messages
         self.max_seconds = max_seconds
@@ -348,11 +389,44 @@ class PendingAcks:
         self.since = time.monotonic()
         durable = self.processor.flush()
         await self.write()
+        if self.outbox.outstanding or self.waiting:
+            await self.outbox.deliver(wait=DEAD_LETTER_WAIT_SECONDS)
+            events = self._hold_waiting(events)
         if not durable:
             self.held.extend(events)
             return
         held, self.held = self.held, []
         await self.ack(held + events)
+
+    def _hold_waiting(self, events: list[EventT]) -> list[EventT]:
+        """``events`` and the earlier waiting ones, minus those whose partition
+        still waits for a dead letter (they join ``waiting``)."""
+        outbox = self.outbox
+        waiting, go = [], []
+        for event in self.waiting + events:
+            (waiting if outbox.waits(event.message.partition) else go).append(event)
+        self.waiting = waiting
+        return go
+
+    async def retry_dead_letters(self) -> None:
+        """Once a second: try the outstanding letters again; messages whose
+        letters are now in Kafka are acked with the timer's write."""
+        if self.outbox.outstanding or self.waiting:
+            await self.outbox.deliver(wait=0)
+            self.held.extend(self._hold_waiting([]))
+
+    def let_go_waiting(self, consumer: Any, partition: int | None = None) -> None:
+        """Give up the messages waiting for a dead letter (of one partition, or
+        all): not acked, so they come again, to the next owner or after a restart."""
+        keep = []
+        for event in self.waiting:
+            if partition is None or event.message.partition == partition:
+                let_go(consumer, event.message)
+            else:
+                keep.append(event)
+        self.waiting = keep
+        if partition is not None:
+            self.outbox.forget(partition)
 
     def take_held(self) -> list[EventT]:
         """The held messages, handed over to be acked (after everything was written)."""
@@ -387,8 +461,14 @@ def _agent_body(app: faust.App, pending: PendingAcks, order: OffsetOrder) -> Any
         manual = stream.noack()
         pending.stream = manual
         event: EventT
+        outbox = pending.outbox
         async for event in manual.events():
             message = event.message
+            if outbox.blocked and outbox.is_blocked(message.partition):
+                # its dead letters cannot be written: the partition waits, and this
+                # message comes again in order once they are (a seek, as below)
+                let_go(app.consumer, message)
+                continue
             if not await order.admit(message.partition, message.offset):
                 let_go(app.consumer, message)  # it comes again, in order
                 continue

@@ -51,6 +51,7 @@ from ctower.schemas.control import CouponDecision, CouponPolicy, CouponSignal, D
 from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.events import Coupon
 from ctower.schemas.master_data import MasterData, load_master_data
+from ctower.schemas.wire import reject
 from ctower.settings import Settings
 from ctower.streams.coupon_policy import (
     ALL_STORES,
@@ -235,7 +236,7 @@ class CouponService:
         try:
             policy = _policy_decoder.decode(value)
             check_policy(policy)
-        except (msgspec.DecodeError, msgspec.ValidationError, PolicyError) as exc:
+        except Exception as exc:  # any bytes: a dead letter, never a crash
             self._dead_letter("coupon-policy", partition, offset, value, exc)
             return
         self._apply("coupon-policy", partition, policy.campaign_id, value, lambda: (
@@ -247,7 +248,7 @@ class CouponService:
             return
         try:
             signal = _signal_decoder.decode(value)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except Exception as exc:  # any bytes: a dead letter, never a crash
             self._dead_letter("coupon-signals", partition, offset, value, exc)
             return
         self._apply("coupon-signals", partition, signal.campaign_id, value, lambda: (
@@ -290,11 +291,14 @@ class CouponService:
     def _dead_letter(
         self, stream: str, partition: int, offset: int, raw: bytes, exc: Exception
     ) -> None:
-        reason = "not_json" if isinstance(exc, msgspec.DecodeError) else "invalid"
-        log.warning("bad record on %s[%d]@%d: %s", stream, partition, offset, exc)
-        record = DeadLetter(
+        rejected = reject(-1, raw, exc)
+        log.warning(
+            "bad record on %s[%d]@%d: %s: %s",
+            stream, partition, offset, rejected.reason, rejected.detail[:200],
+        )
+        record = DeadLetter.bounded(
             source_topic=self.settings.topic(stream), partition=partition, offset=offset,
-            index=-1, reason=reason, detail=str(exc), raw=raw,
+            index=-1, reason=rejected.reason, detail=rejected.detail, raw=raw,
             received_at=int(time.time() * 1000),
         )
         self.dead_letter_topic.send_soon(

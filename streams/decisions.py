@@ -38,10 +38,11 @@ import faust
 import msgspec
 
 from ctower.broker.topics import partition_for
-from ctower.schemas.control import Alert, CouponSignal, PickupLevel, StockLevel
+from ctower.schemas.control import Alert, CouponSignal, DeadLetter, PickupLevel, StockLevel
 from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.events import Event, Inventory, Logistics, Order, Pickup, Scan
 from ctower.schemas.master_data import MasterData, load_master_data
+from ctower.schemas.wire import reject
 from ctower.settings import Settings, SettingsError
 from ctower.streams.batch_writer import BatchedChangelog, BatchWriter
 from ctower.streams.coupon_policy import campaign_partition
@@ -131,15 +132,28 @@ class RuleProcessor:
         self.messages = 0
         self.items = 0
         self.bad = 0
+        self.publish_dead_letter: Callable[[DeadLetter], None] | None = None
+        """Where a message that cannot be decoded goes (set by the app)."""
 
     def absorb(self, message: RawMessage) -> None:
         self.messages += 1
         self.state.read(message.partition, message.offset)
+        raw = message.value or b""
         try:
-            items = self.decode(message.value or b"")
-        except msgspec.DecodeError:
-            self.bad += 1  # our own topic: only a bug writes garbage here; do not stop
-            log.exception("undecodable message on %s:%d", self.topic, message.partition)
+            items = self.decode(raw)
+        except Exception as exc:  # our own topic: only a bug writes garbage here; never stop
+            self.bad += 1
+            rejected = reject(-1, raw, exc)
+            log.warning(
+                "undecodable message on %s:%d@%d (%s): dead-lettered",
+                self.topic, message.partition, message.offset, rejected.reason,
+            )
+            if self.publish_dead_letter is not None:
+                self.publish_dead_letter(DeadLetter.bounded(
+                    source_topic=self.topic, partition=message.partition,
+                    offset=message.offset, index=-1, reason=rejected.reason,
+                    detail=rejected.detail, raw=raw, received_at=int(time.time() * 1000),
+                ))
             return
         self.items += len(items)
         self.apply(message.partition, items)

@@ -138,6 +138,20 @@ class OffsetOrder:
         )
         return waiting
 
+    async def rewind(self, partition: int) -> None:
+        """Seek the partition back to its next offset: messages let go for a
+        reason of ours (a dead letter Kafka would not take) come again even if
+        nothing newer arrives to trigger :meth:`admit`'s seek."""
+        tp = TP(self.topic, partition)
+        if not self.settled(tp):
+            return  # a rebalance is under way: the recovery seeks every partition
+        try:
+            await self.seek(tp, self.expected(partition))
+        except Exception:
+            log.warning("could not seek %s to %d", tp, self.expected(partition), exc_info=True)
+            return
+        self.seeks += 1
+
     def forget(self, partition: int) -> None:
         """A rebalance came: seeks asked for before it say nothing now."""
         self._waiting.pop(partition, None)

@@ -1,4 +1,4 @@
-"""One stream's batch processing: decode, dead-letter, fold, persist, close.
+"""One stream's batch processing: decode, dead-letter, drop re-sends, fold, persist, close.
 
 Kept apart from the Faust wiring so the whole path can be driven in a unit
 test with plain message tuples, and so the agent body stays one line.
@@ -11,9 +11,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ctower.schemas.control import DeadLetter
+from ctower.schemas.control import DEAD_LETTER_RAW_BYTES, DeadLetter, DuplicateEvent
 from ctower.schemas.events import Event
 from ctower.schemas.wire import EventDecoder
+from ctower.tables.dedup import Resent, SeenEvents
 from ctower.tables.folds import FOLDS, MessageFold
 from ctower.tables.window_state import WindowState
 
@@ -40,6 +41,9 @@ class StreamProcessor:
         publish_dead_letter: Callable[[DeadLetter], None],
         observer: Callable[[int, int, list[Event]], None] | None = None,
         after_flush: Callable[[], bool | None] | None = None,
+        seen: SeenEvents | None = None,
+        publish_duplicate: Callable[[DuplicateEvent], None] | None = None,
+        dead_letter_raw_bytes: int = DEAD_LETTER_RAW_BYTES,
     ) -> None:
         self.stream = stream
         self.topic = topic
@@ -47,6 +51,11 @@ class StreamProcessor:
         self.state = state
         self.fold = FOLDS[stream]
         self.publish_dead_letter = publish_dead_letter
+        self.dead_letter_raw_bytes = dead_letter_raw_bytes
+        self.seen = seen
+        """Identities already counted: a re-sent event is dropped before the folds
+        and the observer, so windows, rules and the coupon ledger count it once."""
+        self.publish_duplicate = publish_duplicate
         self.observer = observer
         """Sees each message's decoded events (the rules' input)."""
         self.after_flush = after_flush
@@ -55,6 +64,7 @@ class StreamProcessor:
         self.events = 0
         self.messages = 0
         self.dead_letters: Counter[str] = Counter()
+        self.duplicates = 0
         self._touched: set[int] = set()
 
     def process(self, batch: Iterable[RawMessage]) -> None:
@@ -72,7 +82,7 @@ class StreamProcessor:
             for rejected in decoded.rejected:
                 self.dead_letters[rejected.reason] += 1
                 self.publish_dead_letter(
-                    DeadLetter(
+                    DeadLetter.bounded(
                         source_topic=self.topic,
                         partition=partition,
                         offset=offset,
@@ -81,9 +91,15 @@ class StreamProcessor:
                         detail=rejected.detail,
                         raw=rejected.raw,
                         received_at=received_at,
+                        raw_limit=self.dead_letter_raw_bytes,
                     )
                 )
         events = decoded.events
+        if events and self.seen is not None:
+            kept, resent = self.seen.filter(partition, offset, events)
+            if resent:
+                self._report_resent(partition, offset, resent)
+                events = list(kept)
         max_ts = 0
         state = self.state
         if events:
@@ -98,6 +114,24 @@ class StreamProcessor:
         self._touched.add(partition)
         self.messages += 1
 
+    def _report_resent(self, partition: int, offset: int, resent: list[Resent]) -> None:
+        self.duplicates += len(resent)
+        if self.publish_duplicate is None:
+            return
+        for copy in resent:
+            self.publish_duplicate(
+                DuplicateEvent(
+                    source_topic=self.topic,
+                    partition=partition,
+                    offset=offset,
+                    index=copy.index,
+                    identity=copy.event.identity(),
+                    first_offset=copy.first_offset,
+                    first_index=copy.first_index,
+                    event_ts=copy.event.ts,
+                )
+            )
+
     def position(self, partition: int) -> int:
         """The last offset of ``partition`` folded in (-1: none)."""
         return self.state.position(partition)
@@ -111,16 +145,26 @@ class StreamProcessor:
         touched, self._touched = self._touched, set()
         for partition in touched:
             if self.state.owns(partition):
+                if self.seen is not None:
+                    self.seen.flush(partition)
                 self.state.flush(partition)
         if self.after_flush is not None:
             return self.after_flush() is not False
         return True
+
+    def drop(self, partition: int) -> None:
+        """Forget a partition given to another worker (its state moves with it)."""
+        self.state.drop(partition)
+        if self.seen is not None:
+            self.seen.drop(partition)
 
     def stats(self) -> dict[str, object]:
         return {
             "messages": self.messages,
             "events": self.events,
             "dead_letters": dict(self.dead_letters),
+            "duplicates": self.duplicates,
+            "dedup": self.seen.stats() if self.seen is not None else {},
             "windows_closed": self.state.windows_closed,
             "late_events": self.state.late_events,
             "replayed_skips": self.state.replayed_skips,

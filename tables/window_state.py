@@ -53,6 +53,7 @@ import msgspec
 
 from ctower.schemas.control import ClosedWindow, LateEvent
 from ctower.tables.aggregates import AggregateSpec
+from ctower.tables.dedup import is_seen_key
 
 WindowKey = tuple[str, tuple[str, ...], int]
 """(aggregate name, dims, window start in epoch ms)."""
@@ -158,8 +159,8 @@ class WindowState:
         part = _Partition(last_seen=self.clock())
         shard_records = []
         for raw_key, raw_value in list(self.table.data.items()):
-            if raw_value is None:
-                continue
+            if raw_value is None or is_seen_key(raw_key):
+                continue  # identities of counted events (tables/dedup.py) share the table
             key = _decode(raw_key)
             if key[0] != partition:
                 continue

@@ -21,6 +21,7 @@ from ctower.settings import Settings
 from ctower.streams import decisions as decisions_module
 from ctower.streams.app import PendingAcks, _persist_and_release
 from ctower.streams.batch_writer import BatchWriter
+from ctower.streams.dead_letters import DeadLetterOutbox
 from ctower.streams.decisions import DecisionLayer
 from ctower.tables.rules.rule_state import FLUSH_INTERVAL_S
 
@@ -46,9 +47,18 @@ class Processor:
         return self.durable.pop(0)
 
 
+
+def no_letters() -> DeadLetterOutbox:
+    """An outbox with nothing in it: these batches hold no malformed events."""
+
+    def no_producer() -> Any:
+        raise AssertionError("nothing to send")
+
+    return DeadLetterOutbox("ct.t", "ct.dead-letter", no_producer)
+
 def test_a_batch_not_yet_written_is_held_then_acked_with_the_next_complete_flush() -> None:
     processor = Processor()
-    pending = PendingAcks(processor, 10, 0.2, nothing_to_write)  # type: ignore[arg-type]
+    pending = PendingAcks(processor, 10, 0.2, nothing_to_write, no_letters())  # type: ignore[arg-type]
     stream = pending.stream = Stream()  # type: ignore[assignment]
     processor.durable = [False, False, True]
 
@@ -70,7 +80,7 @@ def test_held_batches_are_acked_only_after_the_timer_has_written_the_state() -> 
         await asyncio.sleep(0)  # a batch settled meanwhile is not covered by this write
         writes.append(f"written with {len(stream.acked)} acked")  # type: ignore[attr-defined]
 
-    pending = PendingAcks(processor, 10, 0.2, write)  # type: ignore[arg-type]
+    pending = PendingAcks(processor, 10, 0.2, write, no_letters())  # type: ignore[arg-type]
     stream = pending.stream = Stream()  # type: ignore[assignment]
     processor.durable = [False, False]
 
