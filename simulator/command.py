@@ -24,6 +24,7 @@ from ctower.simulator.incidents import KINDS
 from ctower.simulator.jsonl import JsonlWriter
 from ctower.simulator.producer import KafkaSink, SendStats, pump
 from ctower.simulator.replay import count_lines, replay
+from ctower.simulator.resend import resend
 from ctower.simulator.truth import TruthRecorder, write_truth
 
 
@@ -150,6 +151,14 @@ def _progress(total: int | None, quiet: bool) -> Any:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the chain's master data (stores, SKUs, campaigns...) as JSON here.",
 )
+@click.option(
+    "--duplicates",
+    type=click.FloatRange(0, 0.5),
+    default=0.0,
+    show_default=True,
+    help="Share of events sent twice, as at-least-once producers do (half at once, half "
+    "1-8 minutes later); the truth counts them once.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def simulate(
     seed: int,
@@ -168,6 +177,7 @@ def simulate(
     acks: str,
     compression: str,
     chain_path: Path | None,
+    duplicates: float,
     quiet: bool,
 ) -> None:
     """Simulate the chain's event streams (scan, order, pickup, logistics, inventory, coupon)."""
@@ -221,6 +231,8 @@ def simulate(
         items = sim.items()
     except ValueError as exc:  # an incident that does not fit the run
         raise click.ClickException(str(exc)) from None
+    if duplicates > 0:
+        items = resend(items, duplicates, seed)
     try:
         kafka = (
             None
@@ -256,6 +268,7 @@ def simulate(
         "start": iso(plan.start_ms),
         "planned_end_ms": plan.horizon_ms,
         "batch": batch,
+        "duplicates": duplicates,
         "incidents_requested": list(config.incidents),
         "topic_prefix": settings.topic_prefix,
         "partitions": stats.partitions,

@@ -576,7 +576,8 @@ class Generator:
             action=action,  # type: ignore[arg-type]
             member_id=session.member,
         )
-        self.out.append(_new_item(Item, ("scan", store_id, ts, event, None, (), (), 0, legacy)))
+        item = ("scan", store_id, ts, event, None, (), (), 0, legacy, False)
+        self.out.append(_new_item(Item, item))
         if self.scan_watch:
             watcher = self.scan_watch.get(key)
             if watcher is not None:

@@ -36,6 +36,9 @@ class Item(NamedTuple):
     """> 0: a ``late`` incident event, this far behind its partition's max ts."""
     iso: bool = False
     """Encode ``ts`` (and ``eta``/``slot_start``) as ISO 8601 text, UTC+8."""
+    resent: bool = False
+    """A copy of an event already sent, as an at-least-once producer re-sends it
+    (``--duplicates``): the worker must count it once, so the truth does not."""
 
     @property
     def standalone(self) -> bool:

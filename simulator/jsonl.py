@@ -2,7 +2,8 @@
 
 A line is ``{"stream": ..., "event": {...}}`` for a valid event, the event
 exactly as it goes on the wire (ISO 8601 times stay text), plus
-``"late_ms"`` for a late incident event. A message that is not one valid
+``"late_ms"`` for a late incident event and ``"resent": true`` for a copy of
+an event sent before (``--duplicates``). A message that is not one valid
 event (malformed, or a batch envelope with a bad element) is kept as
 ``{"stream", "key", "raw" | "raw_b64", "rejections": [[index, reason, kind]]}``
 so a replay sends the same bytes and a reader knows what the worker should
@@ -32,6 +33,7 @@ class _Line(msgspec.Struct, omit_defaults=True):
     raw_b64: str | None = None
     rejections: list[tuple[int, str, str]] = []
     late_ms: int = 0
+    resent: bool = False
 
 
 def line_bytes(item: Item, value: bytes) -> bytes:
@@ -39,6 +41,8 @@ def line_bytes(item: Item, value: bytes) -> bytes:
     stream = item.stream.encode()
     if not item.standalone:
         late = b',"late_ms":%d' % item.late_ms if item.late_ms else b""
+        if item.resent:
+            late += b',"resent":true'
         return b'{"stream":"' + stream + b'","event":' + value + late + b"}\n"
     try:
         body: dict[str, object] = {"raw": value.decode("utf-8")}
@@ -82,7 +86,8 @@ def read_jsonl(path: str | Path) -> Iterator[Item]:
                 ts = event.ts
                 assert isinstance(ts, int)
                 yield Item(
-                    line.stream, event.partition_key, ts, event, raw=value, late_ms=line.late_ms
+                    line.stream, event.partition_key, ts, event, raw=value, late_ms=line.late_ms,
+                    resent=line.resent,
                 )
                 continue
             if line.raw is not None:

@@ -2,7 +2,9 @@
 
 Counted here by deliberately plain code, from the events as they are sent,
 without the worker's folds or the aggregate specs' helpers (only the field
-*names* of STORE_MINUTE are shared, so every field appears in every row).
+*names* of the specs are shared, so every field appears in every row). A
+re-sent copy of an event (``--duplicates``) is not counted: the truth is what
+happened, once.
 If the pipeline and this file disagree, one of them is wrong, and a test
 says which minute of which store.
 
@@ -10,11 +12,14 @@ Format of the file (JSON)::
 
     {"meta": {...seed, start, rates...},
      "events_sent": {"scan": n, ...},           # valid events, late ones included
+     "duplicates_sent": {"scan": n, ...},       # re-sent copies (not counted anywhere)
      "malformed": [{"seq", "stream", "topic", "key", "kind", "reason", "index", "raw"|"raw_b64"}],
      "late": [{"seq", "stream", "topic", "key", "store_id", "ts", "window_start", "behind_ms",
                "dedup_key", "fields": {...}}],
      "incidents": [{"kind", "scope", "start_ts", "end_ts", "expect": {...}}],
-     "aggregates": {"store_minute": [{"store_id", "window_start", <every field>: int}, ...]}}
+     "aggregates": {"store_minute": [{"store_id", "window_start", <every field>: int}, ...],
+                    "sku_sales_5min": [{"location_id", "sku", "window_start", ...}, ...],
+                    "carrier_region_15min": [...], "campaign_store_minute": [...]}}
 
 ``seq`` is the 0-based position of the message among all messages written
 (the line number in ``--out``).
@@ -28,9 +33,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ctower.schemas.events import Coupon, Event, Order, Pickup, Scan
+from ctower.schemas.events import Coupon, Event, Logistics, Order, Pickup, Scan
 from ctower.simulator.items import Item
-from ctower.tables.aggregates import STORE_MINUTE
+from ctower.tables.aggregates import (
+    CAMPAIGN_STORE_MINUTE,
+    CARRIER_REGION_15MIN,
+    SKU_SALES_5MIN,
+    STORE_MINUTE,
+    AggregateSpec,
+)
 
 FIELDS = STORE_MINUTE.fields
 _I = {name: i for i, name in enumerate(FIELDS)}
@@ -77,6 +88,45 @@ def store_minute_contribution(stream: str, event: Event) -> tuple[str, int, dict
     return None
 
 
+def other_contributions(
+    stream: str, event: Event
+) -> list[tuple[str, tuple[str, ...], int, dict[str, int]]]:
+    """(aggregate, dims, window_start, {field: +n}) of one event for the three
+    families other than store_minute."""
+    ts = event.ts
+    assert isinstance(ts, int)
+    out: list[tuple[str, tuple[str, ...], int, dict[str, int]]] = []
+    if stream == "order":
+        assert isinstance(event, Order)
+        if event.status == "paid":
+            five = ts - ts % 300_000
+            location = event.ship_from or event.store_id
+            for line in event.lines:
+                out.append(("sku_sales_5min", (location, line.sku), five, {
+                    "units": line.qty, "revenue_fen": round(line.qty * line.unit_price * 100),
+                }))
+    elif stream == "logistics":
+        assert isinstance(event, Logistics)
+        add = {event.status: 1}
+        if event.status == "delivered" and event.eta is not None:
+            eta = event.eta
+            assert isinstance(eta, int)
+            add["delivered_on_time" if ts <= eta else "delivered_late"] = 1
+        out.append(("carrier_region_15min", (event.carrier, event.region), ts - ts % 900_000, add))
+    elif stream == "coupon":
+        assert isinstance(event, Coupon)
+        out.append((
+            "campaign_store_minute", (event.campaign_id, event.store_id), ts - ts % 60_000,
+            {event.action: 1},
+        ))
+    return out
+
+
+OTHER_SPECS: dict[str, AggregateSpec] = {
+    spec.name: spec for spec in (SKU_SALES_5MIN, CARRIER_REGION_15MIN, CAMPAIGN_STORE_MINUTE)
+}
+
+
 def _raw_field(raw: bytes) -> dict[str, str]:
     try:
         return {"raw": raw.decode("utf-8")}
@@ -90,7 +140,11 @@ class TruthRecorder:
     def __init__(self, topic_of: Callable[[str], str] = lambda stream: stream) -> None:
         self.topic_of = topic_of
         self.rows: dict[tuple[str, int], list[int]] = {}
+        self.other: dict[str, dict[tuple[tuple[str, ...], int], dict[str, int]]] = {
+            name: {} for name in OTHER_SPECS
+        }
         self.events_sent: dict[str, int] = {}
+        self.duplicates_sent: dict[str, int] = {}
         self.malformed: list[dict[str, Any]] = []
         self.late: list[dict[str, Any]] = []
         self.seq = 0
@@ -100,6 +154,9 @@ class TruthRecorder:
     def observe(self, item: Item) -> None:
         seq = self.seq
         self.seq += 1
+        if item.resent:
+            self.duplicates_sent[item.stream] = self.duplicates_sent.get(item.stream, 0) + 1
+            return
         if item.event is not None:
             self._count(item.stream, item.event, item, seq)
         for event in item.contained:
@@ -146,6 +203,10 @@ class TruthRecorder:
                 }
             )
             return
+        for aggregate, dims, start, adds in other_contributions(stream, event):
+            counts = self.other[aggregate].setdefault((dims, start), {})
+            for name, n in adds.items():
+                counts[name] = counts.get(name, 0) + n
         if contribution is None:
             return
         store_id, window, add = contribution
@@ -163,6 +224,19 @@ class TruthRecorder:
             )
         ]
 
+    def other_rows(self, aggregate: str) -> list[dict[str, Any]]:
+        spec = OTHER_SPECS[aggregate]
+        return [
+            {
+                **dict(zip(spec.dims, dims, strict=True)),
+                "window_start": start,
+                **{name: counts.get(name, 0) for name in spec.fields},
+            }
+            for (dims, start), counts in sorted(
+                self.other[aggregate].items(), key=lambda kv: (kv[0][1], kv[0][0])
+            )
+        ]
+
     def result(
         self, incidents: list[dict[str, Any]] | None = None, meta: dict[str, Any] | None = None
     ) -> dict[str, Any]:
@@ -174,10 +248,14 @@ class TruthRecorder:
                 "messages": self.seq,
             },
             "events_sent": dict(sorted(self.events_sent.items())),
+            "duplicates_sent": dict(sorted(self.duplicates_sent.items())),
             "malformed": self.malformed,
             "late": self.late,
             "incidents": incidents or [],
-            "aggregates": {"store_minute": self.store_minute_rows()},
+            "aggregates": {
+                "store_minute": self.store_minute_rows(),
+                **{name: self.other_rows(name) for name in OTHER_SPECS},
+            },
         }
 
 
@@ -203,3 +281,19 @@ def store_minute_truth(truth: dict[str, Any]) -> dict[tuple[str, int], dict[str,
     for row in truth["aggregates"]["store_minute"]:
         out[(row["store_id"], row["window_start"])] = {name: row[name] for name in FIELDS}
     return out
+
+
+def aggregate_truth(
+    truth: dict[str, Any], aggregate: str
+) -> dict[tuple[Any, ...], dict[str, int]]:
+    """Truth rows of any window family keyed by (*dims, window_start), each
+    {field: value} with every field."""
+    if aggregate == "store_minute":
+        return {(k[0], k[1]): v for k, v in store_minute_truth(truth).items()}
+    spec = OTHER_SPECS[aggregate]
+    return {
+        (*(row[dim] for dim in spec.dims), row["window_start"]): {
+            name: row[name] for name in spec.fields
+        }
+        for row in truth["aggregates"].get(aggregate, [])
+    }

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ import pytest
 
 from ctower.broker.topics import ensure_topics
 from ctower.settings import Settings
-from ctower.simulator.truth import load_truth, store_minute_truth
+from ctower.simulator.truth import aggregate_truth, load_truth, store_minute_truth
 from ctower.store import open_store
-from ctower.tables.aggregates import STORE_MINUTE
+from ctower.tables.aggregates import AGGREGATES, STORE_MINUTE
 
 pytestmark = pytest.mark.kafka
 
@@ -207,3 +208,82 @@ def test_a_second_worker_joining_mid_stream_shares_the_partitions_exactly(
     rows = wait_for_truth(settings, expected, poll, [sink, first, second])
     assert rows == expected
     assert events_seen(second_settings.worker_web_port) > 0  # it did take partitions
+
+
+def family_rows(settings: Settings, aggregate: str) -> dict[tuple[Any, ...], dict[str, int]]:
+    """A window family's view in the store, keyed as ``aggregate_truth`` keys the truth."""
+    spec = AGGREGATES[aggregate]
+    client = open_store(settings, path_fallback=False)
+    dims, fields = ", ".join(spec.dims), ", ".join(spec.fields)
+    result = client.query(
+        f"SELECT {dims}, toUnixTimestamp64Milli(window_start), {fields} FROM {aggregate}_v"
+    )
+    width = len(spec.dims) + 1
+    return {
+        (*row[: width - 1], int(row[width - 1])): dict(
+            zip(spec.fields, (int(v) for v in row[width:]), strict=True)
+        )
+        for row in result.result_rows
+    }
+
+
+def test_resent_events_count_once_in_every_window_family_across_a_kill(
+    settings_factory: Callable[..., Settings],
+    ctower_process: Callable[..., Any],
+    poll: Callable[..., Any],
+    tmp_path: Path,
+    env_for: Callable[[Settings], dict[str, str]],
+) -> None:
+    """5% of the events sent twice (at once, or 1-8 minutes of event time later),
+    and the worker SIGKILLed half-way: copies whose originals were counted and
+    committed before the kill come after the restart. Every window family must
+    equal the truth, which counts each event once."""
+    settings = settings_factory(idle_close_seconds=REPLAY_IDLE_CLOSE)
+    sink, worker = start_pipeline(settings, ctower_process)
+    truth_path = tmp_path / "truth.json"
+    # about two hours of events ending an hour ago: the last 15-minute window is
+    # closed by the idle close, not still open at the end of the test
+    start = (datetime.now(UTC) - timedelta(hours=3)).isoformat(timespec="seconds")
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "ctower", "simulate", "--quiet", "--seed", "21",
+         "--events", "40000", "--rate", "max", "--sim-rate", "6", "--batch", "10",
+         "--start", start, "--duplicates", "0.05", "--truth", str(truth_path)],
+        env=env_for(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    poll(lambda: events_seen(settings.worker_web_port) > 15_000, 90, "the worker never got going")
+    worker.kill()
+    restarted = ctower_process(settings, "worker-restarted", "worker")
+    restarted.wait_http(f"http://127.0.0.1:{settings.worker_web_port}/stats/")
+    output, _ = simulator.communicate(timeout=300)
+    assert simulator.returncode == 0, output[-3000:]
+    truth = load_truth(truth_path)
+    copies = sum(truth["duplicates_sent"].values())
+    assert copies > 1000, truth["duplicates_sent"]
+    for stream in ("scan", "order", "logistics", "coupon", "inventory", "pickup"):
+        assert truth["duplicates_sent"].get(stream, 0) > 0, stream
+
+    expected = store_minute_truth(truth)
+    rows = wait_for_truth(settings, expected, poll, [sink, restarted])
+    assert rows == expected
+    for aggregate in ("sku_sales_5min", "carrier_region_15min", "campaign_store_minute"):
+        want = aggregate_truth(truth, aggregate)
+        assert want, aggregate
+        got: dict[Any, Any] = {}
+
+        def equal(a: str = aggregate, w: Any = want, g: dict[Any, Any] = got) -> bool:
+            g.clear()
+            g.update(family_rows(settings, a))
+            return g == w
+
+        try:
+            poll(equal, 60, f"{aggregate} never equalled the truth")
+        except AssertionError as failure:
+            diff = {k: (got.get(k), want.get(k)) for k in set(got) | set(want)
+                    if got.get(k) != want.get(k)}
+            raise AssertionError(f"{failure}: {len(diff)} keys differ, e.g. "
+                                 f"{list(diff.items())[:5]}") from None
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{settings.worker_web_port}/stats/", timeout=5
+    ) as answer:
+        stats = json.load(answer)
+    assert sum(stats[s]["duplicates"] for s in truth["duplicates_sent"]) > 0
