@@ -218,3 +218,80 @@ def test_hostile_input_never_stops_the_pipeline(
         log = process.log_tail(10**7)
         assert "Traceback" not in log, log[-4000:]
         assert "crashed" not in log.lower(), log[-4000:]
+
+
+def test_a_dead_letter_kafka_refuses_holds_only_its_partition(
+    settings_factory: Callable[..., Settings],
+    ctower_process: Callable[..., Any],
+    poll: Callable[..., Any],
+) -> None:
+    """The dead-letter topic refuses every record (max.message.bytes 64): the
+    partition of the malformed event waits, uncommitted, with one log line; the
+    other partitions go on. Once the topic takes records again the letter is
+    written and the partition's events are counted, each once."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from ctower.broker.topics import partition_for
+
+    settings = settings_factory()
+    ensure_topics(settings)
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    dead_topic = settings.topic("dead-letter")
+
+    def dead_letter_limit(value: str) -> None:
+        admin.alter_configs([ConfigResource(
+            ConfigResourceType.TOPIC, dead_topic, configs={"max.message.bytes": value},
+        )])
+
+    dead_letter_limit("64")
+    worker = ctower_process(settings, "worker", "worker")
+    worker.wait_http(f"http://127.0.0.1:{settings.worker_web_port}/stats/")
+    parts = settings.topic_partitions
+    keys: dict[int, bytes] = {}
+    for n in range(1000):
+        keys.setdefault(partition_for(f"S{n}".encode(), parts), f"S{n}".encode())
+    blocked, others = 0, [p for p in keys if p != 0]
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    topic = settings.topic("scan")
+
+    def scan(n: int, partition: int) -> bytes:
+        event = {**valid("scan", n), "store_id": keys[partition].decode()}
+        return dumps(event)
+
+    producer.send(topic, key=keys[blocked], value=b'{"not": "an event"}')
+    for n in range(10):
+        producer.send(topic, key=keys[blocked], value=scan(n, blocked))
+        for partition in others:
+            producer.send(topic, key=keys[partition], value=scan(1000 * partition + n, partition))
+    producer.flush()
+
+    def stats() -> dict[str, Any]:
+        assert worker.alive(), worker.log_tail()
+        return worker_stats(settings)
+
+    poll(lambda: str(blocked) in stats()["dead_letter_outbox"]["scan-agent"][
+        "blocked_partitions"], 60, "the partition never waited")
+    poll(lambda: stats()["scan"]["events"] >= 10 * len(others), 60, "the others stopped too")
+    time.sleep(3)  # a few seconds of retries: still waiting, still one line
+    lag = committed_to_the_end(settings)
+    assert lag.get(f"{topic}:{blocked}") == 11, lag  # nothing of it committed
+    assert f"{topic}:{others[0]}" not in lag
+    assert worker.log_tail(10**6).count("cannot write dead letters") == 1
+
+    dead_letter_limit("1048588")
+    poll(lambda: stats()["scan"]["events"] == 10 * (len(others) + 1), 60,
+         "the partition never went on")
+    poll(lambda: committed_to_the_end(settings) == {}, 60, "its offsets were never committed")
+    outbox = stats()["dead_letter_outbox"]["scan-agent"]
+    assert outbox["blocked_partitions"] == {} and outbox["written"] == 1
+    consumer = KafkaConsumer(
+        dead_topic, bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    letters = [json.loads(record.value) for record in consumer]
+    consumer.close()
+    admin.close()
+    assert [(d["partition"], d["offset"], d["reason"]) for d in letters] == [
+        (blocked, 0, "missing_field")
+    ]
+    assert "written after" in worker.log_tail(10**6)
