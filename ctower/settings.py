@@ -174,9 +174,9 @@ class Settings(BaseSettings):
         "default the longest window (15 min) plus grace. 0 turns de-duplication off.",
     )
     dedup_max_entries: int = Field(
-        2_000_000, ge=1000,
-        description="Identities one worker keeps per stream (about 120 bytes each); past it "
-        "the oldest minutes are forgotten before the horizon.",
+        1_000_000, ge=1000,
+        description="Identities one worker keeps over all its streams (about 140 bytes "
+        "each); past it the oldest minutes are forgotten before the horizon.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["plain", "json"] = Field(

@@ -30,7 +30,7 @@ from ctower.streams.decisions import DecisionLayer, RuleProcessor
 from ctower.streams.gc_tuning import gc_stats
 from ctower.streams.offset_order import OffsetOrder, kafka_first_offset, let_go
 from ctower.streams.processing import RawMessage, StreamProcessor
-from ctower.tables.dedup import SeenEvents
+from ctower.tables.dedup import SeenBudget, SeenEvents
 from ctower.tables.folds import SPECS_BY_STREAM
 from ctower.tables.window_state import WindowState
 
@@ -159,6 +159,7 @@ def build_app(settings: Settings) -> ControlTower:
         )
         return outbox
 
+    seen_budget = SeenBudget(settings.dedup_max_entries)
     for stream in STREAMS:
         topic_name = settings.topic(stream)
         table = app.Table(
@@ -193,11 +194,7 @@ def build_app(settings: Settings) -> ControlTower:
             publish_dead_letter=outbox_for(f"{stream}-agent", topic_name).add,
             dead_letter_raw_bytes=settings.dead_letter_raw_kb * 1024,
             seen=(
-                SeenEvents(
-                    changelog,
-                    int(settings.dedup_horizon_seconds * 1000),
-                    settings.dedup_max_entries,
-                )
+                SeenEvents(changelog, int(settings.dedup_horizon_seconds * 1000), seen_budget)
                 if settings.dedup_horizon_seconds > 0 else None
             ),
             publish_duplicate=publish_duplicate,

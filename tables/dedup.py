@@ -19,9 +19,10 @@ whether or not the entries were persisted before the crash.
 Exact within a horizon of event time (``horizon_ms``, default 16 minutes:
 the longest window, 15 minutes, plus grace): an identity is forgotten once
 the partition's newest event time is that far past its minute. A copy older
-than that is late for every window anyway. Memory is bounded by
-``max_entries`` identities per stream and worker (about 120 bytes each, a
-Python dict of 64-bit hashes); past it the oldest minutes are forgotten
+than that is late for every window anyway. Memory is bounded by a
+:class:`SeenBudget` of identities shared by every stream of a worker (about
+140 bytes each, a Python dict of 64-bit hashes and positions: ``ctower
+bench`` measures it); past it the oldest minutes of any stream are forgotten
 early, which ``/stats/`` reports.
 
 Persistence: the entries added since the last flush are written as one or
@@ -91,18 +92,58 @@ class Resent:
     first_index: int
 
 
+class SeenBudget:
+    """How many identities one worker keeps, over all its streams."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.members: list[SeenEvents] = []
+        self._warned = False
+
+    @property
+    def size(self) -> int:
+        return sum(member.size for member in self.members)
+
+    def enforce(self) -> None:
+        """Over the budget: forget the oldest minutes, whichever stream holds them."""
+        while self.size > self.max_entries:
+            oldest = min(
+                (
+                    (min(part.minutes), member, partition)
+                    for member in self.members
+                    for partition, part in member._parts.items()
+                    if part.minutes
+                ),
+                default=None,
+                key=lambda found: found[0],
+            )
+            if oldest is None:
+                return
+            minute, member, partition = oldest
+            member.forgotten_early += member._forget(
+                partition, member._parts[partition], minute + BUCKET_MS
+            )
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "de-duplication holds more than %d identities (CTOWER_DEDUP_MAX_ENTRIES): "
+                    "forgetting the oldest minutes before the %d s horizon",
+                    self.max_entries, member.horizon_ms // 1000,
+                )
+
+
 class SeenEvents:
     """The identities of one stream's counted events, per source partition."""
 
-    def __init__(self, table: ChangelogTable, horizon_ms: int, max_entries: int) -> None:
+    def __init__(self, table: ChangelogTable, horizon_ms: int, budget: SeenBudget) -> None:
         self.table = table
         self.horizon_ms = horizon_ms
-        self.max_entries = max_entries
+        self.budget = budget
+        budget.members.append(self)
         self._parts: dict[int, _Partition] = {}
         self.duplicates = 0
         self.forgotten_early = 0
-        """Identities forgotten before the horizon because of ``max_entries``."""
-        self._warned_full = False
+        """Identities forgotten before the horizon to stay within the budget."""
 
     # ------------------------------------------------------------- the filter
     def filter(
@@ -164,8 +205,7 @@ class SeenEvents:
         if part.new:
             self._write_new(partition, part)
         self._forget(partition, part, part.newest - self.horizon_ms)
-        if self.size > self.max_entries:
-            self._forget_early()
+        self.budget.enforce()
 
     def _write_new(self, partition: int, part: _Partition) -> None:
         chunk: list[list[Any]] = []
@@ -210,27 +250,6 @@ class SeenEvents:
             del part.records[number]
             self._put(partition, number, None)
         return forgotten
-
-    def _forget_early(self) -> None:
-        """Over ``max_entries``: forget the oldest minutes of any partition until under."""
-        while self.size > self.max_entries:
-            oldest = min(
-                ((min(part.minutes), p) for p, part in self._parts.items() if part.minutes),
-                default=None,
-            )
-            if oldest is None:
-                return
-            minute, partition = oldest
-            self.forgotten_early += self._forget(
-                partition, self._parts[partition], minute + BUCKET_MS
-            )
-            if not self._warned_full:
-                self._warned_full = True
-                log.warning(
-                    "de-duplication holds more than %d identities (CTOWER_DEDUP_MAX_ENTRIES): "
-                    "forgetting the oldest minutes before the %d s horizon",
-                    self.max_entries, self.horizon_ms // 1000,
-                )
 
     def _load(self, partition: int) -> _Partition:
         part = _Partition()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ctower.schemas.events import Scan
-from ctower.tables.dedup import BUCKET_MS, SEEN, SeenEvents, is_seen_key
+from ctower.tables.dedup import BUCKET_MS, SEEN, SeenBudget, SeenEvents, is_seen_key
 from ctower.tables.window_state import WindowState
 
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % BUCKET_MS
@@ -21,7 +21,7 @@ def ids(events: Any) -> list[str]:
 
 
 def test_a_resent_event_is_dropped_and_says_where_the_counted_copy_was(memory_table) -> None:
-    seen = SeenEvents(memory_table, horizon_ms=600_000, max_entries=10_000)
+    seen = SeenEvents(memory_table, horizon_ms=600_000, budget=SeenBudget(10_000))
     kept, resent = seen.filter(0, 10, [scan("a"), scan("b")])
     assert ids(kept) == ["a", "b"] and resent == []
     kept, resent = seen.filter(0, 11, [scan("c"), scan("b"), scan("c")])
@@ -33,7 +33,7 @@ def test_a_resent_event_is_dropped_and_says_where_the_counted_copy_was(memory_ta
 
 
 def test_identity_is_the_event_id_when_the_producer_gives_one(memory_table) -> None:
-    seen = SeenEvents(memory_table, horizon_ms=600_000, max_entries=10_000)
+    seen = SeenEvents(memory_table, horizon_ms=600_000, budget=SeenBudget(10_000))
     seen.filter(0, 1, [scan("a", event_id="e-1")])
     kept, resent = seen.filter(0, 2, [scan("b", event_id="e-1"), scan("a")])
     assert ids(kept) == ["a"] and len(resent) == 1
@@ -42,7 +42,7 @@ def test_identity_is_the_event_id_when_the_producer_gives_one(memory_table) -> N
 def test_a_replay_after_a_crash_takes_the_same_decisions(memory_table) -> None:
     """Whether or not the identities were persisted before the crash: the first
     copy finds its own position and passes, the later copy is dropped again."""
-    first = SeenEvents(memory_table, horizon_ms=600_000, max_entries=10_000)
+    first = SeenEvents(memory_table, horizon_ms=600_000, budget=SeenBudget(10_000))
     decisions = []
     messages = [(5, [scan("a"), scan("b")]), (6, [scan("a")]), (7, [scan("c"), scan("b")])]
     for offset, events in messages:
@@ -51,7 +51,7 @@ def test_a_replay_after_a_crash_takes_the_same_decisions(memory_table) -> None:
     first.flush(0)
     assert any(is_seen_key(key) for key in memory_table.data)
 
-    persisted = SeenEvents(memory_table, horizon_ms=600_000, max_entries=10_000)
+    persisted = SeenEvents(memory_table, horizon_ms=600_000, budget=SeenBudget(10_000))
     replayed = [ids(persisted.filter(0, offset, events)[0]) for offset, events in messages]
     assert replayed == decisions == [["a", "b"], [], ["c"]]
 
@@ -62,24 +62,24 @@ def test_a_replay_after_a_crash_takes_the_same_decisions(memory_table) -> None:
         def send_changelog(self, *args: Any) -> None:
             pass
 
-    lost = SeenEvents(Empty(), horizon_ms=600_000, max_entries=10_000)
+    lost = SeenEvents(Empty(), horizon_ms=600_000, budget=SeenBudget(10_000))
     assert [ids(lost.filter(0, o, e)[0]) for o, e in messages] == decisions
 
 
 def test_partitions_are_apart_and_move_with_a_rebalance(memory_table) -> None:
-    seen = SeenEvents(memory_table, horizon_ms=600_000, max_entries=10_000)
+    seen = SeenEvents(memory_table, horizon_ms=600_000, budget=SeenBudget(10_000))
     seen.filter(0, 1, [scan("a")])
     assert ids(seen.filter(1, 1, [scan("a")])[0]) == ["a"]  # another partition: its own
     seen.flush(0)
     seen.flush(1)
     seen.drop(1)
     assert seen.size == 1
-    taker = SeenEvents(memory_table, horizon_ms=600_000, max_entries=10_000)
+    taker = SeenEvents(memory_table, horizon_ms=600_000, budget=SeenBudget(10_000))
     assert ids(taker.filter(1, 2, [scan("a")])[0]) == []  # the new owner knows it
 
 
 def test_identities_past_the_horizon_are_forgotten_with_their_records(memory_table) -> None:
-    seen = SeenEvents(memory_table, horizon_ms=5 * BUCKET_MS, max_entries=10_000)
+    seen = SeenEvents(memory_table, horizon_ms=5 * BUCKET_MS, budget=SeenBudget(10_000))
     seen.filter(0, 1, [scan("old", ts=T0)])
     seen.flush(0)
     records = [k for k, v in memory_table.data.items() if is_seen_key(k)]
@@ -96,32 +96,36 @@ def test_identities_past_the_horizon_are_forgotten_with_their_records(memory_tab
 
 
 def test_memory_is_bounded_by_forgetting_the_oldest_minutes_first(memory_table) -> None:
-    seen = SeenEvents(memory_table, horizon_ms=3_600_000, max_entries=1000)
+    budget = SeenBudget(1000)
+    seen = SeenEvents(memory_table, horizon_ms=3_600_000, budget=budget)
+    other = SeenEvents(memory_table, horizon_ms=3_600_000, budget=budget)  # another stream
+    other.filter(3, 0, [scan(f"o-{i}", ts=T0 - BUCKET_MS) for i in range(100)])
     for minute in range(5):
         events = [scan(f"{minute}-{i}", ts=T0 + minute * BUCKET_MS) for i in range(400)]
         seen.filter(minute % 2, minute, events)
         seen.flush(minute % 2)
     stats = seen.stats()
-    assert stats["identities"] <= 1000
+    assert budget.size <= 1000
+    assert other.size == 0 and other.forgotten_early == 100  # the oldest minute was its
     assert stats["forgotten_early"] == 5 * 400 - stats["identities"]
     assert ids(seen.filter(0, 9, [scan("4-1", ts=T0 + 4 * BUCKET_MS)])[0]) == []  # newest kept
     assert ids(seen.filter(0, 9, [scan("0-1", ts=T0)])[0]) == ["0-1"]  # oldest forgotten
 
 
 def test_many_identities_are_written_in_records_under_a_megabyte(memory_table) -> None:
-    seen = SeenEvents(memory_table, horizon_ms=600_000, max_entries=1_000_000)
+    seen = SeenEvents(memory_table, horizon_ms=600_000, budget=SeenBudget(1_000_000))
     seen.filter(0, 1, [scan(f"s{i}", ts=T0 + i) for i in range(100_000)])
     seen.flush(0)
     records = [v for k, v in memory_table.data.items() if is_seen_key(k)]
     assert len(records) >= 3
     assert max(len(v) for v in records) < 1_000_000
-    loaded = SeenEvents(memory_table, horizon_ms=600_000, max_entries=1_000_000)
+    loaded = SeenEvents(memory_table, horizon_ms=600_000, budget=SeenBudget(1_000_000))
     kept, resent = loaded.filter(0, 2, [scan("s99999", ts=T0 + 99_999), scan("x")])
     assert ids(kept) == ["x"] and len(resent) == 1
 
 
 def test_the_window_state_ignores_the_identity_records(memory_table) -> None:
-    seen = SeenEvents(memory_table, horizon_ms=600_000, max_entries=10_000)
+    seen = SeenEvents(memory_table, horizon_ms=600_000, budget=SeenBudget(10_000))
     seen.filter(0, 1, [scan("a")])
     seen.flush(0)
     assert any(SEEN.encode() in key for key in memory_table.data)
