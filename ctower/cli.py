@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import sys
 from typing import Any
 
@@ -46,12 +45,13 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup)
 def cli() -> None:
     """Retail control tower: Kafka, Faust workers, ClickHouse, dashboard."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # the Kafka clients narrate every connection at INFO; their warnings still show
-    for chatty in ("kafka", "aiokafka"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    from ctower.logs import configure_logging
+
+    try:
+        settings = load_settings()
+    except SettingsError:
+        settings = None  # the command says what is wrong when it loads them
+    configure_logging(settings)
 
 
 def settings_or_exit(**overrides: Any) -> Any:

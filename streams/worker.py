@@ -6,6 +6,7 @@ import logging
 
 import faust
 
+from ctower.logs import configure_logging
 from ctower.settings import Settings
 from ctower.streams.app import build_app
 from ctower.streams.gc_tuning import tune_for_streaming
@@ -17,6 +18,7 @@ def run_worker(settings: Settings) -> None:
     """Run one worker until SIGTERM/SIGINT. Several workers share the partitions."""
     from ctower.broker.topics import ensure_topics
 
+    configure_logging(settings)
     ensure_topics(settings)
     tower = build_app(settings)
     worker = faust.Worker(
@@ -24,6 +26,9 @@ def run_worker(settings: Settings) -> None:
         loglevel=settings.log_level,
         quiet=True,
         redirect_stdouts=False,
+        # keep ctower.logs' configuration (format, masking, outage summaries):
+        # by default mode's Worker clears the root handlers and installs its own
+        override_logging=False,
     )
     # At WARNING and above, faust.Worker's start-up spinner adds a handler at
     # DEBUG and sets the root logger to DEBUG, so every log.debug call in

@@ -19,7 +19,19 @@ Why it is shaped this way:
 - **Cheap decoding.** Raw events go through the worker's own
   :class:`EventDecoder` (same time bounds, so both agree on what is
   malformed); one typed msgspec call per message, then one list per column.
-  Malformed events are skipped here: the worker dead-letters them.
+- **Bad input never stops the sink.** Whatever the bytes of a message, it
+  ends in its table, in ``quarantine`` (migration 0011), or both, and its
+  offset is committed only after that. Decoding catches every exception per
+  message (RecursionError on JSON nested thousands deep included); a batch
+  envelope that fails whole is split into its elements without recursion, so
+  one bad element costs only itself. Rows that decode but cannot go into
+  their columns (an Int64 overflow, a date outside DateTime64's range, an
+  infinite amount) are found column by column before the insert; rows the
+  store itself refuses are found by bisecting the insert. Those rows are
+  quarantined and the rest of the batch is inserted. A store that cannot be
+  reached is not the data's fault: nothing is quarantined, the insert is
+  retried with back-off as before (:func:`failure_kind` tells the two
+  apart). Malformed raw events are also dead-lettered by the worker.
 - **Columns from the table.** The sink reads each table's columns at start
   and fills each from the record field of the same name, or from a few named
   extras (``event_key``, Kafka position, dims and counters of a closed
@@ -27,18 +39,22 @@ Why it is shaped this way:
   drift apart silently.
 
 Messages on ``aggregates`` carry the header ``kind``: ``closed_window`` (a
-:class:`ClosedWindow`) or ``late_event`` (a :class:`LateEvent`). The value
-may also be a JSON array of records of that kind. Without the header the
-sink tries a closed window, then a late event.
+:class:`ClosedWindow`), ``late_event`` (a :class:`LateEvent`) or, where
+``schemas/control.py`` defines it, ``duplicate_event`` (to
+``duplicate_events``). The value may also be a JSON array of records of that
+kind. Without the header the sink tries a closed window, then a late event;
+another kind is quarantined as ``unknown_value``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import signal
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,11 +64,14 @@ from typing import Any, Literal
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, DataError
 
+from ctower.schemas import control
 from ctower.schemas.control import (
     Alert,
     AlertAck,
@@ -67,7 +86,7 @@ from ctower.schemas.control import (
 )
 from ctower.schemas.events import EVENT_TYPES, Event
 from ctower.schemas.migrations import apply_migrations
-from ctower.schemas.wire import EventDecoder
+from ctower.schemas.wire import REASONS, EventDecoder, classify
 from ctower.settings import STREAMS, Settings
 from ctower.store import open_store
 from ctower.tables.aggregates import AGGREGATES, AggregateSpec
@@ -86,7 +105,9 @@ clickhouse-connect serialises to ClickHouse's Native format. Measured on chdb
 here (2 shared cores, scan events, ``tests/streams/sinks/bench_sink.py``,
 columns built and inserted): at 10k-row batches the two are level within the
 noise (arrow 160k-180k rows/s, native 170k-200k); from 25k rows arrow leads
-(210k against 185k; 280k against 205k at 50k), so arrow it is."""
+(210k against 185k; 280k against 205k at 50k), so arrow it is. Either way the
+sink checks the rows by building the Arrow table first (:meth:`TableWriter.prepare`),
+so ``native`` now pays that conversion too."""
 
 FETCH_PARTITION_BYTES = 4 << 20
 """Bytes fetched per partition per request. aiokafka's default (1 MiB) made
@@ -98,8 +119,50 @@ PROGRESS_SECONDS = 10.0
 """How often the sink logs its rates."""
 
 INSERT_RETRIES = (0.5, 1.0, 2.0, 4.0, 8.0)
-"""Back-off before each retry of a failed insert; after the last one the
-sink stops without committing, so nothing is skipped."""
+"""Back-off before each retry of an insert the store could not take (it
+cannot be reached, or is out of memory, parts, disk...); after the last one
+the sink stops without committing, so nothing is skipped. An insert refused
+because of its data is not retried: its bad rows are quarantined."""
+
+QUARANTINE_TABLE = "quarantine"
+QUARANTINE_RAW_BYTES = 8192
+"""How much of a quarantined message is kept (its length and SHA-256 are
+kept whole; Kafka still holds the rest until retention)."""
+QUARANTINE_DETAIL_CHARS = 2000
+QUARANTINE_LOG_LINES = 20
+"""Quarantined rows logged one by one per progress period; the rest only
+counted (a flood of bad input must not flood the log)."""
+
+QUARANTINE_REASONS: tuple[str, ...] = tuple(dict.fromkeys((
+    *REASONS,            # decoding: the dead-letter reasons of schemas/wire.py
+    "too_deep",          # nested deeper than the decoder recurses (RecursionError)
+    "wrong_shape",       # a closed window whose dims/values do not match its aggregate
+    "refused_by_store",  # decoded and converted, but the store refused the row
+)))
+"""Every reason a quarantined row can carry. ``out_of_range`` and
+``wrong_type`` also name rows whose values do not fit their columns (an
+Int64 overflow, a date outside DateTime64's range, a non-finite number)."""
+
+DATETIME64_RANGE_S = (-2_208_988_800, 10_413_792_000)
+"""[1900-01-01, 2300-01-01) in epoch seconds: what DateTime64 holds. The
+store takes a value outside without complaint and stores garbage that
+clickhouse-connect cannot read back (the dashboard fails), so the sink
+quarantines such rows itself."""
+
+_OUTAGE_CODES = frozenset({
+    16, 60, 81, 218,            # no such column, table, database; table dropped
+    62,                         # SYNTAX_ERROR: our statement, never the data
+    159, 209, 210, 279, 285,    # timeouts, network, no replicas
+    164, 242, 243,              # READONLY, TABLE_IS_READ_ONLY, NOT_ENOUGH_SPACE
+    173, 241,                   # CANNOT_ALLOCATE_MEMORY, MEMORY_LIMIT_EXCEEDED
+    202, 203, 236, 252, 319, 394, 425, 439, 473,  # too many queries/parts, aborted, cancelled...
+    192, 194, 497, 516,         # users, passwords, access
+    999, 1000,                  # Keeper, Poco (network) exceptions
+})
+"""ClickHouse error codes that say the store cannot take an insert now,
+whatever its rows: waited for and retried, never blamed on the data. Any
+other code is a refusal of this insert; the rows are blamed (and bisected)
+only if the store then still answers a query."""
 
 
 class SinkError(RuntimeError):
@@ -119,6 +182,28 @@ class _Chunk:
     partitions: np.ndarray
     offsets: np.ndarray
     topic: str
+    indexes: np.ndarray | None = None
+    """Each record's position in its message's batch envelope, -1 when the
+    message was the record (None: all -1)."""
+
+    def index(self, row: int) -> int:
+        return -1 if self.indexes is None else int(self.indexes[row])
+
+    def select(self, rows: Sequence[int]) -> _Chunk:
+        """The chunk of these rows only."""
+        picked = np.asarray(rows, dtype=np.int64)
+        return _Chunk(
+            [self.records[i] for i in rows], self.partitions[picked], self.offsets[picked],
+            self.topic, None if self.indexes is None else self.indexes[picked],
+        )
+
+    def slice(self, lo: int, hi: int) -> _Chunk:
+        if lo == 0 and hi == len(self.records):
+            return self
+        return _Chunk(
+            self.records[lo:hi], self.partitions[lo:hi], self.offsets[lo:hi], self.topic,
+            None if self.indexes is None else self.indexes[lo:hi],
+        )
 
 
 Getter = Callable[[_Chunk], Sequence[Any]]
@@ -136,18 +221,31 @@ class _Buffer:
     run_partitions: list[int] = field(default_factory=list)
     run_offsets: list[int] = field(default_factory=list)
     run_counts: list[int] = field(default_factory=list)
+    run_envelope: list[bool] = field(default_factory=list)
+    """Per run: the records are elements of a batch envelope (else index -1)."""
+    run_indexes: dict[int, Sequence[int]] = field(default_factory=dict)
+    """Run number -> the records' positions in the envelope, when not 0..n-1."""
     first: dict[int, int] = field(default_factory=dict)
     """Partition -> lowest offset whose rows are here (or being inserted)."""
     since: float = 0.0
 
-    def add(self, records: list[Any], partition: int, offset: int) -> None:
+    def add(self, records: list[Any], partition: int, offset: int,
+            indexes: Sequence[int] | None = None) -> None:
+        """``indexes``: each record's position in the message's batch
+        envelope; None when the message was the record itself."""
         if not self.records:
             self.since = time.monotonic()
+        if indexes is not None and not (
+            isinstance(indexes, range) and indexes.start == 0 and indexes.step == 1
+        ):
+            self.run_indexes[len(self.run_counts)] = indexes
         self.records += records
         self.run_partitions.append(partition)
         self.run_offsets.append(offset)
         self.run_counts.append(len(records))
-        if partition not in self.first:
+        self.run_envelope.append(indexes is not None)
+        first = self.first.get(partition)
+        if first is None or offset < first:  # quarantined rows may come out of order
             self.first[partition] = offset
 
     def take(self, chunk_rows: int) -> list[_Chunk]:
@@ -157,12 +255,18 @@ class _Buffer:
         partitions = np.repeat(np.asarray(self.run_partitions, dtype=np.int32), counts)
         offsets = np.repeat(np.asarray(self.run_offsets, dtype=np.int64), counts)
         records = self.records
+        starts = np.cumsum(counts) - counts
+        indexes = np.arange(len(records), dtype=np.int64) - np.repeat(starts, counts)
+        indexes[~np.repeat(np.asarray(self.run_envelope, dtype=bool), counts)] = -1
+        for run, positions in self.run_indexes.items():
+            indexes[starts[run] : starts[run] + counts[run]] = positions
         chunks = [
             _Chunk(
                 records[i : i + chunk_rows],
                 partitions[i : i + chunk_rows],
                 offsets[i : i + chunk_rows],
                 self.topic,
+                indexes[i : i + chunk_rows],
             )
             for i in range(0, len(records), chunk_rows)
         ]
@@ -170,6 +274,8 @@ class _Buffer:
         self.run_partitions = []
         self.run_offsets = []
         self.run_counts = []
+        self.run_envelope = []
+        self.run_indexes = {}
         return chunks
 
     def done(self) -> None:
@@ -310,14 +416,195 @@ class TableWriter:
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema)
 
     def insert(self, client: Client, chunk: _Chunk, fmt: InsertFormat) -> None:
+        """Convert and insert, unchecked (the benches' path; the sink uses
+        :meth:`prepare` and :meth:`send`)."""
+        self.send(client, chunk, self.arrow_table(chunk) if fmt == "arrow" else None, fmt)
+
+    def send(self, client: Client, chunk: _Chunk, table: pa.Table | None,
+             fmt: InsertFormat) -> None:
+        """Insert a prepared chunk: ``table`` as Arrow, or the chunk's columns as Native."""
         if fmt == "arrow":
-            client.insert_arrow(self.table, self.arrow_table(chunk))
+            assert table is not None
+            client.insert_arrow(self.table, table)
             return
         data = [d.tolist() if isinstance(d, np.ndarray) else d for d in self.column_data(chunk)]
         client.insert(
             self.table, data, column_names=list(self.columns),
             column_type_names=list(self.ch_types), column_oriented=True,
         )
+
+    def prepare(self, chunk: _Chunk) -> tuple[_Chunk, pa.Table, list[tuple[int, str, str]]]:
+        """The rows that fit their columns, as a chunk and an Arrow table, and
+        (row, reason, detail) for each row of ``chunk`` that does not.
+
+        One conversion of the whole chunk and a range check of its dates when
+        all is well; when a column fails, only that column is converted value
+        by value to find the rows at fault.
+        """
+        try:
+            table = self.arrow_table(chunk)
+        except Exception:
+            return self._prepare_slowly(chunk)
+        bad = _dates_out_of_range(table)
+        if not bad:
+            return chunk, table, []
+        keep = [i for i in range(len(chunk.records)) if i not in bad]
+        return chunk.select(keep), _take(table, keep), [(i, *why) for i, why in bad.items()]
+
+    def prepare_row_by_row(
+        self, chunk: _Chunk
+    ) -> tuple[_Chunk, pa.Table, list[tuple[int, str, str]]]:
+        """:meth:`prepare` one row at a time (the last resort)."""
+        assert self.arrow_schema is not None
+        keep: list[int] = []
+        tables: list[pa.Table] = []
+        bad: list[tuple[int, str, str]] = []
+        for row in range(len(chunk.records)):
+            try:
+                good, table, row_bad = self.prepare(chunk.select([row]))
+            except Exception as exc:
+                bad.append((row, *_conversion_failure("row", exc)))
+                continue
+            if row_bad:
+                bad.append((row, *row_bad[0][1:]))
+            elif good.records:
+                keep.append(row)
+                tables.append(table)
+        table = pa.concat_tables(tables) if tables else self.arrow_schema.empty_table()
+        return chunk.select(keep), table, bad
+
+    def _prepare_slowly(
+        self, chunk: _Chunk
+    ) -> tuple[_Chunk, pa.Table, list[tuple[int, str, str]]]:
+        assert self.arrow_schema is not None
+        n = len(chunk.records)
+        bad: dict[int, tuple[str, str]] = {}
+        for name, get, arrow_field in zip(self.columns, self.getters, self.arrow_schema,
+                                          strict=True):
+            try:
+                values: Sequence[Any] = get(chunk)
+            except Exception:
+                values = []
+                for row in range(n):
+                    try:
+                        values.append(get(chunk.select([row]))[0])
+                    except Exception as exc:
+                        bad.setdefault(row, _conversion_failure(name, exc))
+                        values.append(None)
+            try:
+                pa.array(values, type=arrow_field.type)
+                continue
+            except Exception:
+                pass
+            for row in range(n):
+                if row in bad:
+                    continue
+                try:
+                    pa.array([values[row]], type=arrow_field.type)
+                except Exception as exc:
+                    bad[row] = _conversion_failure(name, exc)
+        keep = [i for i in range(n) if i not in bad]
+        try:
+            table = self.arrow_table(chunk.select(keep))
+        except Exception:  # values that fail only together: one row at a time
+            parts = []
+            for row in list(keep):
+                try:
+                    parts.append(self.arrow_table(chunk.select([row])))
+                except Exception as exc:
+                    bad[row] = _conversion_failure("row", exc)
+            keep = [i for i in range(n) if i not in bad]
+            table = pa.concat_tables(parts) if parts else self.arrow_schema.empty_table()
+        dated = _dates_out_of_range(table)
+        if dated:
+            for row, why in dated.items():
+                bad[keep[row]] = why
+            in_range = [j for j in range(len(keep)) if j not in dated]
+            keep = [keep[j] for j in in_range]
+            table = _take(table, in_range)
+        return chunk.select(keep), table, [(i, *bad[i]) for i in sorted(bad)]
+
+
+def _take(table: pa.Table, rows: list[int]) -> pa.Table:
+    return table.take(pa.array(rows, type=pa.int64()))
+
+
+def _conversion_failure(column: str, exc: BaseException) -> tuple[str, str]:
+    """(reason, detail) of a value that cannot go into its column."""
+    return conversion_reason(exc), _clip(f"{column}: {type(exc).__name__}: {exc}")
+
+
+_OUT_OF_RANGE_WORDS = re.compile(
+    r"overflow|too large|out of (range|bounds)|infinity|\bnan\b|requires .*<=", re.I
+)
+
+
+def conversion_reason(exc: BaseException) -> str:
+    """``out_of_range``, ``not_utf8`` or ``wrong_type`` for an exception raised
+    while putting a value into a column (Arrow, clickhouse-connect's Native
+    writer, or a getter such as ``round(inf)``)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, UnicodeError):
+            return "not_utf8"
+        if isinstance(seen, (OverflowError, struct.error)) or _OUT_OF_RANGE_WORDS.search(
+            str(seen)
+        ):
+            return "out_of_range"
+        seen = seen.__cause__ or seen.__context__
+    return "wrong_type"
+
+
+def _dates_out_of_range(table: pa.Table) -> dict[int, tuple[str, str]]:
+    """Rows with a timestamp outside what DateTime64 holds: row -> (reason, detail)."""
+    bad: dict[int, tuple[str, str]] = {}
+    for column, arrow_field in zip(table.columns, table.schema, strict=True):
+        if not pa.types.is_timestamp(arrow_field.type) or column.null_count == len(column):
+            continue
+        per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[
+            arrow_field.type.unit
+        ]
+        low = max(DATETIME64_RANGE_S[0] * per_second, -(2**63))
+        high = min(DATETIME64_RANGE_S[1] * per_second - 1, 2**63 - 1)
+        ticks = column.cast(pa.int64())
+        bounds = pc.min_max(ticks)
+        if bounds["min"].as_py() >= low and bounds["max"].as_py() <= high:
+            continue
+        outside = pc.or_(pc.less(ticks, low), pc.greater(ticks, high)).fill_null(False)
+        for row in np.flatnonzero(outside.to_numpy(zero_copy_only=False)):
+            value = ticks[int(row)].as_py()
+            bad.setdefault(int(row), (
+                "out_of_range",
+                f"{arrow_field.name}: {value} {arrow_field.type.unit} is outside DateTime64's "
+                "range [1900-01-01, 2299-12-31]",
+            ))
+    return bad
+
+
+def _clip(text: str, limit: int = QUARANTINE_DETAIL_CHARS) -> str:
+    """At most ``limit`` characters, encodable as UTF-8 whatever they were."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def failure_kind(exc: BaseException) -> Literal["data", "refused", "outage"]:
+    """What a failed insert says.
+
+    ``data``: a value could not be serialised (nothing reached the store);
+    ``refused``: the store answered with an error about this insert (confirm
+    the store still answers before blaming the rows); ``outage``: the store
+    cannot be reached or cannot take any insert now (transport errors, no
+    error code, or a code of :data:`_OUTAGE_CODES`).
+    """
+    if isinstance(exc, DataError):
+        return "data"
+    if type(exc) is DatabaseError:  # the store's own error (subclasses: the driver's)
+        code = exc.code
+        return "refused" if code is not None and code not in _OUTAGE_CODES else "outage"
+    if isinstance(exc, (ClickHouseError, OSError)):
+        return "outage"  # OperationalError, ProgrammingError (closed client)... timeouts
+    return "data"  # Arrow, struct, Unicode, overflow... raised while serialising
 
 
 _SIMPLE_ARROW: dict[str, pa.DataType] = {
@@ -370,10 +657,29 @@ def aggregate_writer(spec: AggregateSpec) -> TableWriter:
     return TableWriter(spec.name, ClosedWindow, extras)
 
 
+def _raw_length(ch: _Chunk) -> list[int]:
+    """Dead letters written before ``raw`` was cut carry no length: the raw is whole."""
+    return [
+        n if (n := getattr(d, "raw_length", -1)) >= 0 else len(d.raw) for d in ch.records
+    ]
+
+
+def _raw_sha256(ch: _Chunk) -> list[str]:
+    digests = []
+    for d in ch.records:
+        digest = getattr(d, "raw_sha256", "")
+        if not digest and getattr(d, "raw_length", -1) < 0:
+            digest = hashlib.sha256(d.raw).hexdigest()
+        digests.append(digest)
+    return digests
+
+
 def control_writers() -> dict[str, TableWriter]:
     """Control topic name -> writer of its table (``aggregates`` excepted)."""
     return {
-        "dead-letter": TableWriter("dead_letters", DeadLetter, {}),
+        "dead-letter": TableWriter(
+            "dead_letters", DeadLetter, {"raw_length": _raw_length, "raw_sha256": _raw_sha256}
+        ),
         "alerts": TableWriter(
             "alerts", Alert, {"evidence": _evidence, "version": _alert_version}
         ),
@@ -393,16 +699,173 @@ def control_writers() -> dict[str, TableWriter]:
 # --------------------------------------------------------------------------
 
 
-class _Route:
-    """Turns a message of one topic into records appended to buffers.
+class QuarantineRow(msgspec.Struct, kw_only=True):
+    """A row of ``quarantine``: a message, an element of its batch envelope,
+    or a decoded record that could not be stored, and why."""
 
-    ``handle`` returns how many records (events) of the message were skipped
-    as malformed.
+    source_topic: str
+    partition: int
+    offset: int
+    index: int
+    """Position in the batch envelope, -1 when the message itself."""
+    target_table: str
+    """The table the row was for ('' when it was not decoded that far)."""
+    reason: str
+    detail: str
+    raw: bytes
+    """The first QUARANTINE_RAW_BYTES of the bytes quarantined: the message,
+    the envelope element, or (for a decoded record that did not fit its
+    columns) the record re-encoded as JSON."""
+    raw_length: int
+    raw_sha256: str
+    received_at: int
+
+
+def quarantine_writer() -> TableWriter:
+    return TableWriter(QUARANTINE_TABLE, QuarantineRow, {})
+
+
+Reject = Callable[[int, int, int, bytes, str, str], None]
+"""(partition, offset, index, raw, reason, detail): quarantine a message
+(index -1) or one element of its batch envelope."""
+
+
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]')
+
+
+def split_json_array(raw: bytes) -> list[bytes] | None:
+    """The top-level elements of a JSON array, found by scanning, without
+    recursion: an element nested thousands deep does not stop the others.
+    None when ``raw`` is not an array (or its brackets do not balance). The
+    elements are not checked: each is decoded on its own afterwards."""
+    text = raw.strip()
+    if not text.startswith(b"["):
+        return None
+    depth = 0
+    start = 1
+    elements: list[bytes] = []
+    for match in _JSON_TOKEN.finditer(text):
+        token = text[match.start()]
+        if token == 0x22:  # a string
+            continue
+        if token in (0x5B, 0x7B):  # [ {
+            depth += 1
+        elif token in (0x5D, 0x7D):  # ] }
+            depth -= 1
+            if depth == 0:
+                if match.end() != len(text):
+                    return None
+                last = text[start : match.start()].strip()
+                if last or elements:
+                    elements.append(last)
+                return elements
+        elif depth == 1:  # a comma between elements
+            elements.append(text[start : match.start()].strip())
+            start = match.end()
+    return None
+
+
+def decode_reason(exc: BaseException, raw: bytes = b"") -> str:
+    """The reason code of an exception raised while decoding ``raw``."""
+    if isinstance(exc, RecursionError):
+        return "too_deep"
+    if not isinstance(exc, (msgspec.DecodeError, ValueError)):
+        return "invalid"
+    reason = _refine(classify(str(exc)), str(exc))
+    if reason == "not_json" and raw:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "not_utf8"
+    return reason
+
+
+def _refine(reason: str, detail: str) -> str:
+    """msgspec's 'Number out of range' (1e400, integers past 64 bits) is
+    out_of_range, not the catch-all the wire classifier gives it."""
+    if reason == "invalid" and "out of range" in detail.lower():
+        return "out_of_range"
+    return reason
+
+
+def _describe(exc: BaseException) -> str:
+    return _clip(f"{type(exc).__name__}: {exc}")
+
+
+def record_bytes(record: Any) -> bytes:
+    """A decoded record as JSON, for the quarantine (repr if even that fails)."""
+    try:
+        return _json.encode(record)
+    except Exception:
+        return repr(record).encode("utf-8", "backslashreplace")
+
+
+class _FirstOf:
+    """Decodes with the first decoder that takes the bytes; raises the first one's error."""
+
+    def __init__(self, *decoders: msgspec.json.Decoder[Any]) -> None:
+        self.decoders = decoders
+
+    def decode(self, raw: bytes) -> Any:
+        first: Exception | None = None
+        for decoder in self.decoders:
+            try:
+                return decoder.decode(raw)
+            except Exception as exc:
+                first = first or exc
+        assert first is not None
+        raise first
+
+
+class _Route:
+    """Turns a message of one topic into records appended to buffers, and
+    hands what it cannot decode to ``reject`` (the quarantine).
+
+    ``handle`` must not raise for any bytes; the sink still catches anything
+    it does raise and quarantines the whole message.
     """
 
+    reject: Reject
+
     def handle(self, value: bytes | None, headers: Sequence[tuple[str, bytes]],
-               partition: int, offset: int, now_ms: int) -> int:
+               partition: int, offset: int, now_ms: int) -> None:
         raise NotImplementedError
+
+    def _decode(
+        self, value: bytes | None, whole: Any, one: Any, partition: int, offset: int
+    ) -> tuple[list[Any], Sequence[int] | None]:
+        """The records of a message and their envelope positions (None: the
+        message was one record). ``whole`` decodes a record or a JSON array of
+        them; when it fails on an array, each element is decoded with ``one``,
+        so a bad element costs only itself."""
+        if not value:
+            self.reject(partition, offset, -1, b"", "not_json", "empty message value")
+            return [], None
+        try:
+            decoded = whole.decode(value)
+        except Exception as exc:
+            elements = split_json_array(value)
+            if not elements:
+                reason = "empty_batch" if elements == [] else decode_reason(exc, value)
+                self.reject(partition, offset, -1, value, reason, _describe(exc))
+                return [], None
+            records: list[Any] = []
+            indexes: list[int] = []
+            for index, element in enumerate(elements):
+                try:
+                    records.append(one.decode(element))
+                except Exception as element_exc:
+                    self.reject(partition, offset, index, element,
+                                decode_reason(element_exc, element), _describe(element_exc))
+                    continue
+                indexes.append(index)
+            return records, indexes
+        if isinstance(decoded, list):
+            if not decoded:
+                self.reject(partition, offset, -1, value, "empty_batch",
+                            "batch envelope with no records")
+            return decoded, range(len(decoded))
+        return [decoded], None
 
 
 class _RawRoute(_Route):
@@ -411,84 +874,145 @@ class _RawRoute(_Route):
         self.buffer = buffer
 
     def handle(self, value: bytes | None, headers: Sequence[tuple[str, bytes]],
-               partition: int, offset: int, now_ms: int) -> int:
-        decoded = self.decoder.decode(value, now_ms)
-        if decoded.events:
-            self.buffer.add(decoded.events, partition, offset)
-        return len(decoded.rejected)
+               partition: int, offset: int, now_ms: int) -> None:
+        raw = value or b""
+        try:
+            decoded = self.decoder.decode(raw, now_ms)
+        except Exception as exc:  # RecursionError and whatever else the decoder lets out
+            self._decode_elements(raw, exc, partition, offset, now_ms)
+            return
+        events = decoded.events
+        is_batch = raw.lstrip()[:1] == b"["
+        if decoded.rejected:
+            bad = set()
+            for rejected in decoded.rejected:
+                bad.add(rejected.index)
+                self.reject(partition, offset, rejected.index, rejected.raw,
+                            _refine(rejected.reason, rejected.detail), _clip(rejected.detail))
+            if events:
+                # The decoder keeps the good elements in order and drops the bad ones.
+                total = len(events) + len(bad)
+                self.buffer.add(events, partition, offset,
+                                [i for i in range(total) if i not in bad] if is_batch else None)
+        elif events:
+            self.buffer.add(events, partition, offset, range(len(events)) if is_batch else None)
+
+    def _decode_elements(self, raw: bytes, exc: Exception, partition: int, offset: int,
+                         now_ms: int) -> None:
+        elements = split_json_array(raw) if raw.lstrip()[:1] == b"[" else None
+        if not elements:
+            self.reject(partition, offset, -1, raw, decode_reason(exc, raw), _describe(exc))
+            return
+        events: list[Event] = []
+        indexes: list[int] = []
+        for index, element in enumerate(elements):
+            if element[:1] == b"[":
+                # An array is no event; the decoder would take it for an envelope.
+                try:
+                    msgspec.json.decode(element)
+                    reason, detail = "not_an_object", "Expected `object`, got `array`"
+                except Exception as element_exc:
+                    reason, detail = decode_reason(element_exc, element), _describe(element_exc)
+                self.reject(partition, offset, index, element, reason, detail)
+                continue
+            try:
+                decoded = self.decoder.decode(element, now_ms)
+            except Exception as element_exc:
+                self.reject(partition, offset, index, element,
+                            decode_reason(element_exc, element), _describe(element_exc))
+                continue
+            for rejected in decoded.rejected:
+                self.reject(partition, offset, index, element,
+                            _refine(rejected.reason, rejected.detail), _clip(rejected.detail))
+            for event in decoded.events:
+                events.append(event)
+                indexes.append(index)
+        if events:
+            self.buffer.add(events, partition, offset, indexes)
 
 
 class _RecordRoute(_Route):
     """One record, or a JSON array of them, per message."""
 
     def __init__(self, record_type: type, buffer: _Buffer) -> None:
-        self.decoder = msgspec.json.Decoder(record_type | list[record_type])  # type: ignore[valid-type]
+        self.whole = msgspec.json.Decoder(record_type | list[record_type])  # type: ignore[valid-type]
+        self.one = msgspec.json.Decoder(record_type)
         self.buffer = buffer
 
     def handle(self, value: bytes | None, headers: Sequence[tuple[str, bytes]],
-               partition: int, offset: int, now_ms: int) -> int:
-        try:
-            decoded = self.decoder.decode(value or b"")
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return 1
-        records = decoded if isinstance(decoded, list) else [decoded]
+               partition: int, offset: int, now_ms: int) -> None:
+        records, indexes = self._decode(value, self.whole, self.one, partition, offset)
         if records:
-            self.buffer.add(records, partition, offset)
-        return 0
+            self.buffer.add(records, partition, offset, indexes)
 
 
 class _AggregatesRoute(_Route):
     """Closed windows to their aggregate's table, late events to ``late_events``."""
 
-    def __init__(self, buffers: dict[str, _Buffer], late: _Buffer) -> None:
+    def __init__(self, buffers: dict[str, _Buffer], late: _Buffer,
+                 others: dict[bytes, tuple[type, _Buffer]] | None = None) -> None:
+        """``others``: further kinds (header value -> record type and buffer)."""
         self.buffers = buffers
         self.late = late
+        self.others = {kind: buf for kind, (_, buf) in (others or {}).items()}
         self.shapes = {name: (len(s.dims), len(s.fields)) for name, s in AGGREGATES.items()}
-        self.closed = msgspec.json.Decoder(ClosedWindow | list[ClosedWindow])
-        self.late_decoder = msgspec.json.Decoder(LateEvent | list[LateEvent])
+        closed_one = msgspec.json.Decoder(ClosedWindow)
+        late_one = msgspec.json.Decoder(LateEvent)
+        closed_whole = msgspec.json.Decoder(ClosedWindow | list[ClosedWindow])
+        late_whole = msgspec.json.Decoder(LateEvent | list[LateEvent])
+        self.decoders: dict[bytes | None, tuple[Any, Any]] = {
+            b"closed_window": (closed_whole, closed_one),
+            b"late_event": (late_whole, late_one),
+            # Without the header: a closed window, else a late event.
+            None: (_FirstOf(closed_whole, late_whole), _FirstOf(closed_one, late_one)),
+        }
+        for kind, (record_type, _) in (others or {}).items():
+            self.decoders[kind] = (
+                msgspec.json.Decoder(record_type | list[record_type]),  # type: ignore[valid-type]
+                msgspec.json.Decoder(record_type),
+            )
 
     def handle(self, value: bytes | None, headers: Sequence[tuple[str, bytes]],
-               partition: int, offset: int, now_ms: int) -> int:
+               partition: int, offset: int, now_ms: int) -> None:
         kind = next((v for k, v in headers if k == KIND_HEADER), None)
-        raw = value or b""
-        try:
-            if kind == b"late_event":
-                return self._late(self.late_decoder.decode(raw), partition, offset)
-            if kind == b"closed_window":
-                return self._closed(self.closed.decode(raw), partition, offset)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return 1
-        if kind is not None:
-            return 1  # a kind this sink does not know
-        for decoder, handler in ((self.closed, self._closed), (self.late_decoder, self._late)):
-            try:
-                decoded = decoder.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError):
+        decoders = self.decoders.get(kind)
+        if decoders is None:
+            self.reject(partition, offset, -1, value or b"", "unknown_value",
+                        _clip(f"unknown {KIND_HEADER} header {kind!r}"))
+            return
+        records, indexes = self._decode(value, *decoders, partition, offset)
+        if not records:
+            return
+        other = self.others.get(kind) if kind is not None else None
+        if other is not None:
+            other.add(records, partition, offset, indexes)
+            return
+        positions = indexes if indexes is not None else [-1] * len(records)
+        late: tuple[list[Any], list[int]] = ([], [])
+        by_table: dict[str, tuple[list[Any], list[int]]] = {}
+        for record, index in zip(records, positions, strict=True):
+            if isinstance(record, LateEvent):
+                late[0].append(record)
+                late[1].append(index)
                 continue
-            return handler(decoded, partition, offset)
-        return 1
-
-    def _late(self, decoded: LateEvent | list[LateEvent], partition: int, offset: int) -> int:
-        records = decoded if isinstance(decoded, list) else [decoded]
-        if records:
-            self.late.add(records, partition, offset)
-        return 0
-
-    def _closed(
-        self, decoded: ClosedWindow | list[ClosedWindow], partition: int, offset: int
-    ) -> int:
-        records = decoded if isinstance(decoded, list) else [decoded]
-        skipped = 0
-        by_table: dict[str, list[ClosedWindow]] = {}
-        for cw in records:
-            shape = self.shapes.get(cw.aggregate)
-            if shape is None or shape != (len(cw.dims), len(cw.values)):
-                skipped += 1
+            shape = self.shapes.get(record.aggregate)
+            if shape is None or shape != (len(record.dims), len(record.values)):
+                raw = (value or b"") if index < 0 else record_bytes(record)
+                if shape is None:
+                    reason, detail = "unknown_value", f"unknown aggregate {record.aggregate!r}"
+                else:
+                    reason = "wrong_shape"
+                    detail = (f"{record.aggregate} has {shape[0]} dims and {shape[1]} values, "
+                              f"the record {len(record.dims)} and {len(record.values)}")
+                self.reject(partition, offset, index, raw, reason, _clip(detail))
                 continue
-            by_table.setdefault(cw.aggregate, []).append(cw)
-        for table, rows in by_table.items():
-            self.buffers[table].add(rows, partition, offset)
-        return skipped
+            rows = by_table.setdefault(record.aggregate, ([], []))
+            rows[0].append(record)
+            rows[1].append(index)
+        for table, (rows, where) in by_table.items():
+            self.buffers[table].add(rows, partition, offset, None if indexes is None else where)
+        if late[0]:
+            self.late.add(late[0], partition, offset, None if indexes is None else late[1])
 
 
 # --------------------------------------------------------------------------
@@ -507,7 +1031,13 @@ class SinkStats:
     commits: int = 0
     messages: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
-    """Malformed records skipped, per topic."""
+    """Records (or whole messages) quarantined instead of inserted, per topic."""
+    quarantined: dict[str, int] = field(default_factory=dict)
+    """Rows sent to the quarantine table, per reason."""
+    quarantine_lost: int = 0
+    """Quarantine rows the store refused in turn (logged; should stay 0)."""
+    refused_inserts: int = 0
+    """Inserts the store refused for their data (then bisected)."""
     lag: int | None = None
     """Messages behind the end of the assigned partitions, at the last poll."""
     insert_seconds: float = 0.0
@@ -541,6 +1071,7 @@ class ClickHouseSink:
         self._committed: dict[TopicPartition, int] = {}
         self._broken = False
         self._last_commit = 0.0
+        self._logged_quarantines = 0
         self._build_routes()
 
     # ---------------------------------------------------------------- setup
@@ -548,6 +1079,9 @@ class ClickHouseSink:
         s = self.settings
         self._writers: dict[str, TableWriter] = {}
         self._buffers: dict[str, _Buffer] = {}
+        """Table -> its buffer; then one quarantine buffer per topic
+        (``quarantine@<topic>``), flushed after the tables."""
+        self._quarantine_buffers: dict[str, _Buffer] = {}
         self._routes: dict[str, _Route] = {}
         self._buffers_by_topic: dict[str, list[_Buffer]] = {}
 
@@ -559,20 +1093,36 @@ class ClickHouseSink:
             return buf
 
         max_past = s.ts_max_past_days * 86_400
+        limits: dict[str, Any] = {}
+        max_event_kb = getattr(s, "max_event_kb", None)  # the worker's size limit, if it has one
+        if max_event_kb is not None:
+            limits["max_event_bytes"] = max_event_kb * 1024
         for stream, writer in raw_writers().items():
             topic = s.topic(stream)
-            decoder = EventDecoder.for_stream(stream, max_past, s.ts_max_future_seconds)
+            decoder = EventDecoder.for_stream(stream, max_past, s.ts_max_future_seconds, **limits)
             self._routes[topic] = _RawRoute(decoder, buffer(writer, topic))
         agg_topic = s.topic("aggregates")
         agg_buffers = {
             name: buffer(aggregate_writer(spec), agg_topic) for name, spec in AGGREGATES.items()
         }
         late = buffer(TableWriter("late_events", LateEvent, {}), agg_topic)
-        self._routes[agg_topic] = _AggregatesRoute(agg_buffers, late)
+        others: dict[bytes, tuple[type, _Buffer]] = {}
+        duplicate = getattr(control, "DuplicateEvent", None)  # re-sent events the worker dropped
+        if duplicate is not None:
+            writer = TableWriter("duplicate_events", duplicate, {})
+            others[b"duplicate_event"] = (duplicate, buffer(writer, agg_topic))
+        self._routes[agg_topic] = _AggregatesRoute(agg_buffers, late, others)
         for name, writer in control_writers().items():
             topic = s.topic(name)
             self._routes[topic] = _RecordRoute(writer.record_type, buffer(writer, topic))
-        for table in self._buffers:
+        self._writers[QUARANTINE_TABLE] = quarantine_writer()
+        for topic, route in self._routes.items():
+            quarantine = _Buffer(QUARANTINE_TABLE, topic)
+            self._quarantine_buffers[topic] = quarantine
+            self._buffers[f"{QUARANTINE_TABLE}@{topic}"] = quarantine
+            self._buffers_by_topic[topic].append(quarantine)
+            route.reject = self._rejecter(topic)
+        for table in self._writers:
             self.stats.rows[table] = 0
 
     @property
@@ -581,7 +1131,7 @@ class ClickHouseSink:
 
     @property
     def tables(self) -> list[str]:
-        return list(self._buffers)
+        return list(self._writers)
 
     @property
     def pending_rows(self) -> int:
@@ -632,7 +1182,6 @@ class ClickHouseSink:
     async def _loop(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         s = self.settings
         routes = self._routes
-        skipped = self.stats.skipped
         next_offsets = self._next
         progress_at = time.monotonic() + PROGRESS_SECONDS
         progress_rows = dict(self.stats.rows)
@@ -645,12 +1194,14 @@ class ClickHouseSink:
                 now_ms = int(time.time() * 1000)
                 for tp, messages in batches.items():
                     route = routes[tp.topic]
-                    bad = 0
                     partition = tp.partition
                     for msg in messages:
-                        bad += route.handle(msg.value, msg.headers, partition, msg.offset, now_ms)
-                    if bad:
-                        skipped[tp.topic] = skipped.get(tp.topic, 0) + bad
+                        try:
+                            route.handle(msg.value, msg.headers, partition, msg.offset, now_ms)
+                        except Exception as exc:  # whatever the bytes: quarantined, never fatal
+                            raw = msg.value or b""
+                            route.reject(partition, msg.offset, -1, raw,
+                                         decode_reason(exc, raw), _describe(exc))
                     if tp not in next_offsets:
                         # Where reading started is the group's commit (or the
                         # reset position): nothing to commit until past it.
@@ -695,47 +1246,174 @@ class ClickHouseSink:
             await self._commit(force=True)
 
     async def _flush(self, force: bool) -> bool:
-        """Insert the buffers that are full or old enough (all if ``force``)."""
+        """Insert the buffers that are full or old enough (all if ``force``).
+        The quarantine buffers go last, and whenever a table was flushed: the
+        rows a table refused join them, and hold back the commit until then."""
         s = self.settings
         now = time.monotonic()
         flushed = False
-        for table, buf in self._buffers.items():
+        quarantines = set(map(id, self._quarantine_buffers.values()))
+        for buf in self._buffers.values():
             if not buf.records:
                 continue
-            if not force and len(buf.records) < s.sink_batch_rows and (
+            due = force or (flushed and id(buf) in quarantines)
+            if not due and len(buf.records) < s.sink_batch_rows and (
                 now - buf.since < s.sink_batch_seconds
             ):
                 continue
-            chunks = buf.take(s.sink_batch_rows)
-            writer = self._writers[table]
-            for chunk in chunks:
-                await self._insert(writer, chunk)
-                self.stats.rows[table] += len(chunk.records)
+            writer = self._writers[buf.table]
+            for chunk in buf.take(s.sink_batch_rows):
+                await self._write(writer, chunk)
                 self.stats.batches += 1
             buf.done()
             flushed = True
         return flushed
 
-    async def _insert(self, writer: TableWriter, chunk: _Chunk) -> None:
-        """One insert, retried with back-off; gives up by raising
-        :class:`SinkError`, after which the sink commits nothing more."""
-        for attempt, pause in enumerate((*INSERT_RETRIES, None)):
-            started = time.perf_counter()
-            try:
-                await asyncio.to_thread(writer.insert, self.client, chunk, self.insert_format)
-            except Exception as exc:
-                if pause is None:
-                    self._broken = True
-                    raise SinkError(
-                        f"insert into {writer.table} failed {attempt + 1} times: {exc}"
-                    ) from exc
-                log.warning(
-                    "insert into %s failed (%s); retrying in %.1fs", writer.table, exc, pause
-                )
-                await asyncio.sleep(pause)
-            else:
-                self.stats.insert_seconds += time.perf_counter() - started
-                return
+    async def _write(self, writer: TableWriter, chunk: _Chunk) -> None:
+        """Insert a chunk. Rows that do not fit their columns, and rows the
+        store refuses, go to the quarantine; the rest is inserted. Raises
+        :class:`SinkError` when the store stays unreachable."""
+        started = time.perf_counter()
+        good, table, bad, failure = await asyncio.to_thread(self._prepare_and_send, writer, chunk)
+        if failure is None:
+            self.stats.insert_seconds += time.perf_counter() - started
+            refused: list[tuple[int, Exception]] = []
+        else:
+            refused = await self._insert_range(writer, good, table, 0, len(good.records), failure)
+        for row, reason, detail in bad:
+            self._quarantine_row(writer, chunk, row, reason, detail)
+        for row, exc in refused:
+            kind = failure_kind(exc)
+            reason = "refused_by_store" if kind == "refused" else conversion_reason(exc)
+            self._quarantine_row(writer, good, row, reason, _describe(exc))
+        self.stats.rows[writer.table] += len(good.records) - len(refused)
+
+    def _prepare_and_send(
+        self, writer: TableWriter, chunk: _Chunk
+    ) -> tuple[_Chunk, pa.Table, list[tuple[int, str, str]], Exception | None]:
+        """In a worker thread: convert (finding the rows that do not fit) and
+        insert the rest once; the failure, if any, for :meth:`_insert_range`."""
+        try:
+            good, table, bad = writer.prepare(chunk)
+        except Exception:  # a bug of ours must not stop the sink either: row by row
+            log.exception("preparing %d rows for %s failed; going row by row",
+                          len(chunk.records), writer.table)
+            good, table, bad = writer.prepare_row_by_row(chunk)
+        if not good.records:
+            return good, table, bad, None
+        try:
+            writer.send(self.client, good, table, self.insert_format)
+        except Exception as exc:
+            return good, table, bad, exc
+        return good, table, bad, None
+
+    async def _insert_range(
+        self, writer: TableWriter, chunk: _Chunk, table: pa.Table, lo: int, hi: int,
+        failure: Exception | None = None,
+    ) -> list[tuple[int, Exception]]:
+        """Insert rows ``lo:hi`` of a prepared chunk, halving a range the store
+        refuses until the refused rows stand alone; returns them with the error."""
+        failure = await self._send(writer, chunk, table, lo, hi, failure)
+        if failure is None:
+            return []
+        if hi - lo == 1:
+            return [(lo, failure)]
+        if lo == 0 and hi == len(chunk.records):
+            self.stats.refused_inserts += 1
+            log.warning("insert into %s refused (%s); looking for the rows at fault",
+                        writer.table, _clip(str(failure), 300))
+        mid = (lo + hi) // 2
+        first = await self._insert_range(writer, chunk, table, lo, mid)
+        return first + await self._insert_range(writer, chunk, table, mid, hi)
+
+    async def _send(
+        self, writer: TableWriter, chunk: _Chunk, table: pa.Table, lo: int, hi: int,
+        failure: Exception | None = None,
+    ) -> Exception | None:
+        """One insert of rows ``lo:hi`` (``failure``: the first try's error,
+        already made). Returns None once they are in, or the error when their
+        data is at fault. An unreachable store is waited for with back-off;
+        after the last retry this raises :class:`SinkError` and the sink
+        commits nothing more."""
+        pauses = iter((*INSERT_RETRIES, None))
+        attempts = 1 if failure is not None else 0
+        while True:
+            if failure is None:
+                attempts += 1
+                started = time.perf_counter()
+                try:
+                    await asyncio.to_thread(
+                        writer.send, self.client, chunk.slice(lo, hi),
+                        table.slice(lo, hi - lo), self.insert_format,
+                    )
+                except Exception as exc:
+                    failure = exc
+                else:
+                    self.stats.insert_seconds += time.perf_counter() - started
+                    return None
+            kind = failure_kind(failure)
+            if kind == "data" or (kind == "refused" and await self._store_answers()):
+                return failure
+            pause = next(pauses)
+            if pause is None:
+                self._broken = True
+                raise SinkError(
+                    f"insert into {writer.table} failed {attempts} times: {failure}"
+                ) from failure
+            log.warning(
+                "insert into %s failed (%s); retrying in %.1fs", writer.table, failure, pause
+            )
+            await asyncio.sleep(pause)
+            failure = None
+
+    async def _store_answers(self) -> bool:
+        """Whether the store runs queries now (so a refused insert is the data's fault)."""
+        try:
+            await asyncio.to_thread(self.client.command, "SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    # ------------------------------------------------------------ quarantine
+    def _rejecter(self, topic: str) -> Reject:
+        def reject(partition: int, offset: int, index: int, raw: bytes, reason: str,
+                   detail: str) -> None:
+            self._quarantine(topic, partition, offset, index, raw, reason, detail, "")
+
+        return reject
+
+    def _quarantine_row(self, writer: TableWriter, chunk: _Chunk, row: int, reason: str,
+                        detail: str) -> None:
+        """Quarantine row ``row`` of a chunk that was bound for ``writer``'s table."""
+        partition, offset = int(chunk.partitions[row]), int(chunk.offsets[row])
+        record = chunk.records[row]
+        if writer.table == QUARANTINE_TABLE:
+            # Cannot happen with the rows we build; never loop on it.
+            self.stats.quarantine_lost += 1
+            log.error("the store refused a quarantine row (%s: %s) of %s[%d]@%d",
+                      reason, detail, getattr(record, "source_topic", "?"), partition, offset)
+            return
+        self._quarantine(chunk.topic, partition, offset, chunk.index(row), record_bytes(record),
+                         reason, detail, writer.table)
+
+    def _quarantine(self, topic: str, partition: int, offset: int, index: int, raw: bytes,
+                    reason: str, detail: str, table: str) -> None:
+        raw = bytes(raw)
+        row = QuarantineRow(
+            source_topic=topic, partition=partition, offset=offset, index=index,
+            target_table=table, reason=reason, detail=_clip(detail),
+            raw=raw[:QUARANTINE_RAW_BYTES],
+            raw_length=len(raw), raw_sha256=hashlib.sha256(raw).hexdigest(),
+            received_at=int(time.time() * 1000),
+        )
+        self._quarantine_buffers[topic].add([row], partition, offset)
+        stats = self.stats
+        stats.quarantined[reason] = stats.quarantined.get(reason, 0) + 1
+        stats.skipped[topic] = stats.skipped.get(topic, 0) + 1
+        self._logged_quarantines += 1
+        if self._logged_quarantines <= QUARANTINE_LOG_LINES:
+            log.warning("quarantined %s[%d]@%d index %d%s: %s (%s)", topic, partition, offset,
+                        index, f" for {table}" if table else "", reason, _clip(detail, 200))
 
     def _committable(self) -> dict[TopicPartition, int]:
         """Per assigned partition: the next offset whose rows are all durable."""
@@ -797,10 +1475,17 @@ class ClickHouseSink:
         total = sum(rates.values())
         detail = ", ".join(f"{t} {r:,.0f}/s" for t, r in sorted(rates.items()))
         log.info(
-            "sink: %s rows/s%s; lag %s; pending %d; skipped %d",
+            "sink: %s rows/s%s; lag %s; pending %d; quarantined %s",
             f"{total:,.0f}", f" ({detail})" if detail else "", self.stats.lag,
-            self.pending_rows, sum(self.stats.skipped.values()),
+            self.pending_rows, self.quarantine_summary(),
         )
+        self._logged_quarantines = 0
+
+    def quarantine_summary(self) -> str:
+        """``3 (not_json 2, too_deep 1)``: quarantined rows so far, by reason."""
+        counts = self.stats.quarantined
+        by_reason = ", ".join(f"{r} {n}" for r, n in sorted(counts.items()))
+        return f"{sum(counts.values())}" + (f" ({by_reason})" if by_reason else "")
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -892,8 +1577,9 @@ async def _run(settings: Settings, stop: asyncio.Event | None = None) -> SinkSta
         )
         await sink.run(stop)
         log.info(
-            "sink stopped: %d rows in %d inserts, %d commits",
+            "sink stopped: %d rows in %d inserts, %d commits; quarantined %s",
             sum(sink.stats.rows.values()), sink.stats.batches, sink.stats.commits,
+            sink.quarantine_summary(),
         )
         return sink.stats
     finally:

@@ -6,11 +6,11 @@ the environment or ``CTOWER_CONFIG`` as for every ctower process.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import click
 
+from ctower.logs import configure_logging
 from ctower.settings import SettingsError, load_settings
 
 
@@ -32,12 +32,7 @@ def sink(store_dsn: str | None, batch_rows: int | None, batch_seconds: float | N
         settings = load_settings(**overrides)
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=settings.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-    logging.getLogger().setLevel(settings.log_level)
+    configure_logging(settings)
     # Imported here: `ctower --help` should not pay for aiokafka and pyarrow.
     from ctower import store
     from ctower.schemas.migrations import MigrationError

@@ -9,29 +9,15 @@ Webhook URLs are never printed: robots appear by name and masked key.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any
 
 import click
 
+from ctower.logs import MaskingFilter, configure_logging
 from ctower.settings import Settings, SettingsError, load_settings
-from ctower.streams.sinks.wechat.webhooks import mask_secrets
 
-
-class _MaskingFilter(logging.Filter):
-    """Masks webhook keys in every log line, whoever logs it (aiohttp, a
-    traceback quoting a URL): the last line of defence for the secret."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = mask_secrets(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = mask_secrets(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
-        return True
+_MaskingFilter = MaskingFilter  # webhook keys are masked in every process's logs (ctower.logs)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -39,14 +25,7 @@ def _settings(**overrides: Any) -> Settings:
         settings = load_settings(**overrides)
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    logging.getLogger().setLevel(settings.log_level)
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _MaskingFilter) for f in handler.filters):
-            handler.addFilter(_MaskingFilter())
+    configure_logging(settings)
     return settings
 
 

@@ -221,6 +221,19 @@ def test_sink_writes_every_topic_exactly(
                    "'broken')") == (0,)
         assert sink.stats.skipped[t("scan")] == 3
         assert sink.stats.skipped[t("aggregates")] == 1
+        # What was not stored is in the quarantine, at its Kafka position.
+        at = {name: sent[i] for name, i in (("envelope", 40), ("broken", 43), ("future", 44))}
+        quarantined = q("SELECT source_topic, partition, offset, index, reason FROM quarantine "
+                        "FINAL WHERE source_topic = {t:String} ORDER BY offset, index",
+                        parameters={"t": t("scan")}).result_rows
+        assert sorted(quarantined) == sorted([(*at["envelope"], 7, "missing_field"),
+                                              (*at["broken"], -1, "not_json"),
+                                              (*at["future"], -1, "ts_out_of_window")])
+        assert one("SELECT reason, JSONExtractString(raw, 'aggregate') FROM quarantine FINAL "
+                   f"WHERE source_topic = '{t('aggregates')}'") == (
+            "unknown_value", "no_such_aggregate")
+        assert sink.stats.quarantined == {"missing_field": 1, "not_json": 1,
+                                          "ts_out_of_window": 1, "unknown_value": 1}
         by_store = dict(q("SELECT store_id, count() FROM scan_events FINAL GROUP BY store_id")
                         .result_rows)
         assert by_store == {"S0": 10, "S1": 10 + 24, "S2": 10 + 10, "S3": 10}
