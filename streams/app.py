@@ -194,7 +194,10 @@ def build_app(settings: Settings) -> ControlTower:
             publish_dead_letter=outbox_for(f"{stream}-agent", topic_name).add,
             dead_letter_raw_bytes=settings.dead_letter_raw_kb * 1024,
             seen=(
-                SeenEvents(changelog, int(settings.dedup_horizon_seconds * 1000), seen_budget)
+                SeenEvents(
+                    changelog, int(settings.dedup_horizon_seconds * 1000), seen_budget,
+                    _committed(app, topic_name),
+                )
                 if settings.dedup_horizon_seconds > 0 else None
             ),
             publish_duplicate=publish_duplicate,
@@ -324,9 +327,30 @@ def _offset_order(
             and tp in app.consumer.assignment()
         )
 
-    return OffsetOrder(
-        topic, position, settled, app.consumer.seek, kafka_first_offset(settings.bootstrap)
-    )
+    async def seek(tp: TP, offset: int) -> None:
+        # In the consumer's own thread: Faust's Consumer.seek changes aiokafka's
+        # fetcher from the caller's thread, and a fetch under way in the consumer
+        # thread then found its partition gone (KeyError in fetched_records: the
+        # fetcher crashed and took the worker down, seen in CI with a second
+        # worker joining).
+        await app.consumer.seek_wait({tp: offset})
+
+    return OffsetOrder(topic, position, settled, seek, kafka_first_offset(settings.bootstrap))
+
+
+def _committed(app: faust.App, topic: str) -> Callable[[int], int | None]:
+    """Where a replay of a partition would start: the offset Faust committed last.
+
+    Faust keeps it in ``Consumer._committed_offset`` (next offset to read) and
+    has no public accessor; the identities a replay may still need are kept
+    until this passes them (``tables/dedup.py``)."""
+
+    def committed(partition: int) -> int | None:
+        offsets = app.consumer._committed_offset
+        offset: int | None = offsets.get(TP(topic, partition))
+        return offset
+
+    return committed
 
 
 def _caught_up(app: faust.App, topic: str) -> Callable[[int, int], bool]:

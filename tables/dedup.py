@@ -19,7 +19,16 @@ whether or not the entries were persisted before the crash.
 Exact within a horizon of event time (``horizon_ms``, default 16 minutes:
 the longest window, 15 minutes, plus grace): an identity is forgotten once
 the partition's newest event time is that far past its minute. A copy older
-than that is late for every window anyway. Memory is bounded by a
+than that is late for every window anyway.
+
+Forgetting must not break the replay either. A replay after a crash starts at
+the committed offset, which at replay speed can be an hour of event time
+behind what the worker had read; had the worker forgotten by its newest event
+time, a replayed copy would find its first copy gone and count (seen in CI).
+So "newest" is taken as of the *committed* offset: a minute is forgotten only
+once every message that could still be replayed is more than the horizon
+past it. Each record carries the last offset and newest event time it covers,
+so a restarted worker knows them too. Memory is bounded by a
 :class:`SeenBudget` of identities shared by every stream of a worker (about
 140 bytes each, a Python dict of 64-bit hashes and positions: ``ctower
 bench`` measures it); past it the oldest minutes of any stream are forgotten
@@ -35,7 +44,8 @@ from __future__ import annotations
 
 import logging
 from array import array
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -79,7 +89,11 @@ class _Partition:
     """Record number -> newest minute it holds (deleted once that is past the horizon)."""
     next_record: int = 0
     newest: int = 0
-    """Newest event time seen: the horizon follows it."""
+    """Newest event time seen."""
+    last_offset: int = -1
+    checkpoints: deque[tuple[int, int]] = field(default_factory=deque)
+    """(last offset, newest event time up to it) at each write: the horizon follows
+    the newest event time as of the committed offset."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +149,18 @@ class SeenBudget:
 class SeenEvents:
     """The identities of one stream's counted events, per source partition."""
 
-    def __init__(self, table: ChangelogTable, horizon_ms: int, budget: SeenBudget) -> None:
+    def __init__(
+        self,
+        table: ChangelogTable,
+        horizon_ms: int,
+        budget: SeenBudget,
+        committed: Callable[[int], int | None] | None = None,
+    ) -> None:
         self.table = table
         self.horizon_ms = horizon_ms
+        self.committed = committed
+        """Partition -> the offset a replay would start from (None: nothing committed).
+        Without it (tests, benches) everything read counts as committed."""
         self.budget = budget
         budget.members.append(self)
         self._parts: dict[int, _Partition] = {}
@@ -154,6 +177,8 @@ class SeenEvents:
         if part is None:
             part = self._parts[partition] = self._load(partition)
         first = part.first
+        if offset > part.last_offset:
+            part.last_offset = offset
         base = offset << INDEX_BITS
         kept: list[Event] | None = None
         resent: list[Resent] = []
@@ -204,8 +229,27 @@ class SeenEvents:
             return
         if part.new:
             self._write_new(partition, part)
-        self._forget(partition, part, part.newest - self.horizon_ms)
+        replayable = self._replayable_newest(partition, part)
+        if replayable is not None:
+            self._forget(partition, part, replayable - self.horizon_ms)
         self.budget.enforce()
+
+    def _replayable_newest(self, partition: int, part: _Partition) -> int | None:
+        """The newest event time of the messages a replay would not read again."""
+        if self.committed is None:
+            return part.newest
+        start = self.committed(partition)
+        if start is None:
+            return None
+        checkpoints = part.checkpoints
+        newest = None
+        while checkpoints and checkpoints[0][0] < start:
+            newest = checkpoints[0][1]
+            if len(checkpoints) > 1 and checkpoints[1][0] < start:
+                checkpoints.popleft()
+            else:
+                break
+        return newest
 
     def _write_new(self, partition: int, part: _Partition) -> None:
         chunk: list[list[Any]] = []
@@ -229,7 +273,8 @@ class SeenEvents:
         number = part.next_record
         part.next_record += 1
         part.records[number] = max(minute for minute, _, _ in chunk)
-        self._put(partition, number, _encode(chunk))
+        part.checkpoints.append((part.last_offset, part.newest))
+        self._put(partition, number, _encode([part.last_offset, part.newest, chunk]))
 
     def _put(self, partition: int, number: int, value: bytes | None) -> None:
         key = _encode([partition, SEEN, number])
@@ -260,16 +305,18 @@ class SeenEvents:
             key = _decode(raw_key)
             if key[0] == partition and key[1] == SEEN:
                 found.append((key[2], _decode(raw_value)))
-        for number, chunk in sorted(found):
+        for number, (last_offset, newest, chunk) in sorted(found):
             part.records[number] = max(minute for minute, _, _ in chunk)
             part.next_record = number + 1
+            part.checkpoints.append((last_offset, newest))
+            part.last_offset = max(part.last_offset, last_offset)
+            part.newest = max(part.newest, newest)
             for minute, raw_hashes, raw_positions in chunk:
                 hashes, positions = array("Q"), array("Q")
                 hashes.frombytes(raw_hashes)
                 positions.frombytes(raw_positions)
                 part.first.update(zip(hashes, positions, strict=True))
                 part.minutes.setdefault(minute, []).extend(hashes)
-                part.newest = max(part.newest, minute)
         return part
 
     # --------------------------------------------------------------- lifecycle

@@ -135,3 +135,28 @@ def test_the_window_state_ignores_the_identity_records(memory_table) -> None:
         publish_late=lambda record: None,
     )
     assert state.position(0) == -1  # loaded without tripping over them
+
+
+def test_nothing_a_replay_may_need_is_forgotten_before_it_is_committed(memory_table) -> None:
+    """At replay speed the committed offset can lag the newest event time by far
+    more than the horizon: a minute is forgotten only once the newest event time
+    *as of the committed offset* is past it, so a replay from that offset finds
+    every first copy it found the first time (the CI failure this fixes)."""
+    committed: dict[int, int | None] = {0: None}
+    seen = SeenEvents(memory_table, horizon_ms=5 * BUCKET_MS, budget=SeenBudget(10_000),
+                      committed=committed.get)
+    seen.filter(0, 0, [scan("a", ts=T0)])
+    seen.flush(0)
+    seen.filter(0, 1, [scan("far", ts=T0 + 60 * BUCKET_MS)])  # an hour later, not committed
+    seen.flush(0)
+    assert seen.size == 2  # nothing committed: nothing forgotten
+    committed[0] = 1  # offset 0 committed: the newest as of it is T0
+    seen.flush(0)
+    assert seen.size == 2
+    replay = SeenEvents(memory_table, horizon_ms=5 * BUCKET_MS, budget=SeenBudget(10_000),
+                        committed=committed.get)  # a restart replays from offset 1
+    kept, resent = replay.filter(0, 2, [scan("a", ts=T0)])  # a copy read after "far"
+    assert ids(kept) == [] and len(resent) == 1  # as the first run decided
+    committed[0] = 2  # "far" committed: a replay starts after it; "a" may go
+    seen.flush(0)
+    assert seen.size == 1
