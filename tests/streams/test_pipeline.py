@@ -292,11 +292,17 @@ def test_resent_events_count_once_in_every_window_family_across_a_kill(
     client = open_store(settings, path_fallback=False)
     want = {settings.topic(s): n for s, n in truth["duplicates_sent"].items()}
 
-    def recorded() -> Any:
+    recorded: dict[str, int] = {}
+
+    def all_recorded() -> bool:
         rows = client.query(
             "SELECT source_topic, count() FROM duplicate_events FINAL GROUP BY source_topic"
         ).result_rows
-        got = {topic: int(n) for topic, n in rows}
-        return got == want or (got, want)
+        recorded.clear()
+        recorded.update({topic: int(n) for topic, n in rows})
+        return recorded == want
 
-    assert poll(lambda: recorded() is True, 60, "duplicate_events never matched the copies")
+    try:
+        poll(all_recorded, 60, "duplicate_events never matched the copies")
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}: recorded {recorded}, sent {want}") from None
