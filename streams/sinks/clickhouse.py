@@ -66,7 +66,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, DataError
@@ -1152,7 +1151,7 @@ class ClickHouseSink:
         consumer: AIOKafkaConsumer | None = None
         try:
             self.bind()
-            await ensure_topics(s, self.topics)
+            await ensure_topics(s)
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=s.bootstrap,
                 group_id=self.group_id,
@@ -1504,36 +1503,22 @@ class _Listener(ConsumerRebalanceListener):
 # --------------------------------------------------------------------------
 
 
-async def ensure_topics(settings: Settings, topics: Sequence[str]) -> list[str]:
-    """Create the topics that do not exist yet; return their names.
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the project's missing topics (``ctower.broker.topics.ensure_topics``,
+    the one every process uses: ``coupon-policy`` compacted, the configured
+    partition count); return their names.
 
     A consumer does not create topics, and a subscription to a missing one
-    only starts once metadata is refreshed after someone else creates it.
-    Creating them here, as a producer's first send would (the configured
-    partition count; three replicas, or fewer on a smaller cluster), lets the
-    sink start before anyone has produced.
+    only starts once metadata is refreshed after someone else creates it, so
+    the sink and the alert service create them before they subscribe. The
+    admin client blocks: it runs in a thread, off the event loop.
     """
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap, client_id=f"{settings.app_id}-sink-admin"
-    )
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [t for t in topics if t not in existing]
-        if not missing:
-            return []
-        brokers = len((await admin.describe_cluster())["brokers"])
-        replicas = max(1, min(3, brokers))
-        response = await admin.create_topics(
-            [NewTopic(t, settings.topic_partitions, replicas) for t in missing]
-        )
-        for topic, code, *_ in response.topic_errors:
-            if code not in (0, 36):  # 36: created meanwhile by someone else
-                log.warning("could not create topic %s (Kafka error code %s)", topic, code)
-        log.info("created topics %s", ", ".join(missing))
-        return missing
-    finally:
-        await admin.close()
+    from ctower.broker.topics import ensure_topics as create_missing
+
+    created: list[str] = await asyncio.to_thread(create_missing, settings)
+    if created:
+        log.info("created topics %s", ", ".join(created))
+    return created
 
 
 def _start_http_front(settings: Settings, client: Client) -> Any:

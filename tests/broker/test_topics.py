@@ -46,3 +46,38 @@ def test_partitions_follow_the_setting(settings_factory) -> None:
         assert len(topic["partitions"]) == 2
     finally:
         admin.close()
+
+
+def test_the_sink_and_the_alert_service_create_the_same_topics(settings: Settings) -> None:
+    """A bare ``ctower sink`` (or ``ctower alerts deliver``) on a new cluster
+    creates every topic as ``ctower kafka topics`` does: coupon-policy compacted."""
+    import asyncio
+
+    from ctower.streams.sinks.clickhouse import ensure_topics as sink_ensure_topics
+
+    created = asyncio.run(sink_ensure_topics(settings))
+    assert set(created) == {settings.topic(name) for name in (*STREAMS, *CONTROL_TOPICS)}
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    try:
+        configs = admin.describe_configs([
+            ConfigResource(ConfigResourceType.TOPIC, settings.topic("coupon-policy")),
+        ])["topic"]
+        assert configs[settings.topic("coupon-policy")]["cleanup.policy"]["value"] == "compact"
+    finally:
+        admin.close()
+
+
+def test_one_ensure_topics_creates_topics() -> None:
+    """Only ``ctower/broker/topics.py`` creates topics; every process calls it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    creators = sorted(
+        str(path.relative_to(root))
+        for folder in ("ctower", "streams", "tables", "schemas", "simulator", "dashboard")
+        for path in (root / folder).rglob("*.py")
+        if "create_topics(" in path.read_text(encoding="utf-8")
+    )
+    assert creators == ["ctower/broker/topics.py"]
+    delivery = (root / "streams/sinks/wechat/delivery.py").read_text(encoding="utf-8")
+    assert "await ensure_topics(settings)" in delivery

@@ -686,8 +686,7 @@ async def _main(settings: Settings) -> DeliveryStats:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await ensure_topics(settings, [settings.topic("alerts"), settings.topic("alert-deliveries"),
-                                   settings.topic("dead-letter")])
+    await ensure_topics(settings)
     log.info("delivering alerts to %d robot(s) on %d route(s): %s",
              len(service.urls), len(service.table.by_name),
              ", ".join(sorted(service.labels.values())))
