@@ -140,8 +140,23 @@ class Settings(BaseSettings):
 
     # --- Worker ----------------------------------------------------------
     app_id: str = Field("ctower", description="Faust application id (consumer group).")
-    worker_web_host: str = Field("127.0.0.1", description="Bind address of the worker web server.")
+    worker_web_host: str = Field(
+        "127.0.0.1",
+        description="Host of the worker web server: its bind address and the host of its "
+        "advertised URL, unless worker_web_bind / worker_advertised_url say otherwise.",
+    )
     worker_web_port: int = Field(6066, ge=1024, le=65535, description="Worker web port.")
+    worker_web_bind: str | None = Field(
+        None,
+        description="Address the worker web server listens on (0.0.0.0 in a container); "
+        "unset = worker_web_host.",
+    )
+    worker_advertised_url: str | None = Field(
+        None,
+        description="URL other workers reach this one at (coupon requests are forwarded to "
+        "a campaign's owner there; in compose the service's hostname, e.g. "
+        "http://worker-1:6066); unset = http://<worker_web_host>:<worker_web_port>.",
+    )
     data_dir: Path = Field(default_factory=_default_data_dir, description="Local state and data.")
     grace_seconds: float = Field(
         10.0, ge=0, description="Event-time lateness still counted in its window."
@@ -340,6 +355,24 @@ class Settings(BaseSettings):
             raise ValueError(f"no such file: {path}")
         return path
 
+    @field_validator("worker_web_bind")
+    @classmethod
+    def _check_bind(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not re.fullmatch(r"[A-Za-z0-9._\-:\[\]]+", value.strip()):
+            raise ValueError("expected an address or host name, e.g. 0.0.0.0")
+        return value.strip()
+
+    @field_validator("worker_advertised_url")
+    @classmethod
+    def _check_advertised_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not re.fullmatch(r"https?://[^/\s:]+(:\d{1,5})?/?", value.strip()):
+            raise ValueError("expected http(s)://host[:port], e.g. http://worker-1:6066")
+        return value.strip().rstrip("/")
+
     @field_validator("dashboard_url")
     @classmethod
     def _check_dashboard_url(cls, value: str | None) -> str | None:
@@ -380,6 +413,18 @@ class Settings(BaseSettings):
         if not self.store_is_embedded:
             raise SettingsError("store_dsn: not an embedded (chdb://) store")
         return Path(self.dsn[len("chdb://"):])
+
+    @property
+    def worker_bind(self) -> str:
+        """Where the worker web server listens."""
+        return self.worker_web_bind or self.worker_web_host
+
+    @property
+    def worker_url(self) -> str:
+        """The URL other workers (and forwarded coupon requests) reach this worker at."""
+        return self.worker_advertised_url or (
+            f"http://{self.worker_web_host}:{self.worker_web_port}"
+        )
 
     @property
     def dashboard_link(self) -> str:

@@ -99,8 +99,9 @@ def build_app(settings: Settings) -> ControlTower:
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
         web_host=settings.worker_web_host,
-        web_bind=settings.worker_web_host,
+        web_bind=settings.worker_bind,  # issue 13: where it listens (0.0.0.0 in a container)
         web_port=settings.worker_web_port,
+        canonical_url=settings.worker_url,  # where other workers forward to (its hostname)
         web_in_thread=False,
         stream_buffer_maxsize=max(4096, settings.batch_max_messages * 2),
         broker_session_timeout=10.0,  # a killed worker's partitions move on sooner

@@ -41,6 +41,8 @@ def test_kafka_bootstrap_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         ("CTOWER_TOPIC_PREFIX", "bad prefix!", "CTOWER_TOPIC_PREFIX"),
         ("CTOWER_GRACE_SECONDS", "-1", "CTOWER_GRACE_SECONDS"),
         ("CTOWER_LANGUAGE", "fr", "CTOWER_LANGUAGE"),
+        ("CTOWER_WORKER_ADVERTISED_URL", "worker-1:6066", "CTOWER_WORKER_ADVERTISED_URL"),
+        ("CTOWER_WORKER_WEB_BIND", "0.0.0.0/0", "CTOWER_WORKER_WEB_BIND"),
         ("CTOWER_NO_SUCH_SETTING", "1", None),
     ],
 )
@@ -54,6 +56,19 @@ def test_a_bad_value_names_the_setting(
     with pytest.raises(SettingsError) as error:
         load_settings()
     assert named in str(error.value)
+
+
+def test_worker_bind_address_and_advertised_url_are_separate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = load_settings(worker_web_port=6070)
+    assert settings.worker_bind == "127.0.0.1"
+    assert settings.worker_url == "http://127.0.0.1:6070"
+    monkeypatch.setenv("CTOWER_WORKER_WEB_BIND", "0.0.0.0")
+    monkeypatch.setenv("CTOWER_WORKER_ADVERTISED_URL", "http://worker-2:6066/")
+    settings = load_settings()
+    assert settings.worker_bind == "0.0.0.0"
+    assert settings.worker_url == "http://worker-2:6066"
 
 
 def test_clashing_ports_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
