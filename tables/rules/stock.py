@@ -161,6 +161,8 @@ class StockRulesEngine(RuleFamily):
         """Per partition, (ts, key) of moves that arrived ahead of the clock: the key
         is judged again when the clock reaches ts. Not persisted: the moves are in the
         key's state, so after a restart they count from the key's next evaluation."""
+        self._trimmed: dict[str, int] = {}
+        """Key -> the event minute it was last trimmed at (see :meth:`_trim`)."""
         self._campaigns_by_sku: dict[str, list[str]] = {}
         if master is not None:
             for campaign in master.campaigns:
@@ -210,6 +212,7 @@ class StockRulesEngine(RuleFamily):
     def forget(self, partition: int) -> None:
         super().forget(partition)
         self._ahead.pop(partition, None)
+        self._trimmed.clear()  # only saves work: rebuilt as keys are judged
 
     @staticmethod
     def _move(item: StockItem, move: StockMove) -> None:
@@ -245,17 +248,14 @@ class StockRulesEngine(RuleFamily):
             now = self.state.now(partition)
             if not now:
                 continue
-            due = self.due(partition, now)
+            watch = self.due(partition, now)
+            for alert_key, entry in self.book.state.items(partition):
+                if entry.open is not None:  # "restock:loc|sku" and the like
+                    watch.add(alert_key.split(":", 1)[1])
             for key, item in self.state.items(partition):
-                if key in due or item.low_cover or self._any_open(partition, key):
+                if item.low_cover or key in watch:
                     self.evaluate(partition, key, now)
             self.book.expire(partition, now)
-
-    def _any_open(self, partition: int, key: str) -> bool:
-        return any(
-            self.book.is_open(partition, f"{kind}:{key}")
-            for kind in ("restock", "stock_out", "demand_spike")
-        )
 
     def measures(
         self, item: StockItem, now: int, rules: StockRules
@@ -272,6 +272,14 @@ class StockRulesEngine(RuleFamily):
         return on_hand, velocity, cover
 
     def evaluate(self, partition: int, key: str, now: int) -> None:
+        """Judge one (location, SKU) as of event time ``now``.
+
+        The hot path of the rules (a key is judged about once per move it gets),
+        so the usual case - stock on hand, no alert open - computes only what
+        decides it: the zero spell and the scans since run when the shelf is
+        empty, the evidence is built only for an alert that opens, and an alert
+        is resolved only if one is open.
+        """
         item = self.state.get(partition, key)
         if item is None:
             return
@@ -279,41 +287,42 @@ class StockRulesEngine(RuleFamily):
         rules = all_rules.stock
         location_id, sku = key.split("|", 1)
         scan_window = int(rules.stockout_window_minutes * MINUTE)
-        self._trim(item, now, scan_window)
+        self._trim(key, item, now, scan_window)
         item.fold(now - _FOLD_AGE_MS)
         known = item.known_at(now)
         on_hand, velocity, cover = self.measures(item, now, rules)
-        _, zero_since = item.level_at(now)
         master = self.master
         is_store = master is None or location_id in master.store_by_id
         region = master.region_of(location_id) if master else None
-        recent_scans = self.scans_while_zero(item, zero_since, now, scan_window)
-        hop_end = now - now % HOP
-        window = {
-            "window_start": hop_end - rules.velocity_window_minutes * MINUTE,
-            "window_end": hop_end,
-        }
-        evidence = {
-            **window,
-            "location_id": location_id,
-            "sku": sku,
-            "on_hand": on_hand,
-            "velocity_per_h": round(velocity, 2),
-            "cover_h": round(cover, 2) if cover is not None else None,
-            "lead_time_h": rules.lead_time_hours,
-        }
-        # Once raised, a stock-out lasts until stock is back: shoppers giving up on the
-        # empty shelf for a quarter of an hour does not refill it, and resolving then
-        # would only page the same shelf again at the next scans.
-        stock_out = (
-            known
-            and on_hand <= 0
-            and (
-                recent_scans >= rules.stockout_scans
-                or self.book.is_open(partition, f"stock_out:{key}")
+        book = self.book
+        stock_out_key = f"stock_out:{key}"
+        zero_since = recent_scans = 0
+        stock_out = False
+        if known and on_hand <= 0:
+            _, zero_since = item.level_at(now)
+            recent_scans = self.scans_while_zero(item, zero_since, now, scan_window)
+            # Once raised, a stock-out lasts until stock is back: shoppers giving up on
+            # the empty shelf for a quarter of an hour does not refill it, and resolving
+            # then would only page the same shelf again at the next scans.
+            stock_out = recent_scans >= rules.stockout_scans or book.is_open(
+                partition, stock_out_key
             )
-        )
         restock = known and not stock_out and cover is not None and cover < rules.lead_time_hours
+        cover_h = round(cover, 2) if cover is not None else None
+
+        def evidence() -> dict[str, object]:
+            hop_end = now - now % HOP
+            return {
+                "window_start": hop_end - rules.velocity_window_minutes * MINUTE,
+                "window_end": hop_end,
+                "location_id": location_id,
+                "sku": sku,
+                "on_hand": on_hand,
+                "velocity_per_h": round(velocity, 2),
+                "cover_h": cover_h,
+                "lead_time_h": rules.lead_time_hours,
+            }
+
         action = None
         transfer: dict[str, object] = {}
         if stock_out or restock:
@@ -321,16 +330,15 @@ class StockRulesEngine(RuleFamily):
             # the suggestion as data too: the action text is for people
             transfer = {"transfer": {k: action[k] for k in ("kind", "source", "qty")}}
         scope = {"region": region, "store_id": location_id if is_store else None, "sku": sku}
-        book = self.book
         if stock_out:
             book.hold(
                 partition,
-                f"stock_out:{key}",
+                stock_out_key,
                 Finding(
                     kind="stock_out",
                     severity="critical",
                     evidence={
-                        **evidence,
+                        **evidence(),
                         **transfer,
                         "scans": recent_scans,
                         "threshold": rules.stockout_scans,
@@ -344,26 +352,26 @@ class StockRulesEngine(RuleFamily):
                 ),
                 now,
             )
-        else:
-            book.clear(partition, f"stock_out:{key}", now, {"on_hand": on_hand})
+        elif book.is_open(partition, stock_out_key):
+            book.clear(partition, stock_out_key, now, {"on_hand": on_hand})
+        restock_key = f"restock:{key}"
         if restock:
             book.hold(
                 partition,
-                f"restock:{key}",
+                restock_key,
                 Finding(
                     kind="restock",
                     severity="warning",
-                    evidence={**evidence, **transfer, "threshold": rules.lead_time_hours},
+                    evidence={**evidence(), **transfer, "threshold": rules.lead_time_hours},
                     action=action,
                     **scope,
                 ),
                 now,
             )
-        else:
-            book.clear(partition, f"restock:{key}", now, {"on_hand": on_hand, "cover_h":
-                                                          evidence["cover_h"]})
+        elif book.is_open(partition, restock_key):
+            book.clear(partition, restock_key, now, {"on_hand": on_hand, "cover_h": cover_h})
         if is_store:
-            self._demand(partition, key, item, now, all_rules, evidence, scope)
+            self._demand(partition, key, item, now, all_rules, on_hand, scope)
             self._coupon_cover(item, location_id, sku, on_hand, cover, rules, now, evidence)
         level = (on_hand, round(cover * 10) if cover is not None else -1)
         if level != item.last_level:
@@ -375,7 +383,7 @@ class StockRulesEngine(RuleFamily):
                     region=region or "",
                     on_hand=on_hand,
                     velocity_per_h=round(velocity, 2),
-                    cover_h=round(cover, 2) if cover is not None else None,
+                    cover_h=cover_h,
                     transfer_from=action.get("source") if action else None,
                     ts=now,
                 )
@@ -398,13 +406,19 @@ class StockRulesEngine(RuleFamily):
                 count += n if ts - ts % MINUTE >= after else 1
         return count
 
-    @staticmethod
-    def _trim(item: StockItem, now: int, scan_window: int) -> None:
+    def _trim(self, key: str, item: StockItem, now: int, scan_window: int) -> None:
+        """Drop minutes and scan marks that no rule looks at any more: at most once
+        per minute of event time per key (every reader filters by its window, so
+        trimming later changes no figure, only the work)."""
+        minute = now - now % MINUTE
+        if self._trimmed.get(key) == minute:
+            return
+        self._trimmed[key] = minute
         horizon = now - _KEEP_MINUTES * MINUTE
         for buckets in (item.sales, item.scans):
             if buckets and min(buckets) < horizon:
-                for minute in [m for m in buckets if m < horizon]:
-                    del buckets[minute]
+                for old in [m for m in buckets if m < horizon]:
+                    del buckets[old]
         marks_from = now - scan_window
         if any(ts < marks_from for ts, _ in item.scan_marks):
             item.scan_marks = [m for m in item.scan_marks if m[0] >= marks_from]
@@ -416,23 +430,33 @@ class StockRulesEngine(RuleFamily):
         item: StockItem,
         now: int,
         all_rules: Rules,
-        evidence: dict[str, object],
+        on_hand: int,
         scope: dict[str, str | None],
     ) -> None:
         rules = all_rules.demand
         recent_from = now - HOP
-        scans = sum(c for m, c in item.scans.items() if m > recent_from - MINUTE and m <= now)
+        spike_key = f"demand_spike:{key}"
         base_from = max(
             self.state.history_from(partition), recent_from - rules.baseline_windows * HOP
         )
         windows = (recent_from - base_from) / HOP
-        spike_key = f"demand_spike:{key}"
         if windows < 1:
-            self.book.clear(partition, spike_key, now)
+            if self.book.is_open(partition, spike_key):
+                self.book.clear(partition, spike_key, now)
+            return
+        # the minutes in (recent_from - 1 min, now]: five or six lookups
+        after = recent_from - MINUTE
+        scans_of = item.scans.get
+        scans = sum(
+            scans_of(m, 0) for m in range(after - after % MINUTE + MINUTE, now + 1, MINUTE)
+        )
+        if scans < rules.min_scans:  # no spike, whatever the baseline
+            if self.book.is_open(partition, spike_key):
+                self.book.clear(partition, spike_key, now, {"scans": scans})
             return
         history = sum(c for m, c in item.scans.items() if base_from <= m <= recent_from - MINUTE)
         baseline = max(rules.baseline_floor, history / windows)
-        if scans >= rules.min_scans and scans > rules.k * baseline:
+        if scans > rules.k * baseline:
             warehouse = self.master.warehouse_for(scope["store_id"] or "") if self.master else None
             self.book.hold(
                 partition,
@@ -450,14 +474,14 @@ class StockRulesEngine(RuleFamily):
                         "window_start": recent_from,
                         "window_end": now,
                         "baseline_from": base_from,
-                        "on_hand": evidence["on_hand"],
+                        "on_hand": on_hand,
                     },
                     action={"kind": "prepack", "source": warehouse or "?"},
                     **scope,
                 ),
                 now,
             )
-        else:
+        elif self.book.is_open(partition, spike_key):
             self.book.clear(partition, spike_key, now, {"scans": scans})
 
     def _coupon_cover(
@@ -469,7 +493,7 @@ class StockRulesEngine(RuleFamily):
         cover: float | None,
         rules: StockRules,
         now: int,
-        evidence: dict[str, object],
+        evidence: Callable[[], dict[str, object]],
     ) -> None:
         campaigns = self._campaigns_by_sku.get(sku)
         if not campaigns or self.master is None:
@@ -491,7 +515,7 @@ class StockRulesEngine(RuleFamily):
                     cause="stock_cover",
                     sku=sku,
                     active=low,
-                    evidence={**evidence, "threshold": rules.coupon_cover_hours},
+                    evidence={**evidence(), "threshold": rules.coupon_cover_hours},
                     ts=now,
                 )
             )
