@@ -241,6 +241,10 @@ class Settings(BaseSettings):
         description="Password or token that unlocks the dashboard's controls (coupon caps, "
         "pause/resume, alert acknowledgement); secret, environment only; empty = locked.",
     )
+    operator_timezone: str = Field(
+        "Asia/Shanghai",
+        description="IANA time zone the dashboard shows times in (the operators' wall clock).",
+    )
 
     # --- Alerts to WeChat Work --------------------------------------------
     alert_routes_file: Path | None = Field(
@@ -267,6 +271,11 @@ class Settings(BaseSettings):
     )
     alert_send_timeout_seconds: float = Field(
         5.0, gt=0, le=120, description="Longest wait for the webhook's answer."
+    )
+    alert_escalate_after_seconds: float = Field(
+        900.0, ge=0, le=7 * 86400,
+        description="An open alert nobody acknowledged (or resolved) for this long goes to "
+        "its route's escalate_to route as well; 0 = never escalate.",
     )
     dashboard_url: str | None = Field(
         None,
@@ -372,6 +381,17 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"https?://[^/\s:]+(:\d{1,5})?/?", value.strip()):
             raise ValueError("expected http(s)://host[:port], e.g. http://worker-1:6066")
         return value.strip().rstrip("/")
+
+    @field_validator("operator_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value.strip())
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r} (e.g. Asia/Shanghai)") from None
+        return value.strip()
 
     @field_validator("dashboard_url")
     @classmethod

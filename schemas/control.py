@@ -308,13 +308,21 @@ class AlertDelivery(Struct, kw_only=True):
     """What went wrong, in words, secrets masked ('' when delivered)."""
 
 
-class AlertAck(Struct, kw_only=True):
-    """An operator's acknowledgement of an alert, sent from the dashboard.
+AlertAction = Literal["ack", "assign", "resolve"]
+ALERT_ACTIONS: tuple[str, ...] = AlertAction.__args__  # type: ignore[attr-defined]
 
-    Acknowledging does not resolve anything (only the rule that raised the
-    alert can, when its condition clears); it tells the other people on duty
-    that someone is on it. It travels through Kafka (``alert-acks``) because
-    in embedded mode the sink is the only process that may write the store.
+
+class AlertAck(Struct, kw_only=True):
+    """What an operator did about an alert, sent from the dashboard.
+
+    ``action``: ``ack`` (acknowledged: someone is on it; it also stops the
+    alert's escalation), ``assign`` (``owner`` now owns it), ``resolve``
+    (the operator closed it, ``note`` says how). Only the rule that raised
+    an alert can resolve its condition; an operator's resolution closes the
+    alert on the dashboard and for escalation. ``acked_by`` is who did it.
+    It travels through Kafka (``alert-acks``) because in embedded mode the
+    sink is the only process that may write the store (``alert_acks``: who
+    did what, when).
     """
 
     alert_id: str
@@ -322,3 +330,6 @@ class AlertAck(Struct, kw_only=True):
     note: str = ""
     ts: int
     """Wall clock, epoch ms."""
+    action: AlertAction = "ack"
+    owner: str = ""
+    """``assign``: who owns the alert from now on."""
