@@ -31,7 +31,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,6 +50,8 @@ class Drain:
     total_seconds: float
     """From process start to the last event: what an operator waits."""
     rss_mb: float
+    profile: list[tuple[str, float]] = field(default_factory=list)
+    """Functions by share of own time while draining (py-spy), largest first."""
 
     @property
     def events_per_s(self) -> float:
@@ -118,10 +120,14 @@ async def bare_consume(settings: Settings, expected: int) -> Drain:
 
 
 def drain(
-    settings: Settings, command: str, count: Callable[[], int | None], expected: int, log: Path
+    settings: Settings, command: str, count: Callable[[], int | None], expected: int, log: Path,
+    profile: bool = False,
 ) -> Drain:
     """Start ``ctower <command>`` on the backlog and time it until ``count()`` reaches
-    ``expected``. ``count`` returns None while the process cannot answer yet."""
+    ``expected``. ``count`` returns None while the process cannot answer yet. With
+    ``profile``, py-spy samples it from its first event to the last."""
+    from ctower.profiling import Profile
+
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ctower", command], env=settings.child_env(),
@@ -129,6 +135,8 @@ def drain(
     )
     first = 0.0
     done_count = 0
+    sampler: Profile | None = None
+    top: list[tuple[str, float]] = []
     try:
         with tqdm(total=expected, desc=command, unit="ev", leave=False) as bar:
             while done_count < expected:
@@ -143,13 +151,17 @@ def drain(
                     continue
                 if now_count and not first:
                     first = time.perf_counter()
+                    if profile:
+                        sampler = Profile(proc.pid, log.with_suffix(".pyspy.txt"))
                 bar.update(now_count - done_count)
                 done_count = now_count
         done = time.perf_counter()
         rss = peak_rss_mb(proc.pid)
+        if sampler is not None:
+            top = sampler.stop()
     finally:
         stop(proc)
-    return Drain(done_count, done - first, done - started, rss)
+    return Drain(done_count, done - first, done - started, rss, top)
 
 
 class WorkerCounter:
@@ -187,6 +199,7 @@ class WorkerCounter:
             "rule state": decisions.get("state_entities_written", 0),
             "levels": decisions.get("levels_sent", 0),
             "stock-move records": decisions.get("move_records", 0),
+            "stock judgements": decisions.get("stock_judgements", 0),
             "lane records": decisions.get("lane_records", 0),
         }
         return ", ".join(f"{kind} {n / max(events, 1):.3f}" for kind, n in kinds.items())
@@ -250,10 +263,15 @@ def measure_case(
     raw = asyncio.run(bare_consume(settings, sent))
     click.echo(f"  bare aiokafka + decode: {raw.events_per_s:,.0f} events/s")
     counter = WorkerCounter(settings)
-    worker = drain(settings, "worker", counter, sent, settings.data_dir / "worker.log")
+    worker = drain(settings, "worker", counter, sent, settings.data_dir / "worker.log",
+                   profile=True)
     click.echo(f"  one worker: {worker.events_per_s:,.0f} events/s "
                f"(drained {worker.events:,} in {worker.total_seconds:.1f} s from start, "
                f"peak RSS {worker.rss_mb:.0f} MB)")
+    if worker.profile:
+        click.echo("  where the worker's time went (py-spy, own time, top 10):")
+        for name, share in worker.profile[:10]:
+            click.echo(f"    {share:6.1%}  {name}")
     click.echo(f"  written by the rules per input event: {counter.written(sent)}")
     sink = None
     if with_sink:

@@ -442,6 +442,7 @@ class DecisionLayer:
             "move_records": self.stock_moves.records,
             "lane_events_forwarded": self.lanes.sent,
             "lane_records": self.lanes.records,
+            "stock_judgements": self.stock.judgements,
             "levels_sent": self.levels_sent,
             "batched_records": self.writer.records,
             "batches": self.writer.batches,

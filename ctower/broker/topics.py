@@ -10,6 +10,7 @@ the partition count would be whatever the cluster says rather than
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from typing import Any
 
@@ -24,8 +25,12 @@ COMPACTED = frozenset({"coupon-policy"})
 """Topics that keep only the latest record per key (``cleanup.policy=compact``)."""
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def partition_for(key: bytes, partitions: int) -> int:
     """Kafka's default partition of a keyed record (``Utils.toPositive(murmur2) % n``).
+
+    Cached: kafka-python's murmur2 is pure Python (about 5% of a busy worker,
+    re-keying SKUs and levels), and the same keys come again and again.
 
     Producers that batch per partition, and records that must land beside
     another topic's key (a coupon policy beside its campaign's events), use it

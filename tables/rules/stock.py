@@ -43,8 +43,10 @@ MINUTE = 60_000
 HOP = 5 * MINUTE
 _KEEP_MINUTES = 70
 """Minute buckets kept: the velocity hour and the demand baseline, plus a margin."""
-_MAX_DELTAS = 500
-"""Movements kept one by one; beyond, those older than _FOLD_AGE_MS go into the base."""
+_MAX_DELTAS = 64
+"""Movements kept one by one; beyond, those older than _FOLD_AGE_MS go into the base.
+Small: on hand is summed over them at every judgement, and the item is rewritten
+to the changelog with all of them (500 made both the rules' largest costs)."""
 _FOLD_AGE_MS = _KEEP_MINUTES * MINUTE
 """Only movements this far behind the clock are folded: the clock never goes back that far."""
 _MAX_SCAN_MARKS = 2_000
@@ -163,6 +165,7 @@ class StockRulesEngine(RuleFamily):
         key's state, so after a restart they count from the key's next evaluation."""
         self._trimmed: dict[str, int] = {}
         """Key -> the event minute it was last trimmed at (see :meth:`_trim`)."""
+        self.judgements = 0
         self._campaigns_by_sku: dict[str, list[str]] = {}
         if master is not None:
             for campaign in master.campaigns:
@@ -194,9 +197,30 @@ class StockRulesEngine(RuleFamily):
             # looked up each time: an evaluation between two messages takes the set away
             if move.ts > now:
                 heapq.heappush(self._ahead.setdefault(partition, []), (move.ts, key))
-            else:
+            elif move.kind != "scan" or self._scan_matters(partition, key, item, now):
                 self.touch(partition, key)
         self.evaluate_if_time_passed(partition)
+
+    def _scan_matters(self, partition: int, key: str, item: StockItem, now: int) -> bool:
+        """Whether a scan can change what the rules say of a key.
+
+        Scans are half the moves, and most change nothing: on hand and cover do
+        not move with them. They count towards a stock-out only while the shelf
+        is empty (on hand at the last judgement; a sale or a receipt since is a
+        move that touches the key itself) and towards a demand spike only past
+        ``min_scans`` in five minutes, or while one is open.
+        """
+        level = item.last_level
+        if level == (-1, -1) or (item.known and level[0] <= 0):
+            return True  # never judged yet, or the shelf was empty
+        after = now - HOP - MINUTE
+        scans_of = item.scans.get
+        recent = sum(
+            scans_of(m, 0) for m in range(after - after % MINUTE + MINUTE, now + 1, MINUTE)
+        )
+        return recent >= self.rules().demand.min_scans or self.book.is_open(
+            partition, f"demand_spike:{key}"
+        )
 
     def due(self, partition: int, now: int) -> set[str]:
         """The keys touched, and those whose moves from ahead the clock has reached."""
@@ -283,6 +307,7 @@ class StockRulesEngine(RuleFamily):
         item = self.state.get(partition, key)
         if item is None:
             return
+        self.judgements += 1
         all_rules = self.rules()
         rules = all_rules.stock
         location_id, sku = key.split("|", 1)
@@ -416,12 +441,15 @@ class StockRulesEngine(RuleFamily):
         self._trimmed[key] = minute
         horizon = now - _KEEP_MINUTES * MINUTE
         for buckets in (item.sales, item.scans):
-            if buckets and min(buckets) < horizon:
+            # minutes come in nearly in order: the first one says whether any is old
+            # (a late one behind it waits until the first is old too)
+            if buckets and next(iter(buckets)) < horizon:
                 for old in [m for m in buckets if m < horizon]:
                     del buckets[old]
         marks_from = now - scan_window
-        if any(ts < marks_from for ts, _ in item.scan_marks):
-            item.scan_marks = [m for m in item.scan_marks if m[0] >= marks_from]
+        marks = item.scan_marks
+        if marks and marks[0][0] < marks_from:
+            item.scan_marks = [m for m in marks if m[0] >= marks_from]
 
     def _demand(
         self,
