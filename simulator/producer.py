@@ -22,6 +22,7 @@ from typing import Any
 from kafka import KafkaProducer
 
 from ctower.broker.topics import partition_for
+from ctower.health import Heartbeat
 from ctower.schemas.events import Event, encoder
 from ctower.settings import STREAMS, Settings
 from ctower.simulator.clock import Pacer
@@ -149,6 +150,7 @@ class KafkaSink:
         self._since: dict[tuple[str, int], float] = {}
         self._bytes: dict[tuple[str, int], int] = {}
         self._last_tick = time.monotonic()
+        self.heartbeat = Heartbeat(settings, "simulator")  # `ctower health simulator`
         self.messages = 0
         self.bytes = 0
         self.errors = 0
@@ -192,6 +194,7 @@ class KafkaSink:
         if now - self._last_tick < self.linger_s / 4:
             return
         self._last_tick = now
+        self.heartbeat.beat(messages=self.messages, errors=self.errors)
         for slot, since in list(self._since.items()):
             if now - since >= self.linger_s:
                 self._flush(slot)
@@ -215,6 +218,7 @@ class KafkaSink:
             log.error("send failed: %r", exc)
 
     def close(self, timeout: float = 60.0) -> None:
+        self.heartbeat.clear()
         for slot in list(self._buffers):
             self._flush(slot)
         try:

@@ -20,8 +20,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-SENTINEL = "sentinel-from-host-env-7f3a"
-SERVICES = {"kafka", "clickhouse", "topics", "worker", "sink", "dashboard", "simulator", "alerts"}
+SERVICES = {"kafka", "clickhouse", "topics", "worker-1", "worker-2", "sink", "dashboard",
+            "simulator", "alerts"}
+CTOWER_SERVICES = SERVICES - {"kafka", "clickhouse"}
+LONG_RUNNING = SERVICES - {"topics"}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|WEBHOOK|API_KEY|PRIVATE", re.IGNORECASE)
 
 
@@ -34,10 +36,9 @@ def _compose() -> str:
     return found
 
 
-def _run(*args: str, password: str | None = SENTINEL) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CTOWER_", "COMPOSE_"))}
-    if password is not None:
-        env["CTOWER_STORE_PASSWORD"] = password
+    env.update(extra_env)
     return subprocess.run(
         [_compose(), "-f", str(COMPOSE_FILE), "--project-directory", str(ROOT), "config", *args],
         capture_output=True, text=True, timeout=60, env=env, cwd=ROOT,
@@ -87,56 +88,125 @@ def test_services_and_profile(config: dict[str, Any]) -> None:
 def test_images_commands_and_replicas(config: dict[str, Any]) -> None:
     services = config["services"]
     assert services["kafka"]["image"] == "apache/kafka:4.1.1"
-    assert services["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
+    assert re.fullmatch(r"clickhouse/clickhouse-server:\d+\.\d+\.\d+\.\d+",
+                        services["clickhouse"]["image"])
     assert any(v.endswith(":/var/lib/clickhouse:rw") or v.endswith(":/var/lib/clickhouse")
                for v in services["clickhouse"]["volumes"])
-    assert services["worker"]["command"] == ["ctower", "worker"]
-    assert services["worker"]["deploy"]["replicas"] == 2
+    for name in ("worker-1", "worker-2"):
+        assert services[name]["command"] == ["ctower", "worker"]
     assert services["sink"]["command"] == ["ctower", "sink"]
     assert services["dashboard"]["command"] == ["ctower", "dashboard"]
-    assert services["simulator"]["command"] == ["ctower", "simulate", "--rate", "200"]
-    assert services["alerts"]["command"][:3] == ["ctower", "alerts", "deliver"]
-    # the webhook URLs come from a compose secret, not the environment
-    assert services["alerts"]["secrets"][0]["source"] == "ctower_webhooks"
-    assert "/run/secrets/ctower_webhooks" in services["alerts"]["command"]
+    assert services["simulator"]["command"][:4] == ["ctower", "simulate", "--rate", "200"]
+    assert services["alerts"]["command"] == ["ctower", "alerts", "deliver"]
     assert {"published": 8501, "target": 8501} in services["dashboard"]["ports"]
-    for name in ("topics", "worker", "sink", "dashboard", "simulator", "alerts"):
+    for name in CTOWER_SERVICES:
         build = services[name]["build"]
         assert Path(build["context"]) == ROOT and build["dockerfile"] == "Dockerfile"
         env = services[name]["environment"]
         assert env["KAFKA_BOOTSTRAP"] == "kafka:9092"
         assert env["CTOWER_STORE_DSN"] == "http://clickhouse:8123"
+        # the image is the project's version, never a moving tag
+        assert services[name]["image"] == f"ctower:{_version()}"
 
 
-def test_healthchecks_and_start_order(config: dict[str, Any]) -> None:
+def _version() -> str:
+    import tomllib
+
+    return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
+
+
+def test_two_workers_advertise_their_own_hostname(config: dict[str, Any]) -> None:
+    """Each replica listens on all interfaces, publishes the coupon API and
+    advertises the URL the other reaches it at (coupon requests are forwarded
+    to a campaign's owner there)."""
+    services = config["services"]
+    published = set()
+    for name in ("worker-1", "worker-2"):
+        svc = services[name]
+        env = svc["environment"]
+        assert svc["hostname"] == name
+        assert env["CTOWER_WORKER_WEB_BIND"] == "0.0.0.0"
+        port = int(env["CTOWER_WORKER_WEB_PORT"])
+        assert env["CTOWER_WORKER_ADVERTISED_URL"] == f"http://{name}:{port}"
+        (mapping,) = svc["ports"]
+        assert mapping["target"] == port
+        published.add(mapping["published"])
+        assert "replicas" not in svc.get("deploy", {})
+    assert published == {6066, 6067}
+
+
+def test_healthchecks_restarts_limits_and_start_order(config: dict[str, Any]) -> None:
     services = config["services"]
     assert "kafka-broker-api-versions" in " ".join(services["kafka"]["healthcheck"]["test"])
     assert "http://localhost:8123/ping" in services["clickhouse"]["healthcheck"]["test"]
-    assert "/_stcore/health" in " ".join(services["dashboard"]["healthcheck"]["test"])
+    roles = {"worker-1": "worker", "worker-2": "worker", "sink": "sink",
+             "dashboard": "dashboard", "alerts": "alerts", "simulator": "simulator"}
+    for name, role in roles.items():
+        assert services[name]["healthcheck"]["test"] == ["CMD", "ctower", "health", role], name
+    for name in LONG_RUNNING:
+        assert services[name]["restart"] == "unless-stopped", name
+        assert services[name].get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
+    assert services["topics"]["restart"] == "no"  # one-shot
+    for name, svc in services.items():
+        limits = svc["deploy"]["resources"]["limits"]
+        assert limits["cpus"] and limits["memory"], f"{name}: no resource limits"
+        image = svc["image"]
+        assert ":" in image and not image.endswith((":latest", ":")), f"{name}: {image}"
     healthy = {"condition": "service_healthy"}
-    for name in ("worker", "sink"):
+    for name in ("worker-1", "worker-2", "sink", "dashboard", "alerts", "simulator"):
         assert services[name]["depends_on"]["kafka"] == healthy
-        assert services[name]["depends_on"]["clickhouse"] == healthy
         assert services[name]["depends_on"]["topics"] == {
             "condition": "service_completed_successfully"}
-    assert services["dashboard"]["depends_on"]["clickhouse"] == healthy
-    assert services["simulator"]["depends_on"]["kafka"] == healthy
+    for name in ("sink", "dashboard"):
+        assert services[name]["depends_on"]["clickhouse"] == healthy
     assert services["topics"]["command"] == ["ctower", "kafka", "topics"]
 
 
-def test_password_comes_from_the_host_environment(config: dict[str, Any]) -> None:
+def test_configs_are_mounted_from_the_repository(config: dict[str, Any]) -> None:
+    configs = config["configs"]
+    assert Path(configs["master_data"]["file"]) == ROOT / "deploy" / "master_data.json"
+    assert Path(configs["rules"]["file"]) == ROOT / "tables" / "rules" / "rules.toml"
+    assert Path(configs["alert_routes"]["file"]) == ROOT / "deploy" / "alert-routes.toml"
+    for entry in configs.values():
+        assert Path(entry["file"]).is_file(), entry
     services = config["services"]
-    assert services["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD"] == SENTINEL
-    for name in ("topics", "worker", "sink", "dashboard", "simulator"):
-        assert services[name]["environment"]["CTOWER_STORE_PASSWORD"] == SENTINEL
-    missing = _run(password=None)
-    assert missing.returncode != 0
-    assert "CTOWER_STORE_PASSWORD" in missing.stderr
+    for name in CTOWER_SERVICES:
+        mounted = {c["source"]: c["target"] for c in services[name]["configs"]}
+        env = services[name]["environment"]
+        assert mounted["master_data"] == env["CTOWER_MASTER_DATA_FILE"], name
+    for name in ("worker-1", "worker-2"):
+        mounted = {c["source"]: c["target"] for c in services[name]["configs"]}
+        assert mounted["rules"] == services[name]["environment"]["CTOWER_RULES_FILE"]
+    mounted = {c["source"]: c["target"] for c in services["alerts"]["configs"]}
+    assert mounted["alert_routes"] == services["alerts"]["environment"][
+        "CTOWER_ALERT_ROUTES_FILE"]
+
+
+def test_secrets_are_files_under_run_secrets(config: dict[str, Any]) -> None:
+    """Every secret is a compose secret, read through ``CTOWER_<NAME>_FILE``; a
+    service mounts exactly the secrets its variables name."""
+    assert set(config["secrets"]) == {"clickhouse_password", "coupon_api_token",
+                                      "operator_token", "webhooks"}
+    for entry in config["secrets"].values():
+        assert Path(entry["file"]).parent == ROOT / "secrets"
+    custom = _run(CTOWER_SECRETS_DIR="/srv/ctower-secrets")
+    assert custom.returncode == 0 and "/srv/ctower-secrets/clickhouse_password" in custom.stdout
+    for name, svc in config["services"].items():
+        mounted = {s["source"] for s in svc.get("secrets", [])}
+        named = {value.removeprefix("/run/secrets/")
+                 for key, value in (svc.get("environment") or {}).items()
+                 if key.endswith("_FILE") and value.startswith("/run/secrets/")}
+        if name == "clickhouse":  # the image reads CLICKHOUSE_PASSWORD: set from the file
+            named = {"clickhouse_password"}
+            assert "/run/secrets/clickhouse_password" in " ".join(svc["entrypoint"])
+            assert "CLICKHOUSE_PASSWORD" not in (svc.get("environment") or {})
+        assert mounted == named, f"{name}: mounts {mounted}, its variables name {named}"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "secrets" in ignored, "the secrets must stay out of the image"
+    assert "/secrets/" in (ROOT / ".gitignore").read_text().split()
 
 
 def test_no_secret_is_hard_coded(raw_config: dict[str, Any]) -> None:
-    text = COMPOSE_FILE.read_text()
-    assert SENTINEL not in text
     checked = 0
     for name, service in raw_config["services"].items():
         env = service.get("environment") or {}
@@ -145,12 +215,11 @@ def test_no_secret_is_hard_coded(raw_config: dict[str, Any]) -> None:
             if not SECRET_NAME.search(key):
                 continue
             checked += 1
-            # Only a required reference to the host's environment: no literal,
-            # and no ${VAR:-fallback} that would smuggle in a default secret.
-            assert re.fullmatch(r"\$\{[A-Z0-9_]+(:?\?[^}]*)?\}", str(value)), (
-                f"{name}: {key} must come from the environment, got {value!r}"
+            # only the path of a mounted secret: never a value, nor a default
+            assert key.endswith("_FILE") and re.fullmatch(r"/run/secrets/[a-z_]+", str(value)), (
+                f"{name}: {key} must be CTOWER_<NAME>_FILE=/run/secrets/<secret>, got {value!r}"
             )
-    assert checked >= 2
+    assert checked >= 5
 
 
 def test_dockerfile_is_slim_and_unprivileged() -> None:

@@ -70,6 +70,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, DataError
 
+from ctower.health import Heartbeat
 from ctower.schemas import control
 from ctower.schemas.control import (
     Alert,
@@ -1071,6 +1072,8 @@ class ClickHouseSink:
         self._broken = False
         self._last_commit = 0.0
         self._logged_quarantines = 0
+        self.heartbeat: Heartbeat | None = None
+        """Set by the process (``ctower sink``): ``ctower health sink`` reads it."""
         self._build_routes()
 
     # ---------------------------------------------------------------- setup
@@ -1186,6 +1189,9 @@ class ClickHouseSink:
         progress_rows = dict(self.stats.rows)
         progress_t = time.monotonic()
         while not stop.is_set():
+            if self.heartbeat is not None:  # at most once a second
+                self.heartbeat.beat(messages=self.stats.messages, lag=self.stats.lag,
+                                    inserts=self.stats.batches)
             batches = await consumer.getmany(
                 timeout_ms=self._poll_timeout_ms(), max_records=s.sink_batch_rows
             )
@@ -1555,12 +1561,16 @@ async def _run(settings: Settings, stop: asyncio.Event | None = None) -> SinkSta
         if settings.store_is_embedded:
             front = _start_http_front(settings, client)
         sink = ClickHouseSink(settings, client)
+        sink.heartbeat = Heartbeat(settings, "sink")
         log.info(
             "sink consuming %d topics into %s (group %s)",
             len(sink.topics), settings.dsn if settings.store_is_embedded else "server",
             sink.group_id,
         )
-        await sink.run(stop)
+        try:
+            await sink.run(stop)
+        finally:
+            sink.heartbeat.clear()
         log.info(
             "sink stopped: %d rows in %d inserts, %d commits; quarantined %s",
             sum(sink.stats.rows.values()), sink.stats.batches, sink.stats.commits,

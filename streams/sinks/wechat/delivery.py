@@ -42,6 +42,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from ctower.health import Heartbeat
 from ctower.schemas.control import Alert, AlertDelivery, DeadLetter
 from ctower.schemas.wire import reject
 from ctower.settings import Settings, SettingsError
@@ -130,6 +131,8 @@ class DeliveryService:
         self._broken: set[str] = set()
         self._client: WebhookClient | None = None
         self._alert_decoder = msgspec.json.Decoder(Alert)
+        self.heartbeat: Heartbeat | None = None
+        """Set by the process (``ctower alerts deliver``): ``ctower health alerts`` reads it."""
         self.budgets = {
             robot: RateBudget(settings.alert_rate_per_minute, settings.alert_rate_window_seconds)
             for robot in urls
@@ -517,6 +520,8 @@ class DeliveryService:
         """ct.alerts -> outbox (alerts) and ct.dead-letter (the rest) -> commit,
         until ``stop``."""
         while not stop.is_set():
+            if self.heartbeat is not None:  # at most once a second
+                self.heartbeat.beat(alerts=self.stats.alerts, items=self.stats.items)
             batches = await consumer.getmany(timeout_ms=300, max_records=1000)
             if not batches:
                 continue
@@ -687,10 +692,14 @@ async def _main(settings: Settings) -> DeliveryStats:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     await ensure_topics(settings)
+    service.heartbeat = Heartbeat(settings, "alerts")  # `ctower health alerts` reads it
     log.info("delivering alerts to %d robot(s) on %d route(s): %s",
              len(service.urls), len(service.table.by_name),
              ", ".join(sorted(service.labels.values())))
-    return await service.run(stop)
+    try:
+        return await service.run(stop)
+    finally:
+        service.heartbeat.clear()
 
 
 def run_delivery(settings: Settings) -> DeliveryStats:
