@@ -392,7 +392,11 @@ def throughput(events: int, batch: int, single_events: int, seed: int, no_sink: 
             click.echo(f"  single: worker/bare = {worker1.events_per_s / raw1.events_per_s:.3f}")
         raw, worker, _sink = run_case(settings, "batched", events, batch, seed, not no_sink)
     ratio = worker.events_per_s / raw.events_per_s if raw.events_per_s else 0.0
-    dedup_mb = dedup_memory_mb()
+    # in a fresh process: memory freed by the runs above would hide the growth
+    measure = "from ctower.bench import dedup_memory_mb; print(dedup_memory_mb())"
+    dedup_mb = float(subprocess.run(
+        [sys.executable, "-c", measure], capture_output=True, text=True, check=True,
+    ).stdout.strip())
     click.echo(f"\nde-duplication: {dedup_mb:.0f} MB of RSS per million identities kept")
     click.echo(
         f"RESULT events_per_s={worker.events_per_s:.0f} raw_events_per_s={raw.events_per_s:.0f} "
