@@ -1,32 +1,48 @@
 # The two commands of the README:
 #   make demo   - broker, worker, sink, simulator and dashboard, on a fresh machine
 #   make test   - the whole test suite (what CI runs)
-# Everything a fresh machine lacks is installed by `make setup`, which both run.
+# Each installs only what it needs: `make setup` (the demo's) a virtualenv
+# with the project and its runtime dependencies; `make setup-test` (the
+# tests') adds the test tools (.[test]) and the Debian packages of the
+# browser tests and the compose checks. Versions come from constraints.txt
+# (what the suite passes with), the same pins the Dockerfile installs.
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+CONSTRAINTS := constraints.txt
 STAMP := $(VENV)/.installed
-# Debian packages: chromium and a CJK font for the browser tests and
-# screenshots, docker-compose to validate docker-compose.yml without an engine.
-APT_PACKAGES := chromium fonts-wqy-microhei docker-compose
+TEST_STAMP := $(VENV)/.installed-test
+# Debian packages the tests need: chromium and a CJK font for the browser
+# tests and screenshots, docker-compose to validate docker-compose.yml
+# without an engine. The demo needs none of them.
+TEST_APT_PACKAGES := chromium fonts-wqy-microhei docker-compose
 # Never put the repository root on sys.path: its tables/ folder must not
 # shadow PyTables (our code is imported as ctower.tables).
 export PYTHONSAFEPATH := 1
 
-.PHONY: setup system-packages demo test lint bench bench-decisions clean
+.PHONY: setup setup-test system-packages demo test lint schemas constraints bench \
+	bench-decisions clean
 
-setup: $(STAMP) system-packages
+setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+
+$(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e .
 	touch $(STAMP)
 
+setup-test: $(TEST_STAMP) system-packages
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	touch $(TEST_STAMP)
+
 system-packages:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(TEST_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -36,12 +52,23 @@ system-packages:
 demo: setup
 	$(BIN)/ctower demo
 
-test: setup
+test: setup-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-lint: setup
+lint: setup-test
 	$(BIN)/ruff check .
+
+# The published contracts: JSON Schema of every event and control record
+# (schemas/json/) and the coupon API's OpenAPI document, from the code.
+schemas: setup
+	$(BIN)/ctower schemas --write
+
+# Re-pin constraints.txt to what the virtualenv holds now (after a change of
+# dependencies in pyproject.toml, once the suite passes with it).
+constraints: setup-test
+	{ grep '^#' $(CONSTRAINTS); $(BIN)/pip freeze --exclude-editable | grep -v '^#' \
+	  | grep -iv '^ctower=='; } > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 bench: setup
 	$(BIN)/ctower bench

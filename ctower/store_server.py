@@ -48,6 +48,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -303,15 +304,24 @@ class _Decompressor(Protocol):
     def decompress(self, data: bytes) -> bytes: ...
 
 
+def _zstd() -> Any:
+    """The zstd module clickhouse-connect itself uses (PEP 784's API): the
+    standard library's from Python 3.14, else the ``backports.zstd`` package,
+    a declared dependency - never clickhouse-connect's private helpers."""
+    if sys.version_info >= (3, 14):
+        from compression import zstd  # type: ignore[import-not-found]
+    else:
+        from backports import zstd
+    return zstd
+
+
 def _decompressor_factory(encoding: str) -> Callable[[], _Decompressor]:
     if encoding == "lz4":
         import lz4.frame
 
         return lz4.frame.LZ4FrameDecompressor
     if encoding == "zstd":
-        from clickhouse_connect.driver.compression import _zstd_decompressor
-
-        return _zstd_decompressor
+        return _zstd().ZstdDecompressor
     if encoding in ("gzip", "x-gzip"):
         return lambda: zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     if encoding == "deflate":
@@ -658,9 +668,7 @@ def _compress(body: bytes, accept: str) -> tuple[bytes, str | None]:
 
         return lz4.frame.compress(body), "lz4"
     if "zstd" in offered:
-        from clickhouse_connect.driver.compression import _zstd_compress
-
-        return _zstd_compress(body), "zstd"
+        return _zstd().compress(body), "zstd"
     if "gzip" in offered:
         return gzip.compress(body, compresslevel=3), "gzip"
     if "deflate" in offered:

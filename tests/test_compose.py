@@ -226,7 +226,12 @@ def test_dockerfile_is_slim_and_unprivileged() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     instructions = [line.strip() for line in dockerfile.splitlines()
                     if line.strip() and not line.lstrip().startswith("#")]
-    assert instructions[0] == "FROM python:3.11-slim"
+    # a pinned interpreter (major.minor.patch), the slim variant
+    assert re.fullmatch(r"FROM python:3\.11\.\d+-slim(-[a-z]+)?", instructions[0])
+    # the dependencies are installed with the pins of constraints.txt
+    assert "COPY pyproject.toml constraints.txt /src/" in instructions
+    assert any("pip install -c /src/constraints.txt -r /tmp/requirements.txt" in line
+               for line in instructions)
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert users and users[-1] not in {"root", "0"}
     # The project itself is pip-installed from the copied sources, not editable.
@@ -235,3 +240,22 @@ def test_dockerfile_is_slim_and_unprivileged() -> None:
     assert not any(re.search(r"pip install .*(-e|--editable) ", line) for line in instructions)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv"} <= set(ignored)
+
+
+def test_constraints_pin_every_dependency_and_not_the_project() -> None:
+    """constraints.txt pins (==) every declared dependency, test tools included,
+    and never the project itself (pip refuses to constrain an editable install)."""
+    import tomllib
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not a pin: {line!r}"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    assert "ctower" not in pins
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    for requirement in declared:
+        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
+        assert re.sub(r"[-_.]+", "-", name).lower() in pins, f"{name} is not pinned"
