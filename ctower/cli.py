@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "coupons": ("ctower.streams.coupon_command", "coupons"),
     "alerts": ("ctower.streams.sinks.wechat.command", "alerts"),
     "health": ("ctower.health", "health"),
+    "schemas": ("ctower.schemas.contracts", "schemas_command"),
 }
 
 
