@@ -9,16 +9,29 @@ The simulated chain's master data (stores with their regions and pickup
 capacity, SKUs with lead times, campaigns) is written next to the data and
 given to every child, unless ``CTOWER_MASTER_DATA_FILE`` names a chain
 already: without it the rules have no capacities and the dashboard no regions.
+
+Without ``CTOWER_OPERATOR_TOKEN`` the demo makes one up and prints it, so the
+dashboard's controls (coupon caps, alert workflow) can be unlocked at once.
+
+History and live events come from one simulation (:func:`feed`): it starts
+``--backfill`` events before now, sends them as fast as Kafka takes them and
+then holds each event until the wall clock reaches its time, so the minute
+trend runs on without a seam where the history ends (two simulations, one for
+the history and one live, left a gap of a minute or two between them and
+restarted every queue and session: a deep dip in the trend).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +50,10 @@ class Children:
     """The children's environment; None inherits this process's."""
     started: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str, module: str = "ctower") -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ctower", *args], stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT,
             env=self.env,
         )
         self.started.append((name, proc))
@@ -76,6 +89,66 @@ def wait_for_http(url: str, children: Children, timeout: float) -> None:
     raise click.ClickException(f"{url} did not answer within {timeout:.0f} s")
 
 
+CAUGHT_UP = "caught up with the wall clock"
+"""What the feed prints once the history is sent and it runs live."""
+
+
+def wait_for_line(path: Path, text: str, children: Children, timeout: float) -> None:
+    """Until ``text`` appears in a child's log (or the child dies, or time runs out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children.check()
+        with contextlib.suppress(OSError):
+            if text in path.read_text(errors="replace"):
+                return
+        time.sleep(0.5)
+    raise click.ClickException(f"{path.name}: no '{text}' within {timeout:.0f} s")
+
+
+class _WallClock:
+    """Holds each event until the wall clock reaches its time; events already
+    due go at once. Says once when the first event has to wait."""
+
+    def __init__(self, on_caught_up: Callable[[], None]) -> None:
+        self.on_caught_up = on_caught_up
+        self.live = False
+
+    def wait_for(self, ts_ms: int) -> None:
+        ahead = ts_ms / 1000 - time.time()
+        if ahead > 0.005:
+            if not self.live:
+                self.live = True
+                self.on_caught_up()
+            time.sleep(ahead)
+
+
+def feed(rate: float, batch: int, backfill: int, seed: int) -> None:
+    """The demo's simulator: ``backfill`` events of history, then live at about
+    ``rate`` events/s (the daily curve's value now), one simulation throughout."""
+    from ctower.cli import settings_or_exit
+    from ctower.simulator.clock import curve_at, now_ms, plan_span
+    from ctower.simulator.generator import SimConfig, Simulator
+    from ctower.simulator.producer import KafkaSink, pump
+
+    settings = settings_or_exit()
+    now = now_ms()
+    sim_rate = rate / curve_at(now)  # events/s at the daily mean, so that now it is `rate`
+    start = plan_span(backfill, sim_rate, now) if backfill > 0 else now
+    # a live run scales its rate at its start: ask for the curve's value there
+    config = SimConfig(seed=seed, rate=sim_rate * curve_at(start), start_ms=start)
+    simulator = Simulator(config)
+
+    def caught_up() -> None:
+        click.echo(f"{CAUGHT_UP}: live at about {rate:g} events/s", err=True)
+        sys.stderr.flush()
+
+    if backfill <= 0:
+        caught_up()
+    kafka = KafkaSink(settings, batch=batch)
+    stats = pump(simulator.items(), kafka=kafka, pacer=_WallClock(caught_up))  # type: ignore[arg-type]
+    click.echo(f"feed stopped after {stats.events:,} events", err=True)
+
+
 @click.command()
 @click.option("--rate", default=40, show_default=True, help="Simulated events per second.")
 @click.option("--batch", default=20, show_default=True, help="Events per Kafka message.")
@@ -101,6 +174,10 @@ def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
         master = chain.write(settings.data_dir / "master_data.json")
         env["CTOWER_MASTER_DATA_FILE"] = str(master)
         click.echo(f"Master data: {master} (the simulated chain, seed {SIM_SEED})")
+    if not settings.operator_token.get_secret_value():
+        token = secrets.token_urlsafe(9)
+        env["CTOWER_OPERATOR_TOKEN"] = token
+        click.echo(f"Operator token (unlocks the dashboard's controls): {token}")
     children = Children(log_dir, env)
 
     def request_stop(signum: int, frame: object) -> None:
@@ -125,25 +202,24 @@ def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
         wait_for_http(f"http://127.0.0.1:{settings.worker_web_port}/stats/", children, 120)
         if settings.alert_routes_file is not None:  # alerts to WeChat Work, when routed
             children.start("alerts", "alerts", "deliver")
+        # one simulation for history and live (see the module docstring)
+        feeding = children.start(
+            "simulator", "feed", "--rate", str(rate), "--batch", str(batch),
+            "--backfill", str(backfill), "--seed", str(SIM_SEED), module="ctower.demo",
+        )
         if backfill:
-            # recent history at the live rate first, so the dashboard has figures at once
             click.echo(f"  backfilling {backfill:,} events of recent history...")
-            backfilling = children.start(
-                "backfill", "simulate", "--quiet", "--rate", "max", "--events", str(backfill),
-                "--batch", "100", "--sim-rate", str(rate), "--seed", str(SIM_SEED),
-            )
-            backfilling.wait(timeout=600)
-            children.started.remove(("backfill", backfilling))
-            if backfilling.returncode:
+            wait_for_line(log_dir / "simulator.log", CAUGHT_UP, children, 600)
+            if feeding.poll() is not None:
                 children.check()
-                raise click.ClickException(f"backfill failed: see {log_dir / 'backfill.log'}")
-        children.start("simulator", "simulate", "--rate", str(rate), "--batch", str(batch),
-                       "--seed", str(SIM_SEED))
         if not no_dashboard:
             children.start("dashboard", "dashboard")
             wait_for_http(f"http://127.0.0.1:{settings.dashboard_port}", children, 120)
             click.echo(f"\nDashboard: http://127.0.0.1:{settings.dashboard_port}")
         click.echo(f"Worker stats: http://127.0.0.1:{settings.worker_web_port}/stats/")
+        if "CTOWER_OPERATOR_TOKEN" in env and not settings.operator_token.get_secret_value():
+            click.echo(f"Operator token: {env['CTOWER_OPERATOR_TOKEN']} (dashboard sidebar, "
+                       "Operator)")
         click.echo('Query: ctower sql "SELECT * FROM store_minute_v ORDER BY window_start DESC '
                    'LIMIT 10"')
         click.echo("Ctrl-C stops everything this command started.")
@@ -158,3 +234,26 @@ def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
         if broker is not None and broker_started_here:
             broker.down()
             click.echo("  stopped kafka")
+
+
+@click.group()
+def _demo_parts() -> None:
+    """What ``ctower demo`` runs besides the ctower commands (``python -m ctower.demo``)."""
+
+
+@_demo_parts.command("feed")
+@click.option("--rate", default=40.0)
+@click.option("--batch", default=20)
+@click.option("--backfill", default=120_000)
+@click.option("--seed", default=SIM_SEED)
+def _feed_command(rate: float, batch: int, backfill: int, seed: int) -> None:
+    """The demo's simulator: history, then live (see :func:`feed`)."""
+    from ctower.cli import settings_or_exit
+    from ctower.logs import configure_logging
+
+    configure_logging(settings_or_exit())
+    feed(rate, batch, backfill, seed)
+
+
+if __name__ == "__main__":
+    _demo_parts()

@@ -15,8 +15,9 @@ import hmac
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import pandas as pd
 import streamlit as st
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import OperationalError
@@ -27,6 +28,7 @@ from ctower.store import StoreUnavailable, open_store
 
 SESSION_KEY = "ctower_page_context"
 RANGES_MINUTES = (15, 30, 60, 180, 720, 1440)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,30 @@ class PageContext:
     def t(self) -> dict[str, str]:
         return text(self.lang)
 
+    @property
+    def tz(self) -> str:
+        """The operators' time zone (``operator_timezone``)."""
+        return self.settings.operator_timezone
+
     def client(self) -> Client:
         return _store_client(self.settings, _client_key(self.settings))
+
+    def q(self, query: Callable[..., T], *args: Any) -> T:
+        """``query(client, *args)``, shared by every viewer for about one refresh.
+
+        Every open dashboard refreshes every ``dashboard_refresh_seconds``;
+        ten viewers of one page would ask the store the same questions ten
+        times every 2 s. The answer is kept (``st.cache_data``, keyed by the
+        store, the query and its arguments) for a little less than one
+        refresh, so the store answers each question about once per refresh
+        however many people watch.
+        """
+        seconds = self.settings.dashboard_refresh_seconds
+        if seconds <= 0:
+            return query(self.client(), *args)
+        cached = _cached_query(max(0.5, seconds * 0.9))
+        name = f"{query.__module__}.{query.__qualname__}"
+        return cached(_client_key(self.settings), name, args, query, self)  # type: ignore[no-any-return]
 
     @property
     def controls_configured(self) -> bool:
@@ -60,6 +84,30 @@ def _store_client(_settings: Settings, key: str) -> Client:
     session). Never falls back to opening the embedded path: holding it would
     stop the sink from starting."""
     return open_store(_settings, path_fallback=False)
+
+
+_CACHED: dict[float, Callable[..., Any]] = {}
+
+
+def _cached_query(ttl: float) -> Callable[..., Any]:
+    """The cached runner for one time-to-live (one per refresh setting)."""
+    runner = _CACHED.get(ttl)
+    if runner is None:
+        @st.cache_data(ttl=ttl, show_spinner=False, max_entries=1024)
+        def run(store: str, name: str, args: tuple[Any, ...], _query: Callable[..., Any],
+                _context: PageContext) -> Any:
+            return _query(_context.client(), *args)
+
+        runner = _CACHED[ttl] = run
+    return runner
+
+
+def show(frame: pd.DataFrame, **kwargs: Any) -> None:
+    """A table as every page shows one: no index, full width, empty cells empty."""
+    kwargs.setdefault("hide_index", True)
+    kwargs.setdefault("width", "stretch")
+    kwargs.setdefault("placeholder", "")
+    st.dataframe(frame, **kwargs)
 
 
 def token_matches(settings: Settings, offered: str) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ctower.schemas.master_data import MasterDataError, load_master_data
+from ctower.schemas.master_data import MasterData, MasterDataError, load_master_data
 from ctower.settings import Settings
 
 
@@ -52,3 +52,38 @@ def with_region(frame: pd.DataFrame, regions: dict[str, str], unknown: str) -> p
     out = frame.copy()
     out["region"] = [regions.get(str(s), unknown) for s in out["store_id"]]
     return out
+
+
+@lru_cache(maxsize=4)
+def _master(path: str, mtime_ns: int) -> MasterData:
+    return load_master_data(Path(path))
+
+
+def master_data(settings: Settings) -> MasterData | None:
+    """The master data file (reread when it changes), or None."""
+    path = settings.master_data_file
+    if path is None:
+        return None
+    try:
+        return _master(str(path), path.stat().st_mtime_ns)
+    except (OSError, MasterDataError):
+        return None
+
+
+def region_label(region_id: str, settings: Settings, lang: str) -> str:
+    """A region as people say it: its name in Chinese (华东), its id in English."""
+    data = master_data(settings)
+    info = data.region_by_id.get(region_id) if data is not None else None
+    if info is not None and info.name and lang == "zh":
+        return info.name
+    return region_id
+
+
+def store_city(settings: Settings) -> dict[str, str]:
+    data = master_data(settings)
+    return {s.store_id: s.city for s in data.stores if s.city} if data is not None else {}
+
+
+def sku_category(settings: Settings) -> dict[str, str]:
+    data = master_data(settings)
+    return {s.sku: s.category for s in data.skus if s.category} if data is not None else {}

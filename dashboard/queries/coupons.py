@@ -116,3 +116,48 @@ def campaign_ids(client: Client) -> list[str]:
         columns=["campaign_id"],
     )
     return [str(c) for c in found["campaign_id"]]
+
+
+def campaign_minutes(client: Client, campaign_id: str, store_id: str, minutes: int
+                     ) -> pd.DataFrame:
+    """One campaign's coupons per closed minute over the range (one store, or
+    all with ``store_id`` ''): issued (what counts against a cap), claimed,
+    redeemed."""
+    return frame(
+        client,
+        """
+        SELECT window_start AS minute, sum(issued) AS issued, sum(claimed) AS claimed,
+               sum(redeemed) AS redeemed
+        FROM campaign_store_minute_v
+        WHERE campaign_id = {campaign:String}
+          AND ({store:String} = '' OR store_id = {store:String})
+          AND window_start >= (SELECT max(window_start) FROM campaign_store_minute)
+                              - toIntervalMinute({minutes:UInt32} - 1)
+        GROUP BY minute
+        ORDER BY minute
+        """,
+        {"campaign": campaign_id, "store": store_id, "minutes": minutes},
+        columns=["minute", "issued", "claimed", "redeemed"],
+    )
+
+
+def policy_history(client: Client, campaign_id: str, store_id: str, limit: int = 50
+                   ) -> pd.DataFrame:
+    """The policies set for one campaign and scope, newest last."""
+    return frame(
+        client,
+        """
+        SELECT * FROM
+        (
+            SELECT cap_per_window, window_seconds, per_member_limit, paused, set_by, set_at
+            FROM coupon_policies FINAL
+            WHERE campaign_id = {campaign:String} AND store_id = {store:String}
+            ORDER BY set_at DESC
+            LIMIT {limit:UInt32}
+        )
+        ORDER BY set_at
+        """,
+        {"campaign": campaign_id, "store": store_id, "limit": limit},
+        columns=["cap_per_window", "window_seconds", "per_member_limit", "paused", "set_by",
+                 "set_at"],
+    )

@@ -71,17 +71,25 @@ def run_page() -> Callable[..., AppTest]:
     front, as a user's session would already hold it.)
     """
 
-    def run(page: str | None = None, state: dict[str, Any] | None = None) -> AppTest:
+    def run(page: str | None = None, state: dict[str, Any] | None = None,
+            query: dict[str, str] | None = None) -> AppTest:
         import streamlit as st
 
         st.cache_resource.clear()  # the page caches its client per process, tests share one
+        st.cache_data.clear()  # and its answers for about one refresh
         app = AppTest.from_file(str(PAGE), default_timeout=30)
         for key, value in (state or {}).items():
             app.session_state[key] = value
+        if page is not None and query:
+            app.switch_page(f"views/{page}.py")  # opened by its URL, as a link would
+            app.query_params.update(query)
+            app.run()
+            assert not app.exception, app.exception
+            return app
         app.run()
         assert not app.exception, app.exception
         if page is not None:
-            app.switch_page(f"pages/{page}.py").run()
+            app.switch_page(f"views/{page}.py").run()
         assert not app.exception, app.exception
         return app
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-PAGES = ["overview", "stores", "inventory", "pickup", "logistics", "coupons", "alerts"]
+PAGES = ["overview", "stores", "skus", "inventory", "pickup", "logistics", "coupons", "alerts",
+         "pipeline"]
 EMPTY = {
     "overview": "No data yet: waiting for the first closed minute.",
     "stores": "No data yet: waiting for the first closed minute.",
@@ -21,7 +23,9 @@ EMPTY = {
     "logistics": "No logistics data yet.",
     "coupons": "No coupon data yet.",
     "alerts": "No alerts.",
+    "skus": "No SKU scans yet.",
 }
+METRICS_WHEN_EMPTY = {"alerts": 5, "pipeline": 4}  # zero counts
 STORE_MINUTE_COLUMNS = [
     "store_id", "window_start", "window_end", "scans", "add_to_cart", "orders", "paid_orders",
     "gmv_fen", "refunded_orders", "pickup_arrivals", "pickups_served", "pickup_no_shows",
@@ -50,7 +54,8 @@ def alert(alert_id: str, status: str, severity: str, raised: datetime, **extra: 
     row = {
         "alert_id": alert_id, "key": f"k-{alert_id}", "kind": "pickup_congestion",
         "severity": severity, "status": status, "message": f"message {alert_id}",
-        "evidence": json.dumps({"waiting": 14, "threshold": 10}), "action": None,
+        "evidence": json.dumps({"waiting": 14, "capacity": 10, "pressure": 1.4,
+                                "p90_wait_min": 4.0, "threshold_min": 10}), "action": None,
         "opened_at": raised, "resolved_at": raised if status == "resolved" else None,
         "raised_at": raised, "region": "east", "store_id": "S001", "sku": None,
         "carrier": None, "version": 1,
@@ -75,10 +80,11 @@ def test_every_page_shows_an_empty_state_on_an_empty_store(
     dash_store: Any, run_page: Callable[..., AppTest], page: str
 ) -> None:
     app = run_page(page)
-    assert EMPTY[page] in [info.value for info in app.info]
+    if page in EMPTY:
+        assert EMPTY[page] in [info.value for info in app.info]
     assert not app.warning and not app.error
-    assert not [m.value for m in app.markdown if "pages/" in m.value]  # no stray docstrings
-    assert len(app.metric) == (4 if page == "alerts" else 0)  # alerts: zero counts
+    assert not [m.value for m in app.markdown if "views/" in m.value]  # no stray docstrings
+    assert len(app.metric) == METRICS_WHEN_EMPTY.get(page, 0)
 
 
 def test_overview_figures_are_the_store_s(
@@ -136,7 +142,13 @@ def test_chinese_by_default_english_by_the_switch(
     assert "扫码次数" not in metrics(app)
 
 
-def test_stores_drill_down_from_region_to_store(
+def tiles(app: AppTest) -> dict[str, str]:
+    """Store -> the label of its tile on the board."""
+    return {b.key.removeprefix("open_"): b.label for b in app.button
+            if b.key and b.key.startswith("open_")}
+
+
+def test_store_board_groups_by_region_colours_by_worst_condition_and_drills_down(
     dash_store: Any, run_page: Callable[..., AppTest], minute0: datetime, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -146,19 +158,55 @@ def test_stores_drill_down_from_region_to_store(
     dash_store.insert("pickup_levels", [
         {"store_id": "S003", "region": "west", "waiting": 12, "capacity": 10, "pressure": 1.2,
          "p90_wait_s": 700.0, "arrivals_15m": 30, "served_15m": 10, "ts": minute0}])
+    dash_store.insert("stock_levels", [
+        {"location_id": "S002", "sku": "SKU9", "region": "east", "on_hand": 0,
+         "velocity_per_h": 2.0, "cover_h": 0.0, "transfer_from": "WH-east", "ts": minute0}])
     app = run_page("stores")
-    regions = app.dataframe[0].value
-    assert list(regions["Region"]) == ["east", "west"]
-    assert list(regions["Stores"]) == [2, 1]
-    stores = app.dataframe[1].value
-    assert list(stores["Store"]) == ["S001", "S002"]  # east first: the larger GMV
-    app.selectbox(key="stores_region").select("west").run()
-    assert not app.exception
-    stores = app.dataframe[1].value
-    assert list(stores["Store"]) == ["S003"]
-    assert list(stores["Pickup pressure"]) == [1.2]
-    assert list(stores["Waiting for pickup"]) == [12]
-    assert list(stores["Scan-to-order conversion"]) == pytest.approx([3 / 150])
+    shown = tiles(app)
+    assert set(shown) == {"S001", "S002", "S003"}
+    assert "OK" in shown["S001"]
+    assert "SKUs out of stock 1" in shown["S002"]
+    assert "Pickup over capacity 12/10" in shown["S003"]
+    assert metrics(app)[":red[●] Critical"] == "1"
+    assert metrics(app)[":orange[●] Attention"] == "1"
+    assert metrics(app)[":green[●] OK"] == "1"
+    regions = [m.value for m in app.markdown if " stores · GMV" in m.value]
+    assert [r.split("**")[1] for r in regions] == [":red[●] west", ":orange[●] east"]
+    app.button(key="open_S003").click().run()
+    assert not app.exception, app.exception
+    assert app.query_params["store"] in ("S003", ["S003"])
+    assert app.header[0].value.startswith("Store S003")
+    shown = metrics(app)
+    assert shown["Waiting for pickup"] == "12"
+    assert shown["Pickup pressure"] == "1.20"
+    assert shown["Scans"] == "150"
+    assert shown["Scan-to-order conversion"] == f"{3 / 150:.1%}"
+    app.button(key="stores_back").click().run()
+    assert "store" not in app.query_params
+    assert set(tiles(app)) == {"S001", "S002", "S003"}
+
+
+def test_a_store_s_drill_down_opens_by_its_url(
+    dash_store: Any, run_page: Callable[..., AppTest], minute0: datetime, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CTOWER_MASTER_DATA_FILE", str(write_master_data(tmp_path / "md.json")))
+    store_minutes(dash_store, minute0, {"S002": (500, 1, 10)})
+    dash_store.insert("stock_levels", [
+        {"location_id": "S002", "sku": "SKU9", "region": "east", "on_hand": 0,
+         "velocity_per_h": 2.0, "cover_h": None, "transfer_from": None, "ts": minute0}])
+    dash_store.insert("alerts", [alert("A7", "open", "critical", minute0, store_id="S002",
+                                       kind="stock_out", evidence=json.dumps(
+                                           {"on_hand": 0, "scans": 4, "threshold": 3}))])
+    app = run_page("stores", query={"store": "S002"})
+    assert app.header[0].value == "Store S002 · east"
+    frames = [f.value for f in app.dataframe]
+    alerts = next(f for f in frames if "Evidence" in f.columns)
+    assert list(alerts["Kind"]) == ["Stock-out"]
+    assert list(alerts["Evidence"]) == ["0 on hand, 4 scans while empty ≥ 3"]
+    stock = next(f for f in frames if "On hand" in f.columns)
+    assert list(stock["SKU"]) == ["SKU9"]
+    assert list(stock["Transfer from"]) == [""]  # an empty cell, never "None"
 
 
 def test_inventory_lists_stock_risk_with_transfer_source(
@@ -245,11 +293,16 @@ def test_logistics_status_late_and_on_time(
     assert shown == {"On-time delivery": "80.0%", "Past their ETA": "1",
                      "Stale shipments": "1", "Failed or returned": "1"}
     tables = [frame.value for frame in app.dataframe]
-    late = next(t for t in tables if "hours_late" in t.columns)
-    assert list(late["shipment_id"]) == ["SH1"]
-    assert list(late["hours_late"]) == [3.0]  # ETA t0+2h, newest event at minute0 = t0+5h
-    failed = next(t for t in tables if "last_update" in t.columns and "eta" not in t.columns)
-    assert list(failed["shipment_id"]) == ["SH3"]
+    late = next(t for t in tables if "Hours late" in t.columns)
+    assert list(late["Shipment"]) == ["SH1"]
+    assert list(late["Hours late"]) == [3.0]  # ETA t0+2h, newest event at minute0 = t0+5h
+    assert list(late["Status"]) == ["In transit"]
+    assert list(late["Origin type"]) == ["Central warehouse"]
+    eta = (t0 + timedelta(hours=2)).replace(tzinfo=UTC).astimezone(ZoneInfo("Asia/Shanghai"))
+    assert list(late["ETA"]) == [eta.strftime("%Y-%m-%d %H:%M:%S")]  # the operators' clock
+    failed = next(t for t in tables if "Last update" in t.columns and "ETA" not in t.columns)
+    assert list(failed["Shipment"]) == ["SH3"]
+    assert list(failed["Status"]) == ["Failed"]
 
 
 def test_coupons_issued_against_cap_and_held_back(
@@ -280,17 +333,24 @@ def test_coupons_issued_against_cap_and_held_back(
          "evidence": "{}", "ts": minute0 + timedelta(minutes=1)},
     ])
     app = run_page("coupons")
-    assert metrics(app) == {"Coupons issued": "21", "Throttled": "1", "Paused": "0"}
+    shown = metrics(app)
+    assert {k: shown[k] for k in ("Coupons issued", "Throttled", "Paused")} == {
+        "Coupons issued": "21", "Throttled": "1", "Paused": "0"}
     caps = app.dataframe[0].value
     assert list(caps["Store"]) == ["all stores", "S001"]
     assert list(caps["Issued in window"]) == [21, 10]  # S001's cap: the last 2 minutes only
     assert list(caps["Usage"]) == pytest.approx([0.21, 1.0])
     held = app.dataframe[1].value
     assert list(zip(held["Store"], held["State"], held["Reason"], strict=True)) == [
-        ("S002", "throttled", "pickup_pressure")]
+        ("S002", "Throttled", "Pickup pressure high")]
+    assert list(held["Evidence"]) == ["pickup pressure 0.9 > 0.8"]
     per_store = app.dataframe[2].value
     assert dict(zip(per_store["Store"], per_store["State"], strict=True)) == {
-        "S001": "open", "S002": "throttled"}
+        "S001": "Open", "S002": "Throttled"}
+    # the effect of the controls: a policy in force, per minute against its cap
+    assert app.selectbox(key="coupon_effect_pick").value == "C1|"
+    assert shown["Cap per window"] == "100" and shown["Issued in window"] == "21"
+    assert len(app.get("plotly_chart")) >= 1
 
 
 def test_alert_feed_with_acknowledgement_and_delivery_status(
@@ -317,15 +377,67 @@ def test_alert_feed_with_acknowledgement_and_delivery_status(
     ])
     app = run_page("alerts")
     assert metrics(app) == {"Open alerts": "2", "Critical": "1", "Not acknowledged": "1",
-                            "Broken WeChat Work routes": "1"}
+                            "Unacknowledged, overdue": "0", "Broken WeChat Work routes": "1"}
     assert any("west" in error.value for error in app.error)
     feed = app.dataframe[0].value
-    assert list(feed["alert_id"]) == ["A1", "A2"]
-    assert list(feed["WeChat Work delivery"]) == ["delivered (east, ×2)", "not sent"]
-    assert feed["Acknowledged by"].iloc[0] == "li"
-    assert "threshold" in feed["Evidence"].iloc[0]
+    assert list(feed["Alert id"]) == ["A1", "A2"]
+    assert list(feed["WeChat Work delivery"]) == ["Delivered (east, ×2)", "Not sent"]
+    assert list(feed["Acknowledged by"]) == ["li", ""]
+    assert list(feed["State"]) == ["Acknowledged", "Not acknowledged"]
+    assert list(feed["Kind"]) == ["Pickup congestion"] * 2
+    assert list(feed["Severity"]) == ["Critical", "Warning"]
+    assert list(feed["Evidence"]) == ["14 waiting > capacity 10 (pickup pressure 1.4)"] * 2
+    assert list(feed["Owner"]) == ["", ""]
     app.toggle(key="alerts_only_open").set_value(False).run()
-    assert list(app.dataframe[0].value["alert_id"]) == ["A1", "A2", "A3"]
+    assert list(app.dataframe[0].value["Alert id"]) == ["A1", "A2", "A3"]
+    sla = app.dataframe[1].value
+    assert list(sla["Kind"]) == ["Pickup congestion"]
+    assert list(sla["Alerts"]) == [3]
+    assert list(sla["Acknowledged"]) == [1]
+    assert list(sla["To acknowledge p50"]) == ["1 min"]  # opened at +2 min, acked at +3 min
+    assert list(sla["Resolved"]) == [1]
+
+
+def test_alert_workflow_owner_and_operator_resolution_show_on_the_page(
+    dash_store: Any, run_page: Callable[..., AppTest], minute0: datetime
+) -> None:
+    dash_store.insert("alerts", [alert("A1", "open", "critical", minute0),
+                                 alert("A2", "open", "warning", minute0)])
+    dash_store.insert("alert_acks", [
+        {"alert_id": "A1", "acked_by": "li", "note": "", "ts": minute0 + timedelta(seconds=30),
+         "action": "ack", "owner": ""},
+        {"alert_id": "A1", "acked_by": "li", "note": "", "ts": minute0 + timedelta(minutes=1),
+         "action": "assign", "owner": "wang"},
+        {"alert_id": "A2", "acked_by": "zhao", "note": "queue cleared by hand",
+         "ts": minute0 + timedelta(minutes=4), "action": "resolve", "owner": ""},
+    ])
+    app = run_page("alerts")
+    feed = app.dataframe[0].value
+    assert list(feed["Alert id"]) == ["A1"]  # A2 was resolved by an operator
+    assert list(feed["Owner"]) == ["wang"]
+    app.toggle(key="alerts_only_open").set_value(False).run()
+    feed = app.dataframe[0].value.set_index("Alert id")
+    assert feed.loc["A2", "State"] == "Resolved by operator"
+    assert feed.loc["A2", "Resolution note"] == "queue cleared by hand"
+    sla = app.dataframe[1].value
+    assert list(sla["To acknowledge p50"]) == ["30 s"]
+    assert list(sla["Resolved"]) == [1]
+    assert list(sla["To resolve p50"]) == ["4 min"]
+
+
+def test_an_alert_opens_by_its_link_with_who_did_what(
+    dash_store: Any, run_page: Callable[..., AppTest], minute0: datetime
+) -> None:
+    dash_store.insert("alerts", [alert("A5", "open", "critical", minute0)])
+    dash_store.insert("alert_acks", [
+        {"alert_id": "A5", "acked_by": "li", "note": "calling", "ts": minute0, "action": "ack",
+         "owner": ""}])
+    app = run_page("alerts", query={"alert_id": "A5"})
+    history = app.dataframe[0].value
+    assert list(history["By"]) == ["li"]
+    assert list(history["Action"]) == ["Acknowledged"]
+    assert list(history["Note"]) == ["calling"]
+    assert any("14 waiting > capacity 10" in m.value for m in app.markdown)
 
 
 def test_unreachable_store_is_a_clear_message(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from ctower.dashboard.context import current, live, store_guard
+from ctower.dashboard.context import current, live, show, store_guard
 from ctower.dashboard.queries.alerts import open_alert_count
 from ctower.dashboard.queries.logistics import on_time_rate
 from ctower.dashboard.queries.pickup import pickup_now
 from ctower.dashboard.queries.sales import minute_trend, sales_pulse, store_sales
-from ctower.dashboard.regions import store_regions, with_region
+from ctower.dashboard.readable import local_axis
+from ctower.dashboard.regions import region_label, store_regions, with_region
 
 ctx = current()
 t = ctx.t
@@ -20,14 +21,13 @@ st.header(t["page_overview"])
 @live(ctx)
 def figures() -> None:
     with store_guard(ctx):
-        client = ctx.client()
-        pulse = sales_pulse(client, ctx.minutes)
+        pulse = ctx.q(sales_pulse, ctx.minutes)
         if pulse.minutes == 0:
             st.info(t["empty"])
             return
-        pickup = pickup_now(client)
-        on_time = on_time_rate(client, ctx.minutes)
-        alerts = open_alert_count(client)
+        pickup = ctx.q(pickup_now)
+        on_time = ctx.q(on_time_rate, ctx.minutes)
+        alerts = ctx.q(open_alert_count)
         top = st.columns(4)
         top[0].metric(t["gmv"], f"¥{pulse.gmv_yuan:,.0f}")
         top[1].metric(t["paid_orders"], f"{pulse.paid_orders:,}")
@@ -40,31 +40,34 @@ def figures() -> None:
         second[2].metric(t["open_alerts"], f"{alerts:,}")
         second[3].metric(t["pickups_served"], f"{pulse.pickups_served:,}")
 
-        trend = minute_trend(client, ctx.minutes).rename(
+        trend = ctx.q(minute_trend, ctx.minutes).rename(
             columns={"scans": t["scans"], "orders": t["orders"], "paid_orders": t["paid_orders"]}
         )
+        if not trend.empty:
+            trend["minute"] = local_axis(trend["minute"], ctx.tz)
         figure = px.line(trend, x="minute", y=[t["scans"], t["orders"], t["paid_orders"]],
-                         labels={"value": "", "minute": t["minute"], "variable": ""})
+                         labels={"value": "", "minute": f"{t['minute']} ({ctx.tz})",
+                                 "variable": ""})
         st.plotly_chart(figure, width="stretch")
 
         st.subheader(t["by_region"])
-        sales = with_region(store_sales(client, ctx.minutes),
+        sales = with_region(ctx.q(store_sales, ctx.minutes),
                             store_regions(ctx.settings, pickup), t["unknown_region"])
         regions = (
             sales.groupby("region", as_index=False)[["gmv_yuan", "paid_orders", "scans"]].sum()
             .sort_values("gmv_yuan", ascending=False)
         )
+        regions["region"] = [region_label(r, ctx.settings, ctx.lang) for r in regions["region"]]
         left, right = st.columns(2)
         left.plotly_chart(
             px.bar(regions, x="region", y="gmv_yuan",
                    labels={"region": t["region"], "gmv_yuan": t["gmv"]}),
             width="stretch",
         )
-        right.dataframe(
-            regions.rename(columns={"region": t["region"], "gmv_yuan": t["gmv"],
-                                    "paid_orders": t["paid_orders"], "scans": t["scans"]}),
-            hide_index=True, width="stretch",
-        )
+        with right:
+            show(regions.rename(columns={"region": t["region"], "gmv_yuan": t["gmv"],
+                                         "paid_orders": t["paid_orders"], "scans": t["scans"]}),
+                 column_config={t["gmv"]: st.column_config.NumberColumn(format="¥%.2f")})
 
 
 figures()
