@@ -12,19 +12,16 @@ the order of generation.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import KafkaProducer
-
-from ctower.broker.topics import partition_for
 from ctower.health import Heartbeat
+from ctower.producer import EventProducer
 from ctower.schemas.events import Event, encoder
-from ctower.settings import STREAMS, Settings
+from ctower.settings import Settings
 from ctower.simulator.clock import Pacer
 from ctower.simulator.items import Item, encode_event
 from ctower.simulator.jsonl import JsonlWriter
@@ -32,10 +29,6 @@ from ctower.simulator.truth import TruthRecorder
 
 log = logging.getLogger(__name__)
 
-_PARTITION_CACHE_MAX = 200_000
-MAX_ARRAY_BYTES = 900_000
-"""An array is sent early rather than exceed this: brokers refuse messages over
-``message.max.bytes`` (about 1 MB by default), whatever ``--batch`` says."""
 
 
 @dataclass(slots=True)
@@ -66,166 +59,26 @@ class SendStats:
         return text
 
 
-def crc32c_is_native() -> bool:
-    """Whether kafka-python found the C ``crc32c`` package for its record batches."""
-    from kafka.record import util
+class KafkaSink(EventProducer):
+    """The simulator's output to Kafka: :class:`EventProducer` fed with items,
+    beating the simulator's health heartbeat (``ctower health simulator``)."""
 
-    return util._crc32c is not util.crc32c_py
-
-
-def resolve_compression(choice: str) -> str | None:
-    """``auto``: gzip when kafka-python checksums in pure Python, else none.
-
-    Why: every record batch gets a CRC-32C, and without the ``crc32c``
-    extension kafka-python computes it in Python at about 10 MB/s, the
-    bottleneck of a batched run. Compressing first shrinks what is
-    checksummed about ninefold (JSON), and gzip is the codec every consumer
-    can read: aiokafka decodes lz4/snappy/zstd only with ``cramjam``, which
-    this project does not install.
-    """
-    if choice == "auto":
-        return None if crc32c_is_native() else "gzip"
-    if choice == "none":
-        return None
-    if choice != "gzip":
-        raise ValueError(f"compression must be auto, none or gzip, not {choice!r}")
-    return choice
-
-
-class KafkaSink:
-    """A kafka-python producer plus the per-partition batch buffers.
-
-    ``batch=1`` sends each event as its own keyed message. ``batch>1`` groups
-    up to ``batch`` events of one partition into a JSON array; a partly full
-    array waits at most ``linger_s`` of wall time (so a live run at a few
-    events a second still delivers promptly). Producer settings: batches of
-    up to 1 MiB lingering 20 ms amortise the per-request cost; ``acks=all``
-    (and idempotence) by default, because the truth file assumes nothing was
-    lost. ``compression``: see :func:`resolve_compression`.
-    """
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        batch: int = 1,
-        acks: str = "all",
-        linger_s: float = 0.2,
-        create_topics: bool = True,
-        client_id: str = "ctower-simulator",
-        compression: str = "auto",
-    ) -> None:
-        if batch < 1:
-            raise ValueError("batch must be >= 1")
-        if create_topics:
-            from ctower.broker.topics import ensure_topics
-
-            ensure_topics(settings)
-        acks_value: str | int = "all" if acks == "all" else int(acks)
-        self.compression = resolve_compression(compression)
-        self.producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap,
-            client_id=client_id,
-            acks=acks_value,
-            enable_idempotence=acks == "all",
-            linger_ms=20,
-            batch_size=1 << 20,
-            compression_type=self.compression,
-            max_request_size=8 << 20,
-        )
-        self.batch = batch
-        self.linger_s = linger_s
-        self.topics = {stream: settings.topic(stream) for stream in STREAMS}
-        self.partitions = {
-            stream: len(self.producer.partitions_for(topic) or ())
-            for stream, topic in self.topics.items()
-        }
-        missing = [t for s, t in self.topics.items() if not self.partitions[s]]
-        if missing:
-            raise RuntimeError(
-                f"no partitions known for {', '.join(missing)} on {settings.bootstrap}"
-            )
-        self._cache: dict[tuple[str, str], int] = {}
-        self._buffers: dict[tuple[str, int], list[bytes]] = {}
-        self._since: dict[tuple[str, int], float] = {}
-        self._bytes: dict[tuple[str, int], int] = {}
-        self._last_tick = time.monotonic()
-        self.heartbeat = Heartbeat(settings, "simulator")  # `ctower health simulator`
-        self.messages = 0
-        self.bytes = 0
-        self.errors = 0
-        self.first_error: str | None = None
-
-    def partition(self, stream: str, key: str) -> int:
-        cache = self._cache
-        p = cache.get((stream, key))
-        if p is None:
-            if len(cache) > _PARTITION_CACHE_MAX:
-                cache.clear()
-            p = cache[(stream, key)] = partition_for(key.encode(), self.partitions[stream])
-        return p
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        options.setdefault("client_id", "ctower-simulator")
+        super().__init__(settings, **options)
+        self.heartbeat = Heartbeat(settings, "simulator")
 
     def put(self, item: Item, value: bytes) -> None:
-        stream = item.stream
-        p = self.partition(stream, item.key)
-        if self.batch == 1 or item.standalone:
-            if item.standalone:
-                self._flush((stream, p))  # keep the partition's order
-            self._send(stream, value, item.key.encode() if item.key else None, p)
-            return
-        slot = (stream, p)
-        buf = self._buffers.get(slot)
-        if buf is None:
-            buf = self._buffers[slot] = []
-            self._since[slot] = time.monotonic()
-            self._bytes[slot] = 1  # "["; each element adds its bytes and a "," or "]"
-        elif self._bytes[slot] + len(value) + 1 > MAX_ARRAY_BYTES:
-            self._flush(slot)
-            self.put(item, value)
-            return
-        buf.append(value)
-        self._bytes[slot] += len(value) + 1
-        if len(buf) >= self.batch:
-            self._flush(slot)
+        self.send_bytes(item.stream, item.key, value, standalone=item.standalone)
 
     def tick(self) -> None:
-        """Send arrays that have waited longer than ``linger_s``."""
-        now = time.monotonic()
-        if now - self._last_tick < self.linger_s / 4:
-            return
-        self._last_tick = now
-        self.heartbeat.beat(messages=self.messages, errors=self.errors)
-        for slot, since in list(self._since.items()):
-            if now - since >= self.linger_s:
-                self._flush(slot)
-
-    def _flush(self, slot: tuple[str, int]) -> None:
-        buf = self._buffers.pop(slot, None)
-        self._since.pop(slot, None)
-        if buf:
-            self._send(slot[0], b"[" + b",".join(buf) + b"]", None, slot[1])
-
-    def _send(self, stream: str, value: bytes, key: bytes | None, partition: int) -> None:
-        future = self.producer.send(self.topics[stream], value=value, key=key, partition=partition)
-        future.add_errback(self._failed)
-        self.messages += 1
-        self.bytes += len(value)
-
-    def _failed(self, exc: BaseException) -> None:
-        self.errors += 1
-        if self.first_error is None:
-            self.first_error = repr(exc)
-            log.error("send failed: %r", exc)
+        if time.monotonic() - self._last_tick >= self.linger_s / 4:
+            self.heartbeat.beat(messages=self.messages, errors=self.errors)
+        super().tick()
 
     def close(self, timeout: float = 60.0) -> None:
         self.heartbeat.clear()
-        for slot in list(self._buffers):
-            self._flush(slot)
-        try:
-            self.producer.flush(timeout=timeout)
-        finally:
-            with contextlib.suppress(Exception):
-                self.producer.close(timeout=5)
+        super().close(timeout)
 
 
 def pump(

@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 from kafka import KafkaConsumer, TopicPartition
 
+from ctower.broker.topics import partition_for
 from ctower.schemas.events import EVENT_TYPES
 from ctower.settings import STREAMS, Settings
 from ctower.simulator.command import simulate
-from ctower.simulator.producer import partition_for
 from ctower.simulator.truth import load_truth
 
 
@@ -152,10 +152,11 @@ def test_batch_of_one_sends_keyed_events(settings_factory, tmp_path):
 
 @pytest.mark.kafka
 def test_programmatic_send_of_event_pairs_caps_array_size(settings_factory, monkeypatch):
+    from ctower import producer as event_producer
     from ctower.simulator import producer
     from ctower.simulator.generator import SimConfig, Simulator
 
-    monkeypatch.setattr(producer, "MAX_ARRAY_BYTES", 5_000)
+    monkeypatch.setattr(event_producer, "MAX_ARRAY_BYTES", 5_000)
     settings = settings_factory()
     stats = producer.send(
         settings, Simulator(SimConfig(seed=3, events=2_000)).events(), batch=1_000
@@ -169,7 +170,7 @@ def test_programmatic_send_of_event_pairs_caps_array_size(settings_factory, monk
 
 
 def test_compression_choice():
-    from ctower.simulator.producer import crc32c_is_native, resolve_compression
+    from ctower.producer import crc32c_is_native, resolve_compression
 
     assert resolve_compression("none") is None
     assert resolve_compression("gzip") == "gzip"
