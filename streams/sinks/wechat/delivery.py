@@ -21,6 +21,11 @@ Three loops share one process:
 - **publish** drains the outbox's delivery records to
   ``ct.alert-deliveries``, from which the ClickHouse sink fills
   ``alert_deliveries`` and the dashboard shows route health.
+- **escalation** (``escalation.py``): an open alert of a route with
+  ``escalate_to`` that nobody acknowledged within
+  ``alert_escalate_after_seconds`` also goes to that route. The operators'
+  acknowledgements come from ``ct.alert-acks`` (consumer group
+  ``<app_id>-alerts-acks``), written by the dashboard.
 """
 
 from __future__ import annotations
@@ -43,10 +48,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from ctower.health import Heartbeat
-from ctower.schemas.control import Alert, AlertDelivery, DeadLetter
+from ctower.schemas.control import Alert, AlertAck, AlertDelivery, DeadLetter
 from ctower.schemas.wire import reject
 from ctower.settings import Settings, SettingsError
 from ctower.streams.sinks.wechat.client import SendResult, WebhookClient, backoff
+from ctower.streams.sinks.wechat.escalation import EscalationBook, escalated_copy
 from ctower.streams.sinks.wechat.messages import (
     Mentions,
     Message,
@@ -99,6 +105,8 @@ class DeliveryStats:
     messages: Counter[str] = field(default_factory=Counter)
     """Requests sent, by message kind."""
     outcomes: Counter[str] = field(default_factory=Counter)
+    escalated: int = 0
+    """Alerts sent to an escalation route because nobody acknowledged them."""
 
 
 def _digest_id(items: Sequence[Item]) -> str:
@@ -131,6 +139,8 @@ class DeliveryService:
         self._broken: set[str] = set()
         self._client: WebhookClient | None = None
         self._alert_decoder = msgspec.json.Decoder(Alert)
+        self._ack_decoder = msgspec.json.Decoder(AlertAck)
+        self.escalations = EscalationBook(self.outbox.db)
         self.heartbeat: Heartbeat | None = None
         """Set by the process (``ctower alerts deliver``): ``ctower health alerts`` reads it."""
         self.budgets = {
@@ -200,11 +210,94 @@ class DeliveryService:
                 by_origin.setdefault(origin, []).append((a, route, robot, not_before))
         for origin, entries in by_origin.items():
             added += self.outbox.add(entries, origin=origin)
+        self.book_escalations(alerts, now)
         self.stats.alerts += len(alerts)
         self.stats.items += added
         if added:
             self._wake.set()
         return added
+
+    # ------------------------------------------------------------ escalation
+    @property
+    def escalate_after(self) -> float:
+        return self.settings.alert_escalate_after_seconds
+
+    def book_escalations(self, alerts: Sequence[Alert], now: float) -> None:
+        """Open alerts of routes with ``escalate_to`` are escalated unless
+        acknowledged in time; resolved ones need no escalation any more."""
+        resolved = [a.alert_id for a in alerts if a.status == "resolved"]
+        if resolved:
+            self.escalations.cancel(resolved, now)
+        if self.escalate_after <= 0:
+            return
+        entries = [
+            (alert, route.name, route.escalate_to)
+            for alert in alerts if alert.status == "open"
+            for route in self.table.routes_for(alert) if route.escalate_to
+        ]
+        if entries and self.escalations.book(entries, self.escalate_after, now):
+            self._wake.set()
+
+    def escalate_due(self, now: float | None = None) -> int:
+        """Escalations that fell due become outbox items of their target
+        route; returns how many items were added."""
+        now = time.time() if now is None else now
+        due = self.escalations.due(now)
+        if not due:
+            return 0
+        added = 0
+        for entry in due:
+            target = self.table.get(entry.target)
+            if target.name in self._broken and target.name != FALLBACK:
+                target = self.table.fallback
+            alert = escalated_copy(entry.alert, self.escalate_after, self.settings.language)
+            held = target.held_until(alert, now)
+            added += self.outbox.add(
+                [(alert, target.name, robot, held or now) for robot in target.robots],
+                origin=entry.origin, escalation=True,
+            )
+            log.warning("alert %s (%s) unacknowledged for %.0f s: escalated to route %s",
+                        entry.alert.alert_id, entry.alert.kind, self.escalate_after, target.name)
+        self.escalations.sent(due, now)
+        self.stats.escalated += len(due)
+        if added:
+            self._wake.set()
+        return added
+
+    def admit_ack(self, value: bytes | None) -> AlertAck | None:
+        """An operator's record from ct.alert-acks, or None (logged) if it is not one."""
+        try:
+            return self._ack_decoder.decode(value or b"")
+        except Exception as exc:  # not ours to judge further: the sink quarantines it
+            log.warning("a record on %s is not an alert acknowledgement (%s); ignored",
+                        self.settings.topic("alert-acks"), _one_line(str(exc))[:200])
+            return None
+
+    async def ack_intake(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """ct.alert-acks -> the escalation book -> commit, until ``stop``."""
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=300, max_records=1000)
+            if not batches:
+                continue
+            acks = [ack for messages in batches.values() for msg in messages
+                    if (ack := self.admit_ack(msg.value)) is not None]
+            cancelled = self.escalations.acknowledged(acks)
+            if cancelled:
+                log.info("%d escalation(s) cancelled: acknowledged or resolved by an operator",
+                         cancelled)
+            try:
+                await consumer.commit({tp: messages[-1].offset + 1
+                                       for tp, messages in batches.items()})
+            except KafkaError as exc:
+                log.warning("offset commit of %s failed (%s); the book absorbs the replay",
+                            self.settings.topic("alert-acks"), exc)
+
+    async def escalate(self, stop: asyncio.Event) -> None:
+        """Send escalations as they fall due, until ``stop``."""
+        while not stop.is_set():
+            self.escalate_due()
+            wait = self.escalations.next_due_in()
+            await _sleep_or_stop(1.0 if wait is None else min(max(wait, 0.05), 1.0), stop)
 
     # ------------------------------------------------------------ dispatch
     async def serve(self, stop: asyncio.Event) -> None:
@@ -604,9 +697,18 @@ class DeliveryService:
             bootstrap_servers=s.bootstrap, client_id=f"{s.app_id}-alerts", acks="all",
             linger_ms=20,
         )
+        escalating = self.escalate_after > 0 and any(
+            r.escalate_to for r in (*self.table.routes, self.table.fallback))
+        acks = AIOKafkaConsumer(
+            s.topic("alert-acks"), bootstrap_servers=s.bootstrap,
+            group_id=f"{self.group_id}-acks", client_id=f"{s.app_id}-alerts",
+            enable_auto_commit=False, auto_offset_reset="earliest", metadata_max_age_ms=10_000,
+        ) if escalating else None
         await producer.start()
         try:
             await consumer.start()
+            if acks is not None:
+                await acks.start()
             try:
                 dispatch_stop = asyncio.Event()
                 tasks = [
@@ -614,6 +716,9 @@ class DeliveryService:
                     asyncio.create_task(self.serve(dispatch_stop)),
                     asyncio.create_task(self._log_stats(stop)),
                 ]
+                if acks is not None:
+                    tasks += [asyncio.create_task(self.ack_intake(acks, stop)),
+                              asyncio.create_task(self.escalate(stop))]
                 publisher = asyncio.create_task(self.publish(producer, dispatch_stop))
                 stopping = asyncio.create_task(stop.wait())
                 # a loop that ends before ``stop`` has failed: stop loudly, never
@@ -633,6 +738,8 @@ class DeliveryService:
                                        ) from failed.exception()
             finally:
                 await consumer.stop()
+                if acks is not None:
+                    await acks.stop()
         finally:
             await producer.stop()
             self.outbox.close()
@@ -646,9 +753,9 @@ class DeliveryService:
             except sqlite3.Error as exc:  # a busy outbox is no reason to stop delivering
                 counts = f"unreadable ({exc})"
             log.info("alerts: %d read, %d items, sent %s, outcomes %s, outbox %s, "
-                     "dead letters %s", self.stats.alerts, self.stats.items,
+                     "dead letters %s, escalated %d", self.stats.alerts, self.stats.items,
                      dict(self.stats.messages), dict(self.stats.outcomes), counts,
-                     dict(self.stats.dead_letters))
+                     dict(self.stats.dead_letters), self.stats.escalated)
 
 
 def _mentions(route: Route) -> Mentions:

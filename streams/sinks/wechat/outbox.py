@@ -95,11 +95,13 @@ _record_json = msgspec.json.Encoder()
 _record_decoder = msgspec.json.Decoder(AlertDelivery)
 
 
-def delivery_id(alert: Alert, route: str, robot: str) -> str:
+def delivery_id(alert: Alert, route: str, robot: str, escalation: bool = False) -> str:
     """Names one message's journey: the same alert, status, route and robot
-    always give the same id."""
-    raw = f"{alert.alert_id}\x1f{alert.status}\x1f{route}\x1f{robot}".encode()
-    return "d" + hashlib.sha256(raw).hexdigest()[:15]
+    always give the same id (an escalation's journey is another)."""
+    raw = f"{alert.alert_id}\x1f{alert.status}\x1f{route}\x1f{robot}"
+    if escalation:
+        raw += "\x1fescalation"
+    return "d" + hashlib.sha256(raw.encode()).hexdigest()[:15]
 
 
 def encode_alert(alert: Alert) -> bytes:
@@ -176,10 +178,11 @@ class Outbox:
         self.db.execute("COMMIT")
 
     # ------------------------------------------------------------ intake
-    def add(self, entries: Iterable[tuple[Alert, str, str, float]], origin: str | None = None
-            ) -> int:
+    def add(self, entries: Iterable[tuple[Alert, str, str, float]], origin: str | None = None,
+            escalation: bool = False) -> int:
         """Store (alert, route, robot, not_before) items; known ones are
-        left alone. Returns how many were new. Durable when it returns."""
+        left alone. Returns how many were new. Durable when it returns.
+        ``escalation``: the items escalate their alert (ids of their own)."""
         now = time.time()
         added = 0
         with self.transaction() as db:
@@ -188,7 +191,8 @@ class Outbox:
                     "INSERT OR IGNORE INTO items (delivery_id, alert_id, alert_key, status, kind, "
                     "severity, route, origin_route, robot, alert, state, attempts, not_before, "
                     "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,0,?,?)",
-                    (delivery_id(alert, route, robot), alert.alert_id, alert.key, alert.status,
+                    (delivery_id(alert, route, robot, escalation), alert.alert_id, alert.key,
+                     alert.status,
                      alert.kind, alert.severity, route, origin or route, robot,
                      encode_alert(alert), PENDING, not_before, now),
                 )

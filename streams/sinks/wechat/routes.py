@@ -8,7 +8,10 @@ of a route whose robot is broken (see ``delivery``).
 
 Per route: who is @mentioned (user ids, ``@all``, or mobiles), quiet hours
 in which only critical alerts go out (the others wait for the end of the
-quiet hours, they are not dropped), and whether resolutions are sent.
+quiet hours, they are not dropped), whether resolutions are sent, and
+``escalate_to``: the route that also gets an open alert nobody acknowledged
+within ``alert_escalate_after_seconds`` (see ``escalation``). A route with
+``escalations_only = true`` gets escalations and nothing directly.
 
 The file is TOML and holds no secrets: robots are names whose URLs come
 from :mod:`webhooks`. A URL pasted into it is refused, so a key cannot be
@@ -27,6 +30,13 @@ committed by mistake::
     mention_mobiles = ["13800001111"]
     quiet_hours = "22:00-08:00"
     send_resolutions = true
+    escalate_to = "oncall"             # open and nobody acknowledged it within
+                                       # alert_escalate_after_seconds: also here
+
+    [[routes]]
+    name = "oncall"
+    robots = ["duty_manager"]
+    escalations_only = true            # gets escalations, no alert directly
 
     [fallback]
     robots = ["ops"]
@@ -106,10 +116,14 @@ class Route:
     mention_mobiles: tuple[str, ...] = ()
     quiet: QuietHours | None = None
     send_resolutions: bool = True
+    escalate_to: str | None = None
+    """The route that also gets the route's open alerts nobody acknowledged in time."""
+    escalations_only: bool = False
+    """The route gets escalations only: it matches no alert directly."""
 
     def matches(self, alert: Alert) -> bool:
         """Every non-empty filter must contain the alert's value."""
-        return (
+        return not self.escalations_only and (
             (not self.kinds or alert.kind in self.kinds)
             and (not self.severities or alert.severity in self.severities)
             and (not self.regions or alert.region in self.regions)
@@ -178,6 +192,8 @@ class _RouteModel(BaseModel):
     mention_mobiles: list[str] = Field(default_factory=list)
     quiet_hours: str | None = None
     send_resolutions: bool = True
+    escalate_to: str | None = None
+    escalations_only: bool = False
 
     @field_validator("name")
     @classmethod
@@ -248,6 +264,8 @@ def _route(model: _RouteModel, zone: ZoneInfo, where: str) -> Route:
         mention_mobiles=tuple(model.mention_mobiles),
         quiet=quiet,
         send_resolutions=model.send_resolutions,
+        escalate_to=model.escalate_to or None,
+        escalations_only=model.escalations_only,
     )
 
 
@@ -281,6 +299,14 @@ def parse_routes(data: dict[str, Any], source: Path | None = None) -> RoutingTab
     duplicates = sorted({n for n in names if names.count(n) > 1} | ({FALLBACK} & set(names)))
     if duplicates:
         raise SettingsError(f"{where}: route name(s) used twice or reserved: {duplicates}")
+    known = {*names, FALLBACK}
+    for route in (*routes, fallback):
+        if route.escalate_to is not None and (route.escalate_to not in known
+                                              or route.escalate_to == route.name):
+            raise SettingsError(
+                f"{where}: route {route.name}: escalate_to must name another route "
+                f"({', '.join(sorted(known - {route.name}))}), got {route.escalate_to!r}"
+            )
     return RoutingTable(routes, fallback, source)
 
 
