@@ -20,6 +20,7 @@ page says so and tries again at the next refresh. With several workers,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -234,14 +235,9 @@ def _answers(overview: Any) -> dict[str, int]:
 # --------------------------------------------------------------------------
 
 LAG_COLUMNS = ["stream", "group", "lag", "partitions"]
-
-
-@st.cache_resource(show_spinner=False)
-def _admin(bootstrap: str) -> Any:
-    from kafka.admin import KafkaAdminClient
-
-    return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ctower-dashboard",
-                            request_timeout_ms=3000)
+LAG_EVERY = 2.0
+LAG_IDLE_AFTER = 30.0
+"""The poller stops asking Kafka when nobody looked for this long."""
 
 
 def consumer_groups(settings: Settings) -> dict[str, str]:
@@ -249,45 +245,109 @@ def consumer_groups(settings: Settings) -> dict[str, str]:
     return {settings.app_id: "worker", f"{settings.app_id}-sink": "sink"}
 
 
-@st.cache_data(ttl=1.8, show_spinner=False)
-def consumer_lag(bootstrap: str, prefix: str, groups: tuple[str, ...]) -> tuple[pd.DataFrame,
-                                                                                   str | None]:
+def measure_lag(admin: Any, prefix: str, groups: tuple[str, ...]) -> pd.DataFrame:
     """Per stream and group: messages not yet committed (end offset - committed)."""
     from kafka import TopicPartition
     from kafka.admin import OffsetSpec
 
-    try:
-        admin = _admin(bootstrap)
-        topics = [f"{prefix}{stream}" for stream in STREAMS]
-        described = admin.describe_topics(topics)
-        partitions = [
-            TopicPartition(t["topic"], p["partition"])
-            for t in described if not t.get("error_code")
-            for p in t.get("partitions", [])
-        ]
-        ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
-        committed = admin.list_group_offsets({group: None for group in groups})
-    except Exception as exc:  # the broker is down or busy: say so, try again next refresh
-        _admin.clear()
-        return pd.DataFrame(columns=LAG_COLUMNS), f"{type(exc).__name__}: {exc}"[:200]
+    topics = [f"{prefix}{stream}" for stream in STREAMS]
+    described = admin.describe_topics(topics)
+    partitions = [
+        TopicPartition(topic["name"], p["partition_index"])
+        for topic in described if not topic.get("error_code")
+        for p in topic.get("partitions", [])
+    ]
+    ends = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in partitions})
     rows = []
     for group in groups:
-        offsets = committed.get(group) or {}
+        try:
+            offsets = admin.list_group_offsets({group: None}).get(group) or {}
+        except Exception:  # no such group (yet): nothing to say about its lag
+            offsets = None
         for stream in STREAMS:
+            if offsets is None:
+                rows.append({"stream": stream, "group": group, "lag": None, "partitions": 0})
+                continue
             topic = f"{prefix}{stream}"
             lag, counted = 0, 0
             for tp in partitions:
-                if tp.topic != topic:
+                if tp.topic != topic or tp not in ends:
                     continue
-                end = ends[tp].offset if tp in ends else None
                 done = offsets.get(tp)
-                if end is None:
-                    continue
                 position = done.offset if done is not None and done.offset >= 0 else 0
-                lag += max(0, end - position)
+                lag += max(0, ends[tp].offset - position)
                 counted += 1
             rows.append({"stream": stream, "group": group, "lag": lag, "partitions": counted})
-    return pd.DataFrame(rows, columns=LAG_COLUMNS), None
+    return pd.DataFrame(rows, columns=LAG_COLUMNS)
+
+
+@dataclass
+class LagPoller:
+    """Asks Kafka for the consumer lag every ``LAG_EVERY`` seconds in a thread of
+    its own, so a broker that does not answer never holds up a page: the page
+    reads the latest answer (or why there is none) at once."""
+
+    bootstrap: str
+    prefix: str
+    groups: tuple[str, ...]
+    lag: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=LAG_COLUMNS))
+    error: str | None = "not asked yet"
+    _wanted: float = 0.0
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def latest(self) -> tuple[pd.DataFrame, str | None]:
+        with self._lock:
+            self._wanted = time.monotonic()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ctower-lag",
+                                                daemon=True)
+                self._thread.start()
+            return self.lag, self.error
+
+    def _run(self) -> None:
+        from kafka.admin import KafkaAdminClient
+
+        admin = None
+        while time.monotonic() - self._wanted < LAG_IDLE_AFTER:
+            started = time.monotonic()
+            try:
+                if admin is None:
+                    admin = KafkaAdminClient(
+                        bootstrap_servers=self.bootstrap, client_id="ctower-dashboard",
+                        request_timeout_ms=3000, bootstrap_timeout_ms=3000)
+                lag, error = measure_lag(admin, self.prefix, self.groups), None
+            except Exception as exc:  # down or busy: say so, and connect afresh next time
+                lag, error = pd.DataFrame(columns=LAG_COLUMNS), \
+                    f"{type(exc).__name__}: {exc}"[:200]
+                if admin is not None:
+                    with contextlib.suppress(Exception):
+                        admin.close()
+                admin = None
+            with self._lock:
+                self.lag, self.error = lag, error
+            time.sleep(max(0.0, LAG_EVERY - (time.monotonic() - started)))
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                admin.close()
+
+
+@st.cache_resource(show_spinner=False)
+def _lag_poller(bootstrap: str, prefix: str, groups: tuple[str, ...]) -> LagPoller:
+    return LagPoller(bootstrap, prefix, groups)
+
+
+def consumer_lag(settings: Settings, wait: float = 0.0) -> tuple[pd.DataFrame, str | None]:
+    """The latest consumer lag per stream and group, and why there is none if so.
+    ``wait``: seconds to wait for a first answer (tests)."""
+    poller = _lag_poller(settings.bootstrap, settings.topic_prefix,
+                         tuple(consumer_groups(settings)))
+    lag, error = poller.latest()
+    deadline = time.monotonic() + wait
+    while error == "not asked yet" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        lag, error = poller.latest()
+    return lag, error
 
 
 def worker_rate_history(settings: Settings, span: float = 600.0) -> pd.DataFrame:

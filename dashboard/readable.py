@@ -278,12 +278,13 @@ def _pairs_value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _window(evidence: Mapping[str, Any], tz: str) -> str:
+def _window(evidence: Mapping[str, Any], tz: str, lang: str) -> str:
     start, end = evidence.get("window_start"), evidence.get("window_end")
+    left, right = ("（", "）") if lang == "zh" else (" (", ")")
     if isinstance(start, (int, float)) and isinstance(end, (int, float)) and start and end:
-        return f"（{local_time(start, tz, SHORT_TIME)}–{local_time(end, tz, SHORT_TIME)}）"
+        return f"{left}{local_time(start, tz, SHORT_TIME)}–{local_time(end, tz, SHORT_TIME)}{right}"
     if isinstance(end, (int, float)) and end:
-        return f"（{local_time(end, tz, SHORT_TIME)}）"
+        return f"{left}{local_time(end, tz, SHORT_TIME)}{right}"
     return ""
 
 
@@ -328,7 +329,7 @@ def _sentence(kind: str, evidence: Mapping[str, Any], lang: str, tz: str) -> str
     """The sentence of a known shape, or None."""
     words = _SENTENCES[lang]
     f = _fields(evidence, tz)
-    window = _window(evidence, tz)
+    window = _window(evidence, tz, lang)
     if kind == "pickup_congestion":
         parts = []
         waiting, capacity = evidence.get("waiting"), evidence.get("capacity")
@@ -348,7 +349,7 @@ def _sentence(kind: str, evidence: Mapping[str, Any], lang: str, tz: str) -> str
         text = words["pressure_high" if active else "pressure_low"].format_map(f)
         if "waiting" in evidence and "capacity" in evidence:
             text += words["queue"].format_map(f)
-        return text + _window(evidence, tz)
+        return text + window
     if kind == "stock_cover":
         on_hand = evidence.get("on_hand")
         key = "cover_empty" if isinstance(on_hand, (int, float)) and on_hand <= 0 \
@@ -450,7 +451,7 @@ def table(
                                index=frame.index, dtype=object)
         elif source in times:
             series = local_times(series, tz)
-        elif series.dtype == object or str(series.dtype).startswith("string"):
+        elif series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
             series = pd.Series(["" if is_missing(v) else v for v in series],
                                index=frame.index, dtype=object)
         out[label] = series

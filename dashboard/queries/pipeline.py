@@ -48,6 +48,8 @@ def bad_input(client: Client) -> pd.DataFrame:
     return frame(
         client,
         """
+        SELECT * FROM
+        (
         SELECT 'worker' AS source, toString(source_topic) AS source_topic,
                toString(reason) AS reason, count() AS events, max(received_at) AS last_at,
                argMax(detail, received_at) AS sample_detail,
@@ -66,6 +68,7 @@ def bad_input(client: Client) -> pd.DataFrame:
                       received_at)
         FROM quarantine FINAL
         GROUP BY source_topic, reason
+        )
         ORDER BY events DESC, source_topic, reason
         """,
         optional=True,

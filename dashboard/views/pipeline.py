@@ -13,12 +13,7 @@ import streamlit as st
 
 from ctower.dashboard.context import current, live, show, store_guard
 from ctower.dashboard.labels import code_label
-from ctower.dashboard.live_sources import (
-    consumer_groups,
-    consumer_lag,
-    worker_rate_history,
-    worker_view,
-)
+from ctower.dashboard.live_sources import consumer_lag, worker_rate_history, worker_view
 from ctower.dashboard.queries.pipeline import (
     FAMILY_STREAMS,
     alert_latency,
@@ -56,9 +51,7 @@ def latency_by_stream(latency: pd.DataFrame) -> dict[str, tuple[float, float]]:
 @live(ctx)
 def figures() -> None:
     worker = worker_view(ctx.settings)
-    groups = consumer_groups(ctx.settings)
-    lag, lag_error = consumer_lag(ctx.settings.bootstrap, ctx.settings.topic_prefix,
-                                  tuple(groups))
+    lag, lag_error = consumer_lag(ctx.settings)
     with store_guard(ctx):
         fresh = ctx.q(freshness)
         late = by_stream(ctx.q(late_events), "events")
@@ -75,7 +68,7 @@ def figures() -> None:
         for stream in STREAMS:
             rate = worker.table[worker.table["stream"] == stream]["events_per_s"]
             lag_of = {row["group"]: int(row["lag"]) for _, row in
-                      lag[lag["stream"] == stream].iterrows()}
+                      lag[lag["stream"] == stream].iterrows() if pd.notna(row["lag"])}
             ts = newest.get(stream)
             age = None
             if ts is not None and pd.notna(ts) and pd.Timestamp(ts).year > 1970:
@@ -115,7 +108,7 @@ def figures() -> None:
         if worker.error is not None:
             notes.append(f"{t['worker_unreachable']} ({worker.url}): {worker.error}")
         if lag_error is not None:
-            notes.append(f"{t['kafka_unreachable']}: {lag_error}")
+            notes.append(f"{t['kafka_unreachable']}: {lag_error}")  # (or not asked yet)
         for note in notes:
             st.caption(note)
         st.caption(t["pipeline_help"])
