@@ -161,6 +161,47 @@ LEVELS_SQL = (
     FROM (SELECT campaign_id FROM coupon_events GROUP BY campaign_id) AS campaigns
     CROSS JOIN numbers(3) AS scopes
     """,
+    # the alert workflow: owners and operators' resolutions beside the acknowledgements
+    """
+    INSERT INTO alert_acks (alert_id, acked_by, note, ts, action, owner)
+    SELECT 'A' || toString(number * 7), 'op', if(number % 2 = 0, '', 'fixed'),
+           now64(3) + toIntervalSecond(1 + number % 60),
+           if(number % 2 = 0, 'assign', 'resolve'), if(number % 2 = 0, 'wang', '')
+    FROM numbers(2000)
+    """,
+    # the pipeline page's bad input: dead letters, quarantined rows, late and re-sent events
+    """
+    INSERT INTO dead_letters (source_topic, partition, offset, index, reason, detail, raw,
+                              received_at, raw_length, raw_sha256)
+    SELECT 'ct.' || ['scan', 'order', 'pickup', 'logistics', 'inventory', 'coupon'][number % 6 + 1],
+           toInt32(number % 4), toInt64(number), -1,
+           ['not_json', 'wrong_type', 'missing_field', 'ts_out_of_window'][number % 4 + 1],
+           'bench detail', repeat('x', 200), now64(3) - toIntervalSecond(number), 200, ''
+    FROM numbers(5000)
+    """,
+    """
+    INSERT INTO quarantine (source_topic, partition, offset, index, target_table, reason,
+                            detail, raw, raw_length, raw_sha256, received_at)
+    SELECT 'ct.order', toInt32(number % 4), toInt64(number), -1, 'order_events',
+           'out_of_range', 'bench', repeat('y', 100), 100, '', now64(3) - toIntervalSecond(number)
+    FROM numbers(500)
+    """,
+    """
+    INSERT INTO late_events (aggregate, dims, window_start, source_topic, partition, offset,
+                             index, event_ts, watermark)
+    SELECT 'store_minute', ['S' || toString(number % 60)], now64(3) - toIntervalMinute(10),
+           'ct.' || ['scan', 'order', 'pickup', 'coupon'][number % 4 + 1], toInt32(number % 4),
+           toInt64(number), 0, now64(3) - toIntervalMinute(11), now64(3)
+    FROM numbers(200000)
+    """,
+    """
+    INSERT INTO duplicate_events (source_topic, partition, offset, index, identity,
+                                  first_offset, first_index, event_ts)
+    SELECT 'ct.' || ['scan', 'order', 'pickup', 'logistics', 'inventory', 'coupon'][number % 6 + 1],
+           toInt32(number % 4), toInt64(number), 0, 'id' || toString(number), 0, 0,
+           now64(3) - toIntervalSecond(number % 3600)
+    FROM numbers(200000)
+    """,
 )
 
 
@@ -250,7 +291,7 @@ def dashboard_bench(events: int, runs: int, minutes: int, store_dir: Path | None
                                            store_http_port=free_port())
         owner = open_store(settings, owner=True)
         apply_migrations(owner)
-        have = int(owner.query("SELECT count() FROM alert_acks").first_row[0])  # filled last
+        have = int(owner.query("SELECT count() FROM duplicate_events").first_row[0])  # last
         if have == 0:
             for table in ("scan_events", "order_events", "pickup_events", "logistics_events",
                           "inventory_events", "coupon_events"):

@@ -14,7 +14,21 @@ from clickhouse_connect.driver.client import Client
 
 def refresh_queries(minutes: int = 60) -> dict[str, Callable[[Client], Any]]:
     """Query name -> a call of it as the pages make it every refresh."""
-    from ctower.dashboard.queries import alerts, coupons, inventory, logistics, pickup, sales
+    from ctower.dashboard.queries import (
+        alerts,
+        board,
+        coupons,
+        inventory,
+        logistics,
+        pickup,
+        pipeline,
+        sales,
+        skus,
+    )
+
+    stores = [f"S{i:03d}" for i in range(1, 61)]
+    regions = [("EAST", "SOUTH", "NORTH", "CENTRAL", "SW", "NW")[(i - 1) // 10]
+               for i in range(1, 61)]
 
     def feed_and_deliveries(client: Client) -> Any:
         feed = alerts.alert_feed(client, status=None)
@@ -29,6 +43,11 @@ def refresh_queries(minutes: int = 60) -> dict[str, Callable[[Client], Any]]:
         "pickup_trend": lambda c: pickup.pickup_trend(
             c, minutes, [f"S{i:03d}" for i in range(1, 9)]
         ),
+        "store_conditions": board.store_conditions,
+        "store_alerts": lambda c: board.store_alerts(c, "S001"),
+        "store_stock_risk": lambda c: board.store_stock_risk(c, "S001"),
+        "store_coupons": lambda c: board.store_coupons(c, "S001"),
+        "sku_by_region": lambda c: skus.sku_by_region(c, minutes, stores, regions, "?"),
         "stock_summary": lambda c: inventory.stock_summary(c, 4.0),
         "stock_risk": lambda c: inventory.stock_risk(c, 4.0),
         "shipments_by_status": logistics.shipments_by_status,
@@ -40,8 +59,18 @@ def refresh_queries(minutes: int = 60) -> dict[str, Callable[[Client], Any]]:
         "issued_by_store": lambda c: coupons.issued_by_store(c, minutes),
         "held_back": coupons.held_back,
         "campaign_ids": coupons.campaign_ids,
+        "campaign_minutes": lambda c: coupons.campaign_minutes(c, "CMP01", "", max(minutes, 60)),
+        "policy_history": lambda c: coupons.policy_history(c, "CMP01", ""),
         "open_alert_count": alerts.open_alert_count,
         "alert_feed_open": lambda c: alerts.alert_feed(c, status="open"),
         "alert_feed_deliveries": feed_and_deliveries,
+        "alert_one": lambda c: alerts.alert_feed(c, None, 1, None, "A70"),
+        "alert_history": lambda c: alerts.alert_history(c, "A70"),
+        "alert_sla": lambda c: alerts.alert_sla(c, max(minutes, 1440), 900.0),
         "route_health": alerts.route_health,
+        "bad_input": pipeline.bad_input,
+        "late_events": pipeline.late_events,
+        "duplicate_events": pipeline.duplicate_events,
+        "freshness": pipeline.freshness,
+        "alert_latency": lambda c: pipeline.alert_latency(c, 60),
     }

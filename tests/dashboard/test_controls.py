@@ -106,6 +106,34 @@ def test_acknowledging_an_alert_writes_an_ack_record(
     assert (ack.alert_id, ack.acked_by, ack.note) == ("A9", "wang", "calling the store")
 
 
+@pytest.mark.kafka
+def test_assign_and_resolve_write_who_did_what(
+    dash_store: Any, kafka_env: Settings, run_page: Callable[..., AppTest], minute0: datetime
+) -> None:
+    dash_store.insert("alerts", [{
+        "alert_id": "A9", "key": "pickup:S001", "kind": "pickup_congestion",
+        "severity": "critical", "status": "open", "message": "S001 queue 14 > 10",
+        "evidence": "{}", "action": None, "opened_at": minute0, "resolved_at": None,
+        "raised_at": minute0, "region": "east", "store_id": "S001", "sku": None,
+        "carrier": None, "version": 1}])
+    app = run_page("alerts", state=unlocked())
+    app.radio(key="ack_action").set_value("assign").run()
+    app.text_input(key="ack_owner").input("zhao")
+    app.button(key="ack_button").click().run()
+    assert [s.value for s in app.success] == ["Assigned: A9"]
+    app.radio(key="ack_action").set_value("resolve").run()
+    app.button(key="ack_button").click().run()  # no note: refused on the page
+    assert [e.value for e in app.error] == ["Say how it was resolved (note)."]
+    app.text_input(key="ack_note").input("two more staff at the counter")
+    app.button(key="ack_button").click().run()
+    assert [s.value for s in app.success] == ["Resolved: A9"]
+    records = [msgspec.json.decode(v, type=AlertAck)
+               for _, v in read_topic(kafka_env, "alert-acks", 2)]
+    assert [(r.action, r.acked_by, r.owner, r.note) for r in records] == [
+        ("assign", "wang", "zhao", ""),
+        ("resolve", "wang", "", "two more staff at the counter")]
+
+
 @pytest.mark.parametrize("token", ["", "wrong"])
 def test_controls_stay_locked_without_the_right_token(
     dash_store: Any, run_page: Callable[..., AppTest], monkeypatch: pytest.MonkeyPatch,
@@ -115,6 +143,7 @@ def test_controls_stay_locked_without_the_right_token(
     for page in ("coupons", "alerts"):
         app = run_page(page, state=unlocked(token))
         assert not [b for b in app.button if b.key in ("coupon_set_cap", "ack_button")]
+        assert not [r for r in app.radio if r.key == "ack_action"]
         assert any("Enter the operator token" in info.value for info in app.info)
 
 
