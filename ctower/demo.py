@@ -12,6 +12,10 @@ already: without it the rules have no capacities and the dashboard no regions.
 
 Without ``CTOWER_OPERATOR_TOKEN`` the demo makes one up and prints it, so the
 dashboard's controls (coupon caps, alert workflow) can be unlocked at once.
+Without ``CTOWER_COUPON_API_TOKEN`` it makes one up for the workers' coupon
+API, and the simulator plays shoppers reserving coupons there
+(``--reserve-rate`` a second), so a cap set on the dashboard shows its effect:
+grants and refusals per minute.
 
 History and live events come from one simulation (:func:`feed`): it starts
 ``--backfill`` events before now, sends them as fast as Kafka takes them and
@@ -24,16 +28,21 @@ restarted every queue and session: a deep dip in the trend).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import random
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -122,9 +131,51 @@ class _WallClock:
             time.sleep(ahead)
 
 
-def feed(rate: float, batch: int, backfill: int, seed: int) -> None:
+def shoppers(settings: Settings, simulator: Any, rate: float) -> None:
+    """Reserve coupons through the workers' API, ``rate`` a second, for random
+    members at random stores of each campaign's regions; forever (a daemon
+    thread). What the API answers is the ledger's to count (grants and
+    refusals by reason, on the dashboard's coupon page)."""
+    token = settings.coupon_api_token
+    if token is None or rate <= 0:
+        return
+    chain = simulator.chain
+    campaigns = [
+        (c.campaign_id, [s.store_id for s in chain.stores
+                         if not c.regions or s.region_id in c.regions])
+        for c in chain.campaigns
+    ]
+    campaigns = [(c, stores) for c, stores in campaigns if stores]
+    if not campaigns:
+        return
+    rng = random.Random(SIM_SEED)
+    headers = {"Authorization": f"Bearer {token.get_secret_value()}",
+               "Content-Type": "application/json"}
+    failing = False
+    while True:
+        campaign, stores = rng.choice(campaigns)
+        body = json.dumps({"store_id": rng.choice(stores),
+                           "member_id": f"M{rng.randrange(20_000):06d}"}).encode()
+        request = urllib.request.Request(
+            f"{settings.worker_url}/coupons/{campaign}/reserve", data=body, headers=headers,
+            method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=5):
+                failing = False
+        except urllib.error.HTTPError:
+            failing = False  # an answer (a refusal is a 200; 503 while recovering)
+        except OSError as exc:
+            if not failing:
+                click.echo(f"shoppers: the coupon API does not answer ({exc}); "
+                           "trying on", err=True)
+            failing = True
+        time.sleep(rng.expovariate(rate))
+
+
+def feed(rate: float, batch: int, backfill: int, seed: int, reserve_rate: float = 0.0) -> None:
     """The demo's simulator: ``backfill`` events of history, then live at about
-    ``rate`` events/s (the daily curve's value now), one simulation throughout."""
+    ``rate`` events/s (the daily curve's value now), one simulation throughout;
+    once live, shoppers reserving coupons (:func:`shoppers`)."""
     from ctower.cli import settings_or_exit
     from ctower.simulator.clock import curve_at, now_ms, plan_span
     from ctower.simulator.generator import SimConfig, Simulator
@@ -141,6 +192,9 @@ def feed(rate: float, batch: int, backfill: int, seed: int) -> None:
     def caught_up() -> None:
         click.echo(f"{CAUGHT_UP}: live at about {rate:g} events/s", err=True)
         sys.stderr.flush()
+        if reserve_rate > 0:
+            threading.Thread(target=shoppers, args=(settings, simulator, reserve_rate),
+                             name="shoppers", daemon=True).start()
 
     if backfill <= 0:
         caught_up()
@@ -154,8 +208,10 @@ def feed(rate: float, batch: int, backfill: int, seed: int) -> None:
 @click.option("--batch", default=20, show_default=True, help="Events per Kafka message.")
 @click.option("--backfill", default=120_000, show_default=True,
               help="Events of recent history sent first (0 for none).")
+@click.option("--reserve-rate", default=2.0, show_default=True,
+              help="Coupon reservations a second by simulated shoppers (0 for none).")
 @click.option("--no-dashboard", is_flag=True, help="Do not start the dashboard.")
-def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
+def demo(rate: int, batch: int, backfill: int, reserve_rate: float, no_dashboard: bool) -> None:
     """Run broker, sink, worker, simulator and dashboard until Ctrl-C."""
     from ctower.broker.local import BrokerError, LocalKafka
     from ctower.broker.topics import ensure_topics
@@ -178,6 +234,8 @@ def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
         token = secrets.token_urlsafe(9)
         env["CTOWER_OPERATOR_TOKEN"] = token
         click.echo(f"Operator token (unlocks the dashboard's controls): {token}")
+    if settings.coupon_api_token is None and "CTOWER_COUPON_API_TOKEN_FILE" not in env:
+        env["CTOWER_COUPON_API_TOKEN"] = secrets.token_urlsafe(16)  # the shoppers' reservations
     children = Children(log_dir, env)
 
     def request_stop(signum: int, frame: object) -> None:
@@ -205,7 +263,8 @@ def demo(rate: int, batch: int, backfill: int, no_dashboard: bool) -> None:
         # one simulation for history and live (see the module docstring)
         feeding = children.start(
             "simulator", "feed", "--rate", str(rate), "--batch", str(batch),
-            "--backfill", str(backfill), "--seed", str(SIM_SEED), module="ctower.demo",
+            "--backfill", str(backfill), "--seed", str(SIM_SEED),
+            "--reserve-rate", str(reserve_rate), module="ctower.demo",
         )
         if backfill:
             click.echo(f"  backfilling {backfill:,} events of recent history...")
@@ -246,13 +305,15 @@ def _demo_parts() -> None:
 @click.option("--batch", default=20)
 @click.option("--backfill", default=120_000)
 @click.option("--seed", default=SIM_SEED)
-def _feed_command(rate: float, batch: int, backfill: int, seed: int) -> None:
+@click.option("--reserve-rate", default=0.0)
+def _feed_command(rate: float, batch: int, backfill: int, seed: int, reserve_rate: float
+                  ) -> None:
     """The demo's simulator: history, then live (see :func:`feed`)."""
     from ctower.cli import settings_or_exit
     from ctower.logs import configure_logging
 
     configure_logging(settings_or_exit())
-    feed(rate, batch, backfill, seed)
+    feed(rate, batch, backfill, seed, reserve_rate)
 
 
 if __name__ == "__main__":

@@ -22,15 +22,18 @@ from pathlib import Path
 
 import streamlit as st
 
-from ctower.dashboard.context import RANGES_MINUTES, SESSION_KEY, PageContext, token_matches
+from ctower.dashboard.context import (
+    PAGES,
+    RANGES_MINUTES,
+    SESSION_KEY,
+    PageContext,
+    token_matches,
+)
 from ctower.dashboard.i18n import text
 from ctower.settings import SettingsError, load_settings
 
 VIEWS_DIR = Path(__file__).resolve().with_name("views")
-# Page modules in navigation order; each is views/<name>.py at /<name>. (A comment, not
-# a docstring: Streamlit's "magic" would draw a bare string of this script on the page.)
-PAGES = ("overview", "stores", "skus", "inventory", "pickup", "logistics", "coupons",
-         "alerts", "pipeline")
+# (Comments, not docstrings: Streamlit's "magic" would draw a bare string on the page.)
 LANGUAGES = ("zh", "en")
 
 st.set_page_config(page_title="Control tower / 控制塔", layout="wide")

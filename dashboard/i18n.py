@@ -207,7 +207,7 @@ LABELS: dict[str, dict[str, str]] = {
         "per_minute": "每分钟",
         "policy_changes": "策略变更记录",
         "running": "发放中",
-        "effect_answers": "领券请求的应答（每分钟，发放与拒绝原因）",
+        "effect_answers": "领券请求的应答（本处理节点的全部活动，每分钟：发放与拒绝原因）",
         "no_answers_yet": "看板打开以来还没有领券请求。",
         "worker_unreachable": "无法连接处理节点",
         "kafka_unreachable": "无法连接 Kafka",
@@ -241,6 +241,12 @@ LABELS: dict[str, dict[str, str]] = {
         "alert_latency": "事件到告警的延迟（按类型，近 1 小时）",
         "alert_latency_help": "回放历史数据时，事件时间早于当前时间，延迟会很大。",
         "max": "最大",
+        "issued_in_window_help": "已入库的发券事件（已关闭的分钟窗口），按上限的窗口统计",
+        "ledger_count": "账本计数（本窗口）",
+        "ledger_count_help": "处理节点的领券账本此刻在本窗口计入上限的数量：已发放的领券请求与已计"
+            "入的发券事件",
+        "remaining": "剩余额度",
+        "window_ends": "窗口结束",
     },
     "en": {
         "title": "Retail control tower",
@@ -447,7 +453,8 @@ LABELS: dict[str, dict[str, str]] = {
         "per_minute": "per minute",
         "policy_changes": "Policy changes",
         "running": "Issuing",
-        "effect_answers": "Reservation answers per minute (granted, refused by reason)",
+        "effect_answers": "Reservation answers per minute, all campaigns of this worker "
+        "(granted, refused by reason)",
         "no_answers_yet": "No reservation requests since the dashboard started.",
         "worker_unreachable": "Cannot reach the worker",
         "kafka_unreachable": "Cannot reach Kafka",
@@ -484,6 +491,13 @@ LABELS: dict[str, dict[str, str]] = {
         "alert_latency_help": "A replay of history has event times in the past: its latencies "
         "are large.",
         "max": "Max",
+        "issued_in_window_help": "Issued coupon events in the store (closed minutes), over the "
+        "cap's window",
+        "ledger_count": "Ledger count (this window)",
+        "ledger_count_help": "What the worker's coupon ledger counts against the cap right now: "
+        "granted reservations and counted issue events",
+        "remaining": "Remaining",
+        "window_ends": "Window ends",
     },
 }
 

@@ -163,6 +163,14 @@ CODES: dict[str, dict[str, dict[str, str]]] = {
                "personal_care": "Personal care", "household": "Household", "baby": "Baby",
                "alcohol": "Alcohol", "pet": "Pet"},
     },
+    "city": {
+        "zh": {},
+        "en": {"上海": "Shanghai", "杭州": "Hangzhou", "南京": "Nanjing", "广州": "Guangzhou",
+               "深圳": "Shenzhen", "厦门": "Xiamen", "北京": "Beijing", "天津": "Tianjin",
+               "济南": "Jinan", "武汉": "Wuhan", "长沙": "Changsha", "郑州": "Zhengzhou",
+               "成都": "Chengdu", "重庆": "Chongqing", "昆明": "Kunming", "西安": "Xi'an",
+               "兰州": "Lanzhou", "银川": "Yinchuan"},
+    },
     "condition": {
         "zh": {
             "ok": "正常", "pressure": "自提压力", "over_capacity": "自提超容量",

@@ -230,6 +230,38 @@ def _answers(overview: Any) -> dict[str, int]:
     return found
 
 
+@dataclass(frozen=True)
+class LedgerWindow:
+    """One campaign's (and scope's) current cap window as the ledger counts it."""
+
+    count: int
+    cap: int | None
+    remaining: int | None
+    window_end_ms: int
+    state: str
+    error: str | None = None
+
+
+def ledger_window(settings: Settings, campaign_id: str, store_id: str) -> LedgerWindow | None:
+    """What the owning worker's ledger counts now in the cap window of
+    (campaign, store or '' for the whole campaign): grants and counted
+    issues, the cap, what remains. None when the worker cannot be reached."""
+    from urllib.parse import quote
+
+    query = f"?store={quote(store_id)}" if store_id else ""
+    status = sampler(f"{settings.worker_url}/coupons/{quote(campaign_id)}/status{query}").sample()
+    if not isinstance(status, dict):
+        return None
+    window = (status.get("windows") or {}).get(store_id or "*")
+    if not isinstance(window, dict):
+        return None
+    return LedgerWindow(
+        count=int(window.get("count") or 0), cap=window.get("cap"),
+        remaining=window.get("remaining"), window_end_ms=int(window.get("window_end") or 0),
+        state=str(status.get("state") or ""),
+    )
+
+
 # --------------------------------------------------------------------------
 # Consumer lag
 # --------------------------------------------------------------------------

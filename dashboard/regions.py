@@ -79,9 +79,14 @@ def region_label(region_id: str, settings: Settings, lang: str) -> str:
     return region_id
 
 
-def store_city(settings: Settings) -> dict[str, str]:
+def store_city(settings: Settings, lang: str = "zh") -> dict[str, str]:
+    """store_id -> its city, in the page's language where a name is known."""
+    from ctower.dashboard.labels import code_label
+
     data = master_data(settings)
-    return {s.store_id: s.city for s in data.stores if s.city} if data is not None else {}
+    if data is None:
+        return {}
+    return {s.store_id: code_label("city", s.city, lang) for s in data.stores if s.city}
 
 
 def sku_category(settings: Settings) -> dict[str, str]:

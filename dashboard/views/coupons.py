@@ -18,7 +18,7 @@ import streamlit as st
 from ctower.dashboard.context import PageContext, current, live, show, store_guard
 from ctower.dashboard.coupon_controls import Action, build_policy
 from ctower.dashboard.labels import code_label
-from ctower.dashboard.live_sources import coupon_answers
+from ctower.dashboard.live_sources import coupon_answers, ledger_window
 from ctower.dashboard.queries.coupons import (
     campaign_ids,
     campaign_minutes,
@@ -188,14 +188,23 @@ def effect(choice: str) -> None:
         history = ctx.q(policy_history, campaign, store)
         caps = ctx.q(caps_in_force)
     now = caps[(caps["campaign_id"] == campaign) & (caps["store_id"] == store)]
+    ledger = ledger_window(ctx.settings, campaign, store)
+    cols = st.columns(5)
     if not now.empty:
         row = now.iloc[0]
         cap, window = row["cap_per_window"], int(row["window_seconds"])
-        cols = st.columns(4)
-        cols[0].metric(t["cap"], f"{int(cap):,}" if pd.notna(cap) else t["no_cap"])
-        cols[1].metric(t["window_seconds"], f"{window:,}")
-        cols[2].metric(t["issued_in_window"], f"{int(row['issued']):,}")
-        cols[3].metric(t["state"], t["paused"] if bool(row["paused"]) else t["running"])
+        cols[0].metric(t["cap"], f"{int(cap):,}" if pd.notna(cap) else t["no_cap"],
+                       help=f"{t['window_seconds']}: {window:,}")
+        cols[1].metric(t["issued_in_window"], f"{int(row['issued']):,}",
+                       help=t["issued_in_window_help"])
+    if ledger is not None:
+        cols[2].metric(t["ledger_count"], f"{ledger.count:,}", help=t["ledger_count_help"])
+        cols[3].metric(t["remaining"], f"{ledger.remaining:,}"
+                       if ledger.remaining is not None else t["no_cap"],
+                       help=f"{t['window_ends']}: {local_time(ledger.window_end_ms, ctx.tz)}")
+        cols[4].metric(t["state"], code_label("coupon_state", ledger.state, ctx.lang))
+    elif not now.empty:
+        cols[4].metric(t["state"], t["paused"] if bool(now.iloc[0]["paused"]) else t["running"])
     figure = go.Figure()
     if not minutes.empty:
         x = local_axis(minutes["minute"], ctx.tz)
@@ -235,9 +244,16 @@ def effect(choice: str) -> None:
         per_minute = answers.per_minute.assign(
             minute=local_axis(answers.per_minute["minute"], ctx.tz),
             answer=[code_label("reservation", a, ctx.lang) for a in answers.per_minute["answer"]])
+        granted = code_label("reservation", "granted", ctx.lang)
+        refusals = ["#c9302c", "#ec971f", "#d4b106", "#8e44ad", "#7f8c8d", "#e67e22", "#34495e"]
+        bars = []
+        for n, (name, g) in enumerate(sorted(per_minute.groupby("answer"),
+                                             key=lambda item: item[0] != granted)):
+            colour = "#5cb85c" if name == granted else refusals[(n - 1) % len(refusals)]
+            bars.append(go.Bar(x=g["minute"], y=g["count"], name=name,
+                               marker_color=colour))
         st.plotly_chart(
-            go.Figure([go.Bar(x=g["minute"], y=g["count"], name=name)
-                       for name, g in per_minute.groupby("answer")]).update_layout(
+            go.Figure(bars).update_layout(
                 barmode="stack", height=280, yaxis_title=t["per_minute"],
                 xaxis_title=f"{t['minute']} ({ctx.tz})", legend={"orientation": "h"}),
             width="stretch")

@@ -64,7 +64,7 @@ def store_board() -> None:
             st.info(t["empty"])
             return
         tiles = board(stores, regions, pickup, conditions, t["unknown_region"])
-        cities = store_city(ctx.settings)
+        cities = store_city(ctx.settings, ctx.lang)
         gmv = dict(zip(sales["store_id"].astype(str), sales["gmv_yuan"], strict=True))
         counts = tiles["level"].value_counts()
         top = st.columns(4)
@@ -173,7 +173,7 @@ def drill_down(store: str) -> None:
 
 selected = st.query_params.get("store")
 if selected:
-    cities = store_city(ctx.settings)
+    cities = store_city(ctx.settings, ctx.lang)
     region = store_regions(ctx.settings).get(selected)
     where = " · ".join(p for p in (cities.get(selected, ""),
                                    region_label(region, ctx.settings, ctx.lang) if region else "")

@@ -50,6 +50,9 @@ def dash_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Dash
     monkeypatch.setenv("CTOWER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("CTOWER_STORE_HTTP_PORT", str(_port()))
     monkeypatch.setenv("CTOWER_LANGUAGE", "en")
+    # nobody's worker or broker: a test that wants one says so
+    monkeypatch.setenv("CTOWER_WORKER_WEB_PORT", str(_port()))
+    monkeypatch.setenv("CTOWER_KAFKA_BOOTSTRAP", "127.0.0.1:9")
     settings = load_settings()
     client = open_store(settings, owner=True)
     apply_migrations(client)
