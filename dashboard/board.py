@@ -1,11 +1,11 @@
 """The store board's judgement: each store's worst open condition and its colour.
 
 Kept out of the page so the ranking is a plain function with a test of its
-own. Levels: 3 red (pickup over capacity, or a critical alert open), 2 orange
-(pickup pressure at 0.8 or more, stock-outs, shipments from the store past
-their ETA, a campaign paused there, a warning alert), 1 yellow (a campaign
-throttled, SKUs short of cover, an info alert), 0 green. Within the worst
-level, the first condition in that order is the one the tile names.
+own. Levels: 3 red (pickup over capacity, a critical alert, a stock-out),
+2 orange (pickup pressure at 0.8 or more, shipments from the store past their
+ETA, a campaign paused there, a warning alert), 1 yellow (a campaign
+throttled, a restock alert, an info alert), 0 green. Within the worst level,
+the first condition in that order is the one the tile names.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def judge(pickup: pd.Series | None, facts: pd.Series | None) -> tuple[int, str, 
     critical = _count(facts, "alerts_critical")
     if critical:
         found.append((3, "alert_critical", str(critical)))
-    for name, level in (("stock_out", 2), ("late_shipments", 2), ("coupon_paused", 2),
+    for name, level in (("stock_out", 3), ("late_shipments", 2), ("coupon_paused", 2),
                         ("alerts_warning", 2), ("coupon_throttled", 1), ("short_cover", 1),
                         ("alerts_info", 1)):
         n = _count(facts, name)

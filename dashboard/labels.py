@@ -173,19 +173,17 @@ CODES: dict[str, dict[str, dict[str, str]]] = {
     },
     "condition": {
         "zh": {
-            "ok": "正常", "pressure": "自提压力", "over_capacity": "自提超容量",
-            "alert_critical": "严重告警", "stock_out": "缺货商品", "late_shipments": "逾期运单",
-            "coupon_paused": "优惠券暂停",
-            "alerts_warning": "警告",
-            "coupon_throttled": "优惠券限流",
-            "short_cover": "库存不足", "alerts_info": "提示",
+            "ok": "正常", "pressure": "自提压力", "over_capacity": "自提超容",
+            "alert_critical": "严重告警", "stock_out": "缺货", "late_shipments": "逾期运单",
+            "coupon_paused": "券暂停", "alerts_warning": "警告", "coupon_throttled": "券限流",
+            "short_cover": "待补货", "alerts_info": "提示",
         },
         "en": {
-            "ok": "OK", "pressure": "Pickup pressure", "over_capacity": "Pickup over capacity",
-            "alert_critical": "Critical alerts", "stock_out": "SKUs out of stock",
-            "late_shipments": "Late shipments", "coupon_paused": "Coupons paused",
-            "alerts_warning": "Warnings", "coupon_throttled": "Coupons throttled",
-            "short_cover": "SKUs short of cover", "alerts_info": "Notices",
+            "ok": "OK", "pressure": "pressure", "over_capacity": "over capacity",
+            "alert_critical": "critical", "stock_out": "stock-outs",
+            "late_shipments": "late shipments", "coupon_paused": "coupons paused",
+            "alerts_warning": "warnings", "coupon_throttled": "coupons throttled",
+            "short_cover": "to restock", "alerts_info": "notices",
         },
     },
 }

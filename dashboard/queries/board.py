@@ -1,11 +1,11 @@
 """The store board: what is wrong at each store right now, and one store's detail.
 
-Every store's open conditions in one round trip: stock-outs and short cover
-(the rules' ``stock_levels``), in-flight shipments from the store past their
-ETA (``shipment_latest``), campaigns paused or throttled there
-(``coupon_state_v``) and its open alerts by severity (``alerts``). Pickup
-pressure comes from ``pickup_now`` (shared with the other pages). Small
-tables and state only: no raw events.
+Every store's open conditions in one round trip: its open stock-out and
+restock alerts and its other open alerts by severity (``alerts``), in-flight
+shipments from the store past their ETA (``shipment_latest``) and campaigns
+paused or throttled there (``coupon_state_v``). Pickup pressure comes from
+``pickup_now`` (shared with the other pages). Small tables and state only:
+no raw events.
 """
 
 from __future__ import annotations
@@ -21,20 +21,19 @@ FACTS = ("stock_out", "short_cover", "late_shipments", "coupon_paused", "coupon_
 CONDITION_COLUMNS = ["store_id", *FACTS]
 
 
-def store_conditions(client: Client, cover_hours: float = 4.0) -> pd.DataFrame:
-    """One row per store with something to say, a column per fact (counts)."""
+def store_conditions(client: Client) -> pd.DataFrame:
+    """One row per store with something to say, a column per fact (counts).
+
+    Stock comes from the rules' open alerts (a stock-out is the stock rule's
+    call: zero on hand while shoppers keep scanning; restock: cover under
+    the lead time), not from every (store, SKU) level at zero: a SKU a store
+    never stocked is no stock-out.
+    """
     facts = frame(
         client,
         """
         SELECT store_id, fact, toInt64(n) AS n FROM
         (
-            SELECT toString(location_id) AS store_id,
-                   [('stock_out', countIf(on_hand <= 0)),
-                    ('short_cover', countIf(on_hand > 0 AND cover_h IS NOT NULL
-                                            AND cover_h < {cover:Float64}))] AS pairs
-            FROM stock_levels FINAL
-            GROUP BY location_id
-            UNION ALL
             SELECT origin_id AS store_id, [('late_shipments', count())] AS pairs
             FROM shipment_latest FINAL
             WHERE origin_type IN ('store', 'guide') AND status IN {in_flight:Array(String)}
@@ -50,9 +49,14 @@ def store_conditions(client: Client, cover_hours: float = 4.0) -> pd.DataFrame:
             GROUP BY store_id
             UNION ALL
             SELECT assumeNotNull(store_id) AS store_id,
-                   [('alerts_critical', countIf(severity = 'critical')),
-                    ('alerts_warning', countIf(severity = 'warning')),
-                    ('alerts_info', countIf(severity = 'info'))] AS pairs
+                   [('stock_out', countIf(kind = 'stock_out')),
+                    ('short_cover', countIf(kind = 'restock')),
+                    ('alerts_critical', countIf(severity = 'critical'
+                                                AND kind NOT IN ('stock_out', 'restock'))),
+                    ('alerts_warning', countIf(severity = 'warning'
+                                               AND kind NOT IN ('stock_out', 'restock'))),
+                    ('alerts_info', countIf(severity = 'info'
+                                            AND kind NOT IN ('stock_out', 'restock')))] AS pairs
             FROM alerts FINAL
             WHERE status = 'open' AND store_id IS NOT NULL
               AND alert_id NOT IN (SELECT alert_id FROM alert_acks WHERE action = 'resolve')
@@ -61,7 +65,7 @@ def store_conditions(client: Client, cover_hours: float = 4.0) -> pd.DataFrame:
         ARRAY JOIN pairs.1 AS fact, pairs.2 AS n
         WHERE n > 0
         """,
-        {"cover": cover_hours, "in_flight": list(IN_FLIGHT)},
+        {"in_flight": list(IN_FLIGHT)},
         optional=True,
         columns=["store_id", "fact", "n"],
     )

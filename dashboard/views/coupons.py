@@ -241,8 +241,8 @@ def effect(choice: str) -> None:
     elif answers.per_minute.empty:
         st.caption(t["no_answers_yet"])
     else:
-        per_minute = answers.per_minute.assign(
-            minute=local_axis(answers.per_minute["minute"], ctx.tz),
+        per_minute = answers.per_minute.assign(  # minutes as words: a category axis
+            minute=local_axis(answers.per_minute["minute"], ctx.tz).dt.strftime("%H:%M"),
             answer=[code_label("reservation", a, ctx.lang) for a in answers.per_minute["answer"]])
         granted = code_label("reservation", "granted", ctx.lang)
         refusals = ["#c9302c", "#ec971f", "#d4b106", "#8e44ad", "#7f8c8d", "#e67e22", "#34495e"]
@@ -254,7 +254,7 @@ def effect(choice: str) -> None:
                                marker_color=colour))
         st.plotly_chart(
             go.Figure(bars).update_layout(
-                barmode="stack", height=280, yaxis_title=t["per_minute"],
+                barmode="stack", height=280, yaxis_title=t["per_minute"], xaxis_type="category",
                 xaxis_title=f"{t['minute']} ({ctx.tz})", legend={"orientation": "h"}),
             width="stretch")
     st.caption(t["effect_help"])

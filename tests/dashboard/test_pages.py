@@ -158,18 +158,23 @@ def test_store_board_groups_by_region_colours_by_worst_condition_and_drills_down
     dash_store.insert("pickup_levels", [
         {"store_id": "S003", "region": "west", "waiting": 12, "capacity": 10, "pressure": 1.2,
          "p90_wait_s": 700.0, "arrivals_15m": 30, "served_15m": 10, "ts": minute0}])
-    dash_store.insert("stock_levels", [
-        {"location_id": "S002", "sku": "SKU9", "region": "east", "on_hand": 0,
-         "velocity_per_h": 2.0, "cover_h": 0.0, "transfer_from": "WH-east", "ts": minute0}])
+    dash_store.insert("alerts", [
+        alert("R1", "open", "warning", minute0, store_id="S002", kind="restock"),
+        alert("W1", "open", "warning", minute0, store_id="S001", kind="demand_spike"),
+        alert("W2", "open", "warning", minute0, store_id="S001", kind="demand_spike"),
+        alert("X1", "open", "critical", minute0, store_id="S001", kind="stock_out"),
+    ])
+    dash_store.insert("alert_acks", [{"alert_id": "X1", "acked_by": "li", "note": "refilled",
+                                      "ts": minute0, "action": "resolve", "owner": ""}])
     app = run_page("stores")
     shown = tiles(app)
     assert set(shown) == {"S001", "S002", "S003"}
-    assert "OK" in shown["S001"]
-    assert "SKUs out of stock 1" in shown["S002"]
-    assert "Pickup over capacity 12/10" in shown["S003"]
+    assert shown["S001"].endswith("warnings 2")  # the stock-out was resolved by an operator
+    assert shown["S002"].endswith("to restock 1")
+    assert shown["S003"].endswith("over capacity 12/10")
     assert metrics(app)[":red[●] Critical"] == "1"
     assert metrics(app)[":orange[●] Attention"] == "1"
-    assert metrics(app)[":green[●] OK"] == "1"
+    assert metrics(app)[":yellow[●] Notice"] == "1"
     regions = [m.value for m in app.markdown if " stores · GMV" in m.value]
     assert [r.split("**")[1] for r in regions] == [":red[●] west", ":orange[●] east"]
     app.button(key="open_S003").click().run()

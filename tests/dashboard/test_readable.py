@@ -172,7 +172,7 @@ def test_the_board_names_each_store_s_worst_open_condition() -> None:
     assert got == {
         "S1": ("east", 3, "over_capacity", "12/10"),
         "S2": ("?", 2, "pressure", "0.85"),
-        "S3": ("?", 2, "stock_out", "2"),
+        "S3": ("?", 3, "stock_out", "2"),
         "S4": ("?", 1, "coupon_throttled", "1"),
         "S5": ("?", 0, "ok", ""),
     }
