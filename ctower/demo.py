@@ -100,8 +100,6 @@ def wait_for_http(url: str, children: Children, timeout: float) -> None:
 
 CAUGHT_UP = "caught up with the wall clock"
 """What the feed prints once the history is sent and it runs live."""
-WARM_UP_MS = 3 * 60_000
-"""Simulated before the history starts, and not sent (see :func:`feed`)."""
 
 
 def wait_for_line(path: Path, text: str, children: Children, timeout: float) -> None:
@@ -187,11 +185,8 @@ def feed(rate: float, batch: int, backfill: int, seed: int, reserve_rate: float 
     now = now_ms()
     sim_rate = rate / curve_at(now)  # events/s at the daily mean, so that now it is `rate`
     start = plan_span(backfill, sim_rate, now) if backfill > 0 else now
-    # The simulation starts a few minutes earlier and drops what it makes before
-    # `start`: its first minutes run high while sessions and queues fill up.
-    # A live run scales its rate at its start: ask for the curve's value there.
-    origin = start - WARM_UP_MS
-    config = SimConfig(seed=seed, rate=sim_rate * curve_at(origin), start_ms=origin)
+    # a live run scales its rate at its start: ask for the curve's value there
+    config = SimConfig(seed=seed, rate=sim_rate * curve_at(start), start_ms=start)
     simulator = Simulator(config)
 
     def caught_up() -> None:
@@ -205,8 +200,7 @@ def feed(rate: float, batch: int, backfill: int, seed: int, reserve_rate: float 
     if backfill <= 0:
         caught_up()
     kafka = KafkaSink(settings, batch=batch)
-    items = (item for item in simulator.items() if not item.ts or item.ts >= start)
-    stats = pump(items, kafka=kafka, pacer=_WallClock(caught_up))  # type: ignore[arg-type]
+    stats = pump(simulator.items(), kafka=kafka, pacer=_WallClock(caught_up))  # type: ignore[arg-type]
     click.echo(f"feed stopped after {stats.events:,} events", err=True)
 
 

@@ -56,7 +56,7 @@ def demo(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterator[
     log_path = tmp_path / "demo.log"
     log = log_path.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "ctower", "demo", "--backfill", "8000", "--rate", "40"],
+        [sys.executable, "-m", "ctower", "demo", "--backfill", "40000", "--rate", "40"],
         env=settings.child_env(), stdout=log, stderr=subprocess.STDOUT,
     )
     try:
@@ -137,6 +137,19 @@ def test_every_page_by_url_refresh_and_click_in_both_languages(
 
             for lang in ("zh", "en"):
                 words = LABELS[lang]
+                open_page(page, f"{base}/?lang={lang}", words["page_overview"])
+                for name in PAGES:  # by a click in the sidebar
+                    title = words[f"page_{name}"]
+                    page.locator('[data-testid="stSidebarNav"] a', has_text=title).click()
+                    check_page(page, title)
+                    assert re.search(rf"/{name}(\?|$)", page.url), page.url
+            # the pictures are better with an alert or two: the rules raise some within minutes
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not store.query(
+                    "SELECT count() FROM alerts FINAL WHERE status = 'open'").first_row[0]:
+                time.sleep(2)
+            for lang in ("zh", "en"):
+                words = LABELS[lang]
                 for name in PAGES:
                     title = words[f"page_{name}"]
                     open_page(page, f"{base}/{name}?lang={lang}", title)  # by its URL
@@ -144,12 +157,6 @@ def test_every_page_by_url_refresh_and_click_in_both_languages(
                     page.reload()  # a refresh keeps the page and the language
                     check_page(page, title)
                     assert f"/{name}" in page.url and f"lang={lang}" in page.url
-                open_page(page, f"{base}/?lang={lang}", words["page_overview"])
-                for name in PAGES:  # by a click in the sidebar
-                    title = words[f"page_{name}"]
-                    page.locator('[data-testid="stSidebarNav"] a', has_text=title).click()
-                    check_page(page, title)
-                    assert re.search(rf"/{name}(\?|$)", page.url), page.url
 
             # a store's tile opens its drill-down, at a URL of its own
             open_page(page, f"{base}/stores?lang=en", "Stores")

@@ -466,3 +466,41 @@ def test_embedded_store_without_a_sink_is_a_clear_message(
     app = run_page("pickup")
     assert any("Cannot reach the store" in w.value and "is the sink running?" in w.value
                for w in app.warning), [w.value for w in app.warning]
+
+
+def test_the_root_url_is_the_overview_and_an_alert_link_opens_the_alert(
+    dash_store: Any, minute0: datetime
+) -> None:
+    import streamlit as st
+
+    from ctower.dashboard.command import PAGE
+
+    dash_store.insert("alerts", [alert("A5", "open", "critical", minute0)])
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    app = AppTest.from_file(str(PAGE), default_timeout=30)
+    app.run()
+    assert app.header[0].value == "Overview"
+    app = AppTest.from_file(str(PAGE), default_timeout=30)
+    app.query_params["alert_id"] = "A5"  # <dashboard>/?alert_id=A5, as a WeChat message links
+    app.run()
+    assert not app.exception, app.exception
+    assert app.header[0].value == "Alerts"
+    assert any("14 waiting > capacity 10" in m.value for m in app.markdown)
+
+
+def test_viewers_share_each_refresh_query_for_about_one_refresh(dash_store: Any) -> None:
+    from ctower.dashboard.context import PageContext
+
+    calls = []
+
+    def query(client: Any, n: int) -> int:
+        calls.append(n)
+        return n * 2
+
+    shared = PageContext(dash_store.settings, "en", 60, None)
+    other_viewer = PageContext(dash_store.settings, "zh", 60, None)
+    assert shared.q(query, 3) == 6
+    assert other_viewer.q(query, 3) == 6  # the same question within the refresh: asked once
+    assert other_viewer.q(query, 4) == 8
+    assert calls == [3, 4]
