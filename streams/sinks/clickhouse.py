@@ -86,7 +86,7 @@ from ctower.schemas.control import (
 )
 from ctower.schemas.events import EVENT_TYPES, Event
 from ctower.schemas.migrations import apply_migrations
-from ctower.schemas.wire import REASONS, EventDecoder, classify
+from ctower.schemas.wire import REASONS, EventDecoder, reject, split_array
 from ctower.settings import STREAMS, Settings
 from ctower.store import open_store
 from ctower.tables.aggregates import AGGREGATES, AggregateSpec
@@ -730,54 +730,22 @@ Reject = Callable[[int, int, int, bytes, str, str], None]
 (index -1) or one element of its batch envelope."""
 
 
-_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]')
-
-
 def split_json_array(raw: bytes) -> list[bytes] | None:
-    """The top-level elements of a JSON array, found by scanning, without
-    recursion: an element nested thousands deep does not stop the others.
-    None when ``raw`` is not an array (or its brackets do not balance). The
-    elements are not checked: each is decoded on its own afterwards."""
-    text = raw.strip()
-    if not text.startswith(b"["):
+    """The top-level elements of a JSON array, found without recursion (the
+    worker's :func:`ctower.schemas.wire.split_array`): an element nested
+    thousands deep does not stop the others. None when ``raw`` is not one
+    array. The elements are not checked: each is decoded on its own afterwards."""
+    try:
+        return split_array(raw)
+    except ValueError:
         return None
-    depth = 0
-    start = 1
-    elements: list[bytes] = []
-    for match in _JSON_TOKEN.finditer(text):
-        token = text[match.start()]
-        if token == 0x22:  # a string
-            continue
-        if token in (0x5B, 0x7B):  # [ {
-            depth += 1
-        elif token in (0x5D, 0x7D):  # ] }
-            depth -= 1
-            if depth == 0:
-                if match.end() != len(text):
-                    return None
-                last = text[start : match.start()].strip()
-                if last or elements:
-                    elements.append(last)
-                return elements
-        elif depth == 1:  # a comma between elements
-            elements.append(text[start : match.start()].strip())
-            start = match.end()
-    return None
 
 
 def decode_reason(exc: BaseException, raw: bytes = b"") -> str:
-    """The reason code of an exception raised while decoding ``raw``."""
-    if isinstance(exc, RecursionError):
-        return "too_deep"
-    if not isinstance(exc, (msgspec.DecodeError, ValueError)):
-        return "invalid"
-    reason = _refine(classify(str(exc)), str(exc))
-    if reason == "not_json" and raw:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return "not_utf8"
-    return reason
+    """The reason code of an exception raised while decoding ``raw``: the
+    worker's (:func:`ctower.schemas.wire.reject`), so a dead letter and a
+    quarantine row of the same bytes say the same."""
+    return reject(-1, raw, exc).reason
 
 
 def _refine(reason: str, detail: str) -> str:
