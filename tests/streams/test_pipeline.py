@@ -38,13 +38,15 @@ def run_simulator(env: dict[str, str], *args: str, timeout: float = 300) -> None
 
 
 def start_simulator(
-    env: dict[str, str], seed: int, truth_path: Path, rate: str = "max"
+    env: dict[str, str], seed: int, truth_path: Path, rate: str = "max",
+    events: int = 60_000, sim_rate: int = 10, *extra: str,
 ) -> subprocess.Popen[bytes]:
-    """60k events of simulated history (all six streams), as fast as possible by default."""
+    """Simulated history (all six streams, 60k events by default), as fast as
+    possible by default; ``extra`` options go to ``ctower simulate`` as they are."""
     return subprocess.Popen(
         [sys.executable, "-m", "ctower", "simulate", "--quiet", "--seed", str(seed),
-         "--events", "60000", "--rate", rate, "--sim-rate", "10", "--batch", "10",
-         "--truth", str(truth_path)],
+         "--events", str(events), "--rate", rate, "--sim-rate", str(sim_rate), "--batch", "10",
+         "--truth", str(truth_path), *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
 
@@ -59,15 +61,7 @@ def events_seen(port: int) -> int:
 
 
 def store_rows(settings: Settings) -> dict[tuple[str, int], dict[str, int]]:
-    client = open_store(settings, path_fallback=False)
-    columns = ", ".join(FIELDS)
-    result = client.query(
-        f"SELECT store_id, toUnixTimestamp64Milli(window_start), {columns} FROM store_minute_v"
-    )
-    return {
-        (row[0], int(row[1])): dict(zip(FIELDS, (int(v) for v in row[2:]), strict=True))
-        for row in result.result_rows
-    }
+    return family_rows(settings, "store_minute")  # type: ignore[return-value]
 
 
 def totals(rows: dict[Any, dict[str, int]]) -> dict[str, int]:
@@ -244,11 +238,9 @@ def test_resent_events_count_once_in_every_window_family_across_a_kill(
     # about two hours of events ending an hour ago: the last 15-minute window is
     # closed by the idle close, not still open at the end of the test
     start = (datetime.now(UTC) - timedelta(hours=3)).isoformat(timespec="seconds")
-    simulator = subprocess.Popen(
-        [sys.executable, "-m", "ctower", "simulate", "--quiet", "--seed", "21",
-         "--events", "40000", "--rate", "max", "--sim-rate", "6", "--batch", "10",
-         "--start", start, "--duplicates", "0.05", "--truth", str(truth_path)],
-        env=env_for(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    simulator = start_simulator(
+        env_for(settings), 21, truth_path, "max", 40_000, 6,
+        "--start", start, "--duplicates", "0.05",
     )
     poll(lambda: events_seen(settings.worker_web_port) > 15_000, 90, "the worker never got going")
     worker.kill()
