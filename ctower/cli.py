@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "alerts": ("ctower.streams.sinks.wechat.command", "alerts"),
     "health": ("ctower.health", "health"),
     "schemas": ("ctower.schemas.contracts", "schemas_command"),
+    "record": ("ctower.simulator.recorder", "record_command"),
 }
 
 
