@@ -60,6 +60,7 @@ CODES: dict[str, dict[str, dict[str, str]]] = {
             "stock_cover": "库存可售时长不足", "policy_paused": "运营手动暂停",
             "policy_resumed": "运营恢复发放", "policy_removed": "策略已撤销",
             "pickup_pressure_cleared": "自提压力已回落", "stock_cover_cleared": "库存已恢复",
+            "cap_shifted": "上限倾斜至本店", "cap_shift_ended": "上限倾斜结束",
         },
         "en": {
             "open": "Open",
@@ -69,6 +70,7 @@ CODES: dict[str, dict[str, dict[str, str]]] = {
             "policy_resumed": "Resumed by marketing", "policy_removed": "Policy removed",
             "pickup_pressure_cleared": "Pickup pressure back down",
             "stock_cover_cleared": "Stock cover back",
+            "cap_shifted": "Cap shifted here", "cap_shift_ended": "Cap shift ended",
         },
     },
     "reservation": {

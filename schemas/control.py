@@ -144,6 +144,10 @@ class CouponPolicy(Struct, kw_only=True, omit_defaults=True):
     paused: bool = False
     set_by: str
     set_at: int
+    shift_share: float | None = None
+    """While a store is throttled, this share of its store cap goes to the nearest
+    stores of its region with room (see ``tables/steering.py``); a store's own
+    policy's share wins over the campaign-wide one. None or 0: nothing shifts."""
 
 
 class CouponDecision(Struct, kw_only=True):
@@ -175,7 +179,10 @@ class CouponSignal(Struct, kw_only=True):
 
     campaign_id: str
     store_id: str
-    cause: Literal["pickup_pressure", "stock_cover"]
+    cause: Literal["pickup_pressure", "stock_cover", "pickup_room"]
+    """``pickup_room`` is no condition against the campaign: it says whether the
+    store has room at its pickup counter, so the ledger can send customers of a
+    throttled store there."""
     sku: str | None = None
     """The SKU short of cover (``stock_cover`` only)."""
     active: bool

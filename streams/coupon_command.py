@@ -115,9 +115,10 @@ def _describe(policy: CouponPolicy) -> str:
         f", {policy.per_member_limit} per member" if policy.per_member_limit is not None else ""
     )
     paused = ", PAUSED" if policy.paused else ""
+    shift = f", shifts {policy.shift_share:g} when throttled" if policy.shift_share else ""
     return (
         f"{policy.campaign_id} ({scope}): {cap}, window {policy.window_seconds} s{member}"
-        f"{paused} (set by {policy.set_by})"
+        f"{shift}{paused} (set by {policy.set_by})"
     )
 
 
@@ -159,11 +160,16 @@ BY = click.option("--by", default=None, help="Who sets it (default: the OS user)
               help="Window in seconds (default: the one in force, else 3600).")
 @click.option("--per-member", type=click.IntRange(min=1), default=None,
               help="Coupons per member per window.")
+@click.option("--shift-share", type=click.FloatRange(0, 1), default=None,
+              help="Share of a throttled store's cap shifted to its nearest stores with "
+                   "room while the throttle lasts (0 stops shifting).")
 @BY
 def cap(campaign: str, cap: int, store: str | None, window: int | None,
-        per_member: int | None, by: str | None) -> None:
+        per_member: int | None, shift_share: float | None, by: str | None) -> None:
     """Set the cap of CAMPAIGN (a pause in force stays)."""
     changes: dict[str, Any] = {"cap_per_window": cap}
+    if shift_share is not None:
+        changes["shift_share"] = shift_share
     if window is not None:
         changes["window_seconds"] = window
     if per_member is not None:
@@ -215,3 +221,5 @@ def status(campaign: str, store: str | None, url: str | None, as_json: bool) -> 
         )
     for signal in answer["signals"]:
         click.echo(f"  signal at {signal['store_id']}: {signal['cause']} {signal['evidence']}")
+    if answer.get("hint"):
+        click.echo(f"  {answer['hint']}")

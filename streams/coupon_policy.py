@@ -47,6 +47,8 @@ def check_policy(policy: CouponPolicy) -> None:
         raise PolicyError(
             f"per_member_limit: must be at least 1, got {policy.per_member_limit}"
         )
+    if policy.shift_share is not None and not 0 <= policy.shift_share <= 1:
+        raise PolicyError(f"shift_share: must be between 0 and 1, got {policy.shift_share}")
 
 
 def publish_policy(settings: Settings, policy: CouponPolicy, timeout: float = 10.0) -> None:

@@ -95,6 +95,7 @@ class PolicyBody(Struct, forbid_unknown_fields=True, kw_only=True):
     window_seconds: int | UnsetType = UNSET
     per_member_limit: int | UnsetType | None = UNSET
     paused: bool | UnsetType = UNSET
+    shift_share: float | UnsetType | None = UNSET
     set_by: Annotated[str, Meta(min_length=1, max_length=128)] = "api"
 
 
@@ -125,6 +126,7 @@ class CouponService:
             default_window_ms=settings.coupon_default_window_seconds * 1000,
             known_campaigns=_known_campaigns(master),
             campaign_stores=_campaign_stores(master),
+            neighbours=_neighbours(master),
         )
 
         def raw_topic(name: str) -> faust.TopicT:
@@ -504,7 +506,8 @@ class CouponService:
             return view.error(400, f"bad policy body: {exc}")
         current = self.ledger.policy(partition, campaign_id, body.store_id)
         fields = msgspec.structs.asdict(current) if current else {}
-        for name in ("cap_per_window", "window_seconds", "per_member_limit", "paused"):
+        for name in ("cap_per_window", "window_seconds", "per_member_limit", "paused",
+                     "shift_share"):
             value = getattr(body, name)
             if value is not UNSET:
                 fields[name] = value
@@ -567,6 +570,14 @@ def _campaign_stores(master: MasterData | None) -> Callable[[str], list[str]]:
         ]
 
     return stores
+
+
+def _neighbours(master: MasterData | None) -> Callable[[str], list[tuple[str, float]]]:
+    """The nearest stores of a store's region, with km (master data does not change
+    while the worker runs, so each store's list is worked out once)."""
+    if master is None:
+        return lambda store_id: []
+    return functools.lru_cache(maxsize=4096)(lambda store_id: master.nearest_stores(store_id, 5))
 
 
 def install_coupon_service(app: faust.App, settings: Settings) -> CouponService:

@@ -239,6 +239,7 @@ class DecisionLayer:
         self.pickup = PickupRules(
             RuleState(changelog, "pickup", PickupQueue), book("pickup"),
             lambda: self.rules, self.master, self.publish_signal, self.publish_pickup_level,
+            room=self.publish_signal,
         )
         self.stock = StockRulesEngine(
             RuleState(changelog, "stock", StockItem), book("stock"),

@@ -53,6 +53,7 @@ from msgspec import Struct
 
 from ctower.schemas.control import CouponDecision, CouponPolicy, CouponSignal
 from ctower.schemas.events import Coupon
+from ctower.tables import steering
 
 ALL_STORES = "*"
 """The scope of a campaign-wide policy, counter or decision."""
@@ -125,6 +126,11 @@ class Reservation(Struct, kw_only=True):
     remaining: dict[str, int | None]
     window_end: int | None = None
     evidence: dict[str, Any] | None = None
+    alternatives: list[dict[str, Any]] | None = None
+    """A refusal at a throttled or short store: the nearest stores with room
+    (``store_id``, ``km``, ``pressure``), nearest first."""
+    hint: str | None = None
+    """The same in a sentence: ``not here: try S012, 1.2 km, pressure 0.3``."""
 
 
 @dataclass(slots=True)
@@ -139,6 +145,9 @@ class _Campaign:
     """(store, cause, sku) -> (offset, latest signal, active or cleared)."""
     announced: dict[str, State] = field(default_factory=dict)
     """store (or '*') -> state last written to ct.coupon-decisions."""
+    shifted: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Receiving store -> {throttled store: coupons of its cap shifted there}; derived
+    from the policies and signals (recomputed on load), announced when it changes."""
 
     def policy(self, scope: str) -> CouponPolicy | None:
         entry = self.policies.get(scope)
@@ -173,11 +182,14 @@ class CouponLedger:
         known_campaigns: Callable[[str], bool] = lambda campaign_id: False,
         campaign_stores: Callable[[str], Iterable[str]] = lambda campaign_id: (),
         clock: Callable[[], float] = time.time,
+        neighbours: Callable[[str], Iterable[tuple[str, float]]] = lambda store_id: (),
     ) -> None:
-        """``known_campaigns`` and ``campaign_stores`` come from master data:
-        a campaign it knows is not unknown even before any policy, and a
-        campaign-wide pause is announced at every store it runs in."""
+        """``known_campaigns``, ``campaign_stores`` and ``neighbours`` come from
+        master data: a campaign it knows is not unknown even before any policy,
+        a campaign-wide pause is announced at every store it runs in, and the
+        customers of a throttled store are sent to its nearest stores with room."""
         self.table = table
+        self.neighbours = neighbours
         self.default_window_ms = default_window_ms
         self.known_campaigns = known_campaigns
         self.campaign_stores = campaign_stores
@@ -230,6 +242,8 @@ class CouponLedger:
                 )
             elif kind == _ANNOUNCED:
                 camp.announced[key[3]] = value[0]
+        for camp in part.campaigns.values():
+            camp.shifted = self._shift_plan(camp)  # announced before the restart
         return part
 
     def _campaign(self, part: _Partition, campaign_id: str) -> _Campaign:
@@ -317,7 +331,10 @@ class CouponLedger:
             start = at_ms - at_ms % window
             end = start + window
             policy = camp.policy(scope)
-            keys.append(((scope, window, start, ""), end, policy and policy.cap_per_window, label))
+            cap = policy.cap_per_window if policy is not None else None
+            if cap is not None and label == "store" and camp.shifted:
+                cap += sum(camp.shifted.get(scope, {}).values())
+            keys.append(((scope, window, start, ""), end, cap, label))
             if policy is not None and policy.per_member_limit is not None:
                 keys.append(((scope, window, start, member_id), end, policy.per_member_limit,
                              "member"))
@@ -360,6 +377,10 @@ class CouponLedger:
                 continue
             if verdict.state == "open":
                 verdict = _Verdict("open", cause[0], cause[1], cause[2])
+            elif verdict.reason in ("pickup_pressure", "stock_cover"):
+                found = self._alternatives(camp, store_id)
+                if found:
+                    verdict.evidence["alternatives"] = found
             camp.announced[store_id] = verdict.state
             self._mark(
                 part, _encode([partition, _ANNOUNCED, campaign_id, store_id]),
@@ -415,7 +436,8 @@ class CouponLedger:
             why = ("policy_resumed", _policy_evidence(policy), policy.set_at)
         self.stats["policies"] += 1
         stores = self._stores_of(campaign_id, camp) if scope == ALL_STORES else {scope}
-        return self._announce(part, partition, campaign_id, camp, stores | {ALL_STORES}, why)
+        decisions = self._announce(part, partition, campaign_id, camp, stores | {ALL_STORES}, why)
+        return decisions + self._reshift(campaign_id, camp, why[2])
 
     def apply_signal(
         self, partition: int, offset: int, signal: CouponSignal
@@ -435,7 +457,56 @@ class CouponLedger:
         )
         self.stats["signals"] += 1
         why = (f"{signal.cause}_cleared", _signal_evidence(signal), signal.ts)
-        return self._announce(part, partition, signal.campaign_id, camp, {signal.store_id}, why)
+        decisions = self._announce(
+            part, partition, signal.campaign_id, camp, {signal.store_id}, why
+        )
+        return decisions + self._reshift(signal.campaign_id, camp, signal.ts)
+
+    # -------------------------------------------------------------- steering
+    def _alternatives(self, camp: _Campaign, store_id: str) -> list[dict[str, Any]]:
+        """The nearest stores of the region with room for this campaign."""
+        if not camp.signals:
+            return []
+        return steering.alternatives(
+            store_id, camp.signals, self.neighbours,
+            lambda other: self._verdict(camp, other).reason == "policy_paused",
+        )
+
+    def _shift_plan(self, camp: _Campaign) -> dict[str, dict[str, int]]:
+        if not camp.policies or not camp.signals:
+            return {}
+        return steering.shift_plan(
+            camp.signals, lambda store: camp.policy(store), camp.policy(ALL_STORES),
+            lambda store: self._alternatives(camp, store),
+        )
+
+    def _reshift(self, campaign_id: str, camp: _Campaign, ts: int) -> list[CouponDecision]:
+        """Decisions for the stores whose shifted cap changed (each with where from)."""
+        plan = self._shift_plan(camp)
+        if plan == camp.shifted:
+            return []
+        decisions = []
+        for store_id in sorted(set(plan) | set(camp.shifted)):
+            now, before = plan.get(store_id, {}), camp.shifted.get(store_id, {})
+            if now == before:
+                continue
+            extra = sum(now.values())
+            policy = camp.policy(store_id)
+            decisions.append(CouponDecision(
+                campaign_id=campaign_id, store_id=store_id,
+                state=self._verdict(camp, store_id).state,
+                reason="cap_shifted" if extra else "cap_shift_ended",
+                evidence={
+                    "extra": extra,
+                    "from": now or before,
+                    "cap": policy.cap_per_window if policy is not None else None,
+                },
+                ts=ts,
+            ))
+        camp.shifted = plan
+        self.stats["decisions"] += len(decisions)
+        self.stats["cap_shifts"] += len(decisions)
+        return decisions
 
     # ---------------------------------------------------------- reservations
     def reserve(
@@ -465,7 +536,11 @@ class CouponLedger:
                 "throttled" if verdict.state == "throttled"
                 else "stock_short" if verdict.reason == "stock_cover" else "paused"
             )
-            return refuse(reason, verdict.state, evidence=verdict.evidence)
+            found = self._alternatives(camp, store_id) if reason != "paused" else []
+            return refuse(
+                reason, verdict.state, evidence=verdict.evidence,
+                alternatives=found or None, hint=steering.hint(found),
+            )
         keys = self._keys(camp, store_id, member_id, now_ms)
         remaining: dict[str, int | None] = {"campaign": None, "store": None, "member": None}
         bound_end: int | None = None
@@ -580,19 +655,29 @@ class CouponLedger:
             entry = camp.counters.get((scope, window, start, ""))
             count = entry[1] if entry else 0
             cap = policy.cap_per_window if policy else None
+            shifted_in = sum(camp.shifted.get(scope, {}).values())
+            if cap is not None and scope != ALL_STORES:
+                cap += shifted_in
             windows[scope] = {
                 "window_start": start,
                 "window_end": start + window,
                 "count": count,
                 "cap": cap,
                 "remaining": None if cap is None else max(0, cap - count),
+                "shifted_in": shifted_in,
                 "per_member_limit": policy.per_member_limit if policy else None,
                 "members_counted": sum(
                     1 for k in camp.counters if k[:3] == (scope, window, start) and k[3]
                 ),
             }
         verdict = self._verdict(camp, store_id or ALL_STORES)
+        found = (
+            self._alternatives(camp, store_id)
+            if store_id and verdict.reason in ("pickup_pressure", "stock_cover") else []
+        )
         return {
+            "alternatives": found,
+            "hint": steering.hint(found),
             "campaign_id": campaign_id,
             "store_id": store_id,
             "partition": partition,
@@ -610,6 +695,7 @@ class CouponLedger:
                 msgspec.to_builtins(signal)
                 for (store, _c, _s), (_o, signal) in sorted(camp.signals.items())
                 if signal.active and (store_id is None or store == store_id)
+                and signal.cause != "pickup_room"  # room is no condition against it
             ],
         }
 

@@ -39,17 +39,21 @@ class PickupRules(_Section):
     wait_window_minutes: float = Field(15.0, gt=0)
     min_waits: int = Field(5, ge=1)
     default_capacity: int = Field(10, ge=1)
+    room_below: float = Field(0.5, ge=0)
 
     @model_validator(mode="after")
     def _hysteresis(self) -> PickupRules:
         if self.reopen_below >= self.throttle_above:
             raise ValueError("reopen_below must be under throttle_above (hysteresis)")
+        if self.room_below > self.reopen_below:
+            raise ValueError("room_below must be at most reopen_below (hysteresis)")
         return self
 
 
 class StockRules(_Section):
     lead_time_hours: float = Field(4.0, gt=0)
     coupon_cover_hours: float = Field(2.0, gt=0)
+    coupon_reopen_cover_hours: float = Field(3.0, gt=0)
     velocity_window_minutes: int = Field(60, ge=5)
     min_units_per_window: int = Field(10, ge=1)
     stockout_scans: int = Field(3, ge=1)
@@ -57,6 +61,14 @@ class StockRules(_Section):
     surplus_factor: float = Field(2.0, ge=1)
     target_cover_hours: float = Field(8.0, gt=0)
     nearest_stores: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> StockRules:
+        if self.coupon_reopen_cover_hours < self.coupon_cover_hours:
+            raise ValueError(
+                "coupon_reopen_cover_hours must be at least coupon_cover_hours (hysteresis)"
+            )
+        return self
 
 
 class DemandRules(_Section):

@@ -38,6 +38,8 @@ class PickupQueue(Struct, kw_only=True, array_like=True):
     throttled: bool = False
     last_level: tuple[int, int, int] = (-1, -1, -1)
     """(waiting, capacity, p90 s) last published, to publish changes only."""
+    room: bool | None = None
+    """Room for more customers, as last told to the campaigns (None: not yet)."""
 
 
 def p90(values: list[int]) -> int:
@@ -55,7 +57,10 @@ class PickupRules(RuleFamily):
         master: MasterData | None,
         signal: Callable[[CouponSignal], None],
         level: Callable[[PickupLevel], None],
+        room: Callable[[CouponSignal], None] | None = None,
     ) -> None:
+        """``room`` takes the ``pickup_room`` signals (none when None): whether a
+        store can take the customers of a throttled store nearby."""
         super().__init__()
         self.state = state
         self.book = book
@@ -63,6 +68,7 @@ class PickupRules(RuleFamily):
         self.master = master
         self.signal = signal
         self.level = level
+        self.room = room
 
     def apply(self, partition: int, source: str, offset: int, events: Iterable[Pickup]) -> None:
         state = self.state
@@ -178,6 +184,15 @@ class PickupRules(RuleFamily):
             changed = True
             self._signal(store_id, throttle, pressure, waiting, capacity, now)
 
+        if self.room is not None:
+            # room under room_below, no room again from reopen_below: a hysteresis
+            # band, so a queue around one threshold does not flood the campaigns
+            room = pressure < (rules.reopen_below if queue.room else rules.room_below)
+            if room != queue.room:
+                queue.room = room
+                changed = True
+                self._room(store_id, room, pressure, waiting, capacity, now)
+
         level = (waiting, capacity, round(p90_ms / 1000) if p90_ms is not None else -1)
         if level != queue.last_level:
             queue.last_level = level
@@ -231,3 +246,29 @@ class PickupRules(RuleFamily):
                     ts=now,
                 )
             )
+
+    def _room(
+        self, store_id: str, room: bool, pressure: float, waiting: int, capacity: int, now: int
+    ) -> None:
+        if self.master is None or self.room is None:
+            return
+        pickup = self.rules().pickup
+        evidence = {
+            "pressure": round(pressure, 3),
+            "waiting": waiting,
+            "capacity": capacity,
+            "threshold": pickup.room_below if room else pickup.reopen_below,
+            "window_end": now,
+        }
+        for campaign in self.master.campaigns_at(store_id):
+            if campaign.kind == "store_pickup":
+                self.room(
+                    CouponSignal(
+                        campaign_id=campaign.campaign_id,
+                        store_id=store_id,
+                        cause="pickup_room",
+                        active=room,
+                        evidence=evidence,
+                        ts=now,
+                    )
+                )

@@ -526,7 +526,11 @@ class StockRulesEngine(RuleFamily):
         campaigns = self._campaigns_by_sku.get(sku)
         if not campaigns or self.master is None:
             return
-        short = cover is not None and cover < rules.coupon_cover_hours
+        # Hysteresis: paused under coupon_cover_hours, reopened only over
+        # coupon_reopen_cover_hours, so a cover hovering around one threshold
+        # does not pause and reopen the campaign at every sale.
+        limit = rules.coupon_reopen_cover_hours if item.low_cover else rules.coupon_cover_hours
+        short = cover is not None and (cover <= limit if item.low_cover else cover < limit)
         low = item.known_at(now) and (on_hand <= 0 or short)
         if low == item.low_cover:
             return
@@ -543,7 +547,8 @@ class StockRulesEngine(RuleFamily):
                     cause="stock_cover",
                     sku=sku,
                     active=low,
-                    evidence={**evidence(), "threshold": rules.coupon_cover_hours},
+                    evidence={**evidence(), "threshold": rules.coupon_cover_hours if low
+                              else rules.coupon_reopen_cover_hours},
                     ts=now,
                 )
             )

@@ -45,7 +45,7 @@ NOON_UTC_MS = int(datetime(2025, 3, 1, 4, 0, tzinfo=UTC).timestamp() * 1000)  # 
     ("stream", STREAMS),
     ("coupon_reason", ("open", "pickup_pressure", "stock_cover", "policy_paused",
                        "policy_resumed", "policy_removed", "pickup_pressure_cleared",
-                       "stock_cover_cleared")),
+                       "stock_cover_cleared", "cap_shifted", "cap_shift_ended")),
 ])
 def test_every_code_has_a_label_in_both_languages(group: str, codes: tuple[str, ...]) -> None:
     for lang in ("zh", "en"):

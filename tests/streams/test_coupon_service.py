@@ -377,8 +377,15 @@ def test_signals_throttle_and_pause_stores_with_decisions_on_the_topic(
     coupon_settings: Callable[..., Settings],
     ctower_process: Callable[..., Any],
     poll: Callable[..., Any],
+    tmp_path: Path,
 ) -> None:
-    settings = coupon_settings(coupon_api_token=TOKEN)
+    master = tmp_path / "master.json"  # S2 is 1.1 km from S1, in its region
+    master.write_text(json.dumps({
+        "regions": [{"region_id": "EAST", "warehouse_id": "WH-EAST"}],
+        "stores": [{"store_id": "S1", "region_id": "EAST", "lat": 31.2, "lon": 121.4},
+                   {"store_id": "S2", "region_id": "EAST", "lat": 31.21, "lon": 121.4}],
+    }))
+    settings = coupon_settings(coupon_api_token=TOKEN, master_data_file=master)
     ensure_topics(settings)
     start_worker(settings, ctower_process, poll)
     publish_policy(settings, policy("PICK", cap_per_window=100))
@@ -397,9 +404,14 @@ def test_signals_throttle_and_pause_stores_with_decisions_on_the_topic(
     def ask(store: str = "S1") -> Any:
         return reserve_many(settings, "PICK", [{"store_id": store, "member_id": "M1"}])[0][1]
 
+    send_signal(settings, CouponSignal(
+        campaign_id="PICK", store_id="S2", cause="pickup_room", active=True,
+        evidence={"pressure": 0.3, "threshold": 0.5}, ts=now,
+    ))
     send_signal(settings, signal("pickup_pressure", True, pressure=0.92, threshold=0.8))
     poll(lambda: state() == "throttled", 10, "pickup pressure never throttled S1")
     assert (ask()["granted"], ask()["reason"]) == (False, "throttled")
+    assert ask()["hint"] == "not here: try S2, 1.11 km, pressure 0.3"
     assert ask("S2")["granted"]  # only that store
 
     send_signal(settings, signal("stock_cover", True, cover_hours=1.2, threshold=2.0))
@@ -422,7 +434,8 @@ def test_signals_throttle_and_pause_stores_with_decisions_on_the_topic(
         ("S1", "open", "pickup_pressure_cleared"),
     ]
     assert found[0]["evidence"] == {"cause": "pickup_pressure", "pressure": 0.92,
-                                    "threshold": 0.8}
+                                    "threshold": 0.8, "alternatives": [
+                                        {"store_id": "S2", "km": 1.11, "pressure": 0.3}]}
     assert found[1]["evidence"]["sku"] == "K1" and found[1]["evidence"]["cover_hours"] == 1.2
     assert found[3]["evidence"]["threshold"] == 0.6 and found[3]["ts"] == now
 

@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pytest
 
 from ctower.schemas.control import CouponPolicy, CouponSignal
@@ -339,3 +340,74 @@ def test_a_crash_anywhere_then_a_replay_from_the_last_commit_counts_exactly(
             recovered = Table()
         led = run(recovered, restart_at if recovered.data else 0, [])
         assert counts(led) == expected, f"cut at record {cut}, replay from {restart_at}"
+
+
+NEAR = {"S1": [("S2", 1.2), ("S3", 2.5), ("S4", 4.0)], "S2": [("S1", 1.2)]}
+
+
+def room(store: str, pressure: float, active: bool = True, ts: int = T0 + 500) -> CouponSignal:
+    return signal("pickup_room", active, store=store, ts=ts, pressure=pressure, threshold=0.5)
+
+
+def test_a_throttled_store_sends_its_customers_to_the_nearest_stores_with_room() -> None:
+    led = ledger(campaign_stores=lambda c: ["S1", "S2", "S3", "S4"],
+                 neighbours=lambda s: NEAR.get(s, []))
+    led.apply_policy(P, 0, "C1", None, policy(cap_per_window=100))
+    assert led.apply_signal(P, 1, room("S2", 0.3)) == []  # room changes no state
+    led.apply_signal(P, 2, room("S3", 0.1))
+    led.apply_signal(P, 3, signal("stock_cover", True, store="S3", sku="K1"))  # S3 is short
+    led.apply_signal(P, 4, room("S4", 0.2))
+    led.apply_policy(P, 5, "C1", "S4", policy(store="S4", paused=True))  # S4 paused there
+    [throttled] = led.apply_signal(P, 6, signal("pickup_pressure", True))
+    assert throttled.evidence["alternatives"] == [{"store_id": "S2", "km": 1.2, "pressure": 0.3}]
+    refused = reserve(led)
+    assert (refused.reason, refused.hint) == ("throttled", "not here: try S2, 1.2 km, pressure 0.3")
+    assert refused.alternatives == [{"store_id": "S2", "km": 1.2, "pressure": 0.3}]
+    assert led.status(P, "C1", "S1", T0 + 60_000)["hint"] == refused.hint
+    assert led.status(P, "C1", None, T0 + 60_000)["signals"] == [
+        msgspec.to_builtins(s) for s in (
+            signal("pickup_pressure", True), signal("stock_cover", True, store="S3", sku="K1"),
+        )
+    ]  # room is no condition against the campaign
+    led.apply_signal(P, 7, room("S2", 0.7, active=False))  # S2 filled up
+    refused = reserve(led)
+    assert (refused.reason, refused.alternatives, refused.hint) == ("throttled", None, None)
+    assert reserve(led, store="S2").granted  # filling up does not throttle by itself
+
+
+def test_a_policy_shifts_part_of_a_throttled_stores_cap_while_the_throttle_lasts() -> None:
+    table = Table()
+    led = ledger(table, campaign_stores=lambda c: ["S1", "S2", "S3"],
+                 neighbours=lambda s: NEAR.get(s, []))
+    led.apply_policy(P, 0, "C1", None, policy(cap_per_window=1000, shift_share=0.5))
+    led.apply_policy(P, 1, "C1", "S1", policy(store="S1", cap_per_window=10))
+    led.apply_policy(P, 2, "C1", "S2", policy(store="S2", cap_per_window=2))
+    led.apply_policy(P, 3, "C1", "S3", policy(store="S3", cap_per_window=2))
+    led.apply_signal(P, 4, room("S2", 0.3))
+    led.apply_signal(P, 5, room("S3", 0.1))
+    decisions = led.apply_signal(P, 6, signal("pickup_pressure", True))
+    assert [(d.store_id, d.state, d.reason) for d in decisions] == [
+        ("S1", "throttled", "pickup_pressure"),
+        ("S2", "open", "cap_shifted"), ("S3", "open", "cap_shifted"),
+    ]
+    assert decisions[1].evidence == {"extra": 3, "from": {"S1": 3}, "cap": 2}  # 5 over two
+    assert decisions[2].evidence == {"extra": 2, "from": {"S1": 2}, "cap": 2}
+    granted = [reserve(led, store="S2", member=f"M{i}").granted for i in range(6)]
+    assert granted == [True] * 5 + [False]  # 2 of its own, 3 shifted
+    assert led.status(P, "C1", "S2", T0 + 60_000)["windows"]["S2"]["cap"] == 5
+    # a restart recomputes what is shifted from the policies and signals
+    led.flush(P)
+    restarted = ledger(table.recovered(len(table.log)), neighbours=lambda s: NEAR.get(s, []))
+    assert reserve(restarted, store="S3", member="X").remaining["store"] == 3
+    # the throttle ends: the shift ends with it, announced at the stores that had it
+    decisions = led.apply_signal(P, 7, signal("pickup_pressure", False, ts=T0 + 9000))
+    assert [(d.store_id, d.reason) for d in decisions] == [
+        ("S1", "pickup_pressure_cleared"), ("S2", "cap_shift_ended"), ("S3", "cap_shift_ended"),
+    ]
+    assert decisions[1].evidence["extra"] == 0 and decisions[1].ts == T0 + 9000
+    assert reserve(led, store="S2", member="M9").reason == "store_cap_reached"
+    # a store without a store cap shifts nothing (a campaign cap already flows)
+    led.apply_policy(P, 8, "C1", "S1", None)
+    assert [d.reason for d in led.apply_signal(P, 9, signal("pickup_pressure", True))] == [
+        "pickup_pressure"
+    ]

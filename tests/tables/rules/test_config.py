@@ -61,3 +61,10 @@ def test_watcher_reloads_good_files_and_keeps_the_rules_on_bad_ones(tmp_path: Pa
     assert watcher.check() is False
     assert watcher.rules.stock.lead_time_hours == 6.0  # the rules in force stay
     assert watcher.last_error is not None and "stock.lead_time_hours" in watcher.last_error
+
+
+def test_room_and_cover_bands_are_refused_upside_down() -> None:
+    with pytest.raises(RulesError, match="room_below must be at most reopen_below"):
+        load_rules(None, {"CTOWER_RULE_PICKUP__ROOM_BELOW": "0.7"})
+    with pytest.raises(RulesError, match="coupon_reopen_cover_hours must be at least"):
+        load_rules(None, {"CTOWER_RULE_STOCK__COUPON_REOPEN_COVER_HOURS": "1.5"})

@@ -121,3 +121,24 @@ def test_state_survives_a_restart_and_replays_are_skipped(harness: Any) -> None:
     queue = restarted.state.get(0, "S1")
     assert queue is not None and sorted(queue.waiting) == ["o0", "o1", "o2", "o3"]
     assert restarted.state.replayed_skips == 1
+
+
+def test_room_is_told_to_the_campaigns_with_a_band_between_its_thresholds(harness: Any) -> None:
+    rooms: list[Any] = []
+    rules = PickupRules(
+        harness.state("pickup", PickupQueue), harness.book("pickup"), lambda: Rules(), MASTER,
+        harness.signals.append, harness.levels.append, room=rooms.append,
+    )
+    feed = Feed(rules)
+    feed.send("o0", "arrived")  # 1 of 10: room
+    assert [(s.campaign_id, s.cause, s.active) for s in rooms] == [("PICK", "pickup_room", True)]
+    assert rooms[0].evidence["pressure"] == 0.1
+    for n in range(1, 6):  # 0.6: no more room
+        feed.send(f"o{n}", "arrived")
+    assert [s.active for s in rooms] == [True, False]
+    assert rooms[1].evidence == {**rooms[1].evidence, "pressure": 0.6, "threshold": 0.6}
+    feed.send("o0", "picked_up")  # 0.5: not under room_below yet
+    assert [s.active for s in rooms] == [True, False]
+    feed.send("o1", "picked_up")  # 0.4
+    assert [s.active for s in rooms] == [True, False, True]
+    assert harness.signals == []  # never throttled

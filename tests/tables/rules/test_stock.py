@@ -273,3 +273,18 @@ def test_every_key_of_a_long_array_is_judged(harness: Any) -> None:
     feed.engine.tick()
     assert {level.location_id: level.on_hand for level in harness.levels} == {
         "S1": 5, "S2": 0, "S3": 7, "S4": 9}
+
+
+def test_the_coupon_cover_pause_reopens_only_over_three_hours(harness: Any) -> None:
+    feed = Feed(harness)
+    feed.send(("S1", "snapshot", 150, T0), ("WH-EAST", "snapshot", 500, T0))
+    for minute in range(0, 60, 5):  # 60 units an hour: 90 left is 1.5 h of cover
+        feed.send(("S1", "sale", 5, T0 + minute * MIN), source="order:0")
+    assert [(s.store_id, s.active) for s in harness.signals] == [("S1", True)]
+    assert harness.signals[0].evidence["threshold"] == 2.0
+    feed.send(("S1", "receipt", 45, T0 + 61 * MIN))  # 135: 2.25 h, over 2 but not over 3
+    assert [s.active for s in harness.signals] == [True], "reopened inside the band"
+    feed.send(("S1", "receipt", 60, T0 + 62 * MIN))  # 195: 3.25 h
+    assert [s.active for s in harness.signals] == [True, False]
+    assert harness.signals[1].evidence["threshold"] == 3.0
+    assert harness.signals[1].evidence["cover_h"] == 3.25
