@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "health": ("ctower.health", "health"),
     "schemas": ("ctower.schemas.contracts", "schemas_command"),
     "record": ("ctower.simulator.recorder", "record_command"),
+    "backtest": ("ctower.tables.rules.backtest_command", "backtest"),
 }
 
 

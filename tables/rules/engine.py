@@ -1,0 +1,112 @@
+"""The three rule families on one table, wired to where their outputs go.
+
+Why a separate assembly: the worker runs the rules in force, but a backtest
+runs them (twice: the rules in force and a candidate) over a recorded file
+in-process, and a shadow candidate runs beside the live rules in the worker.
+All of them must build the families the same way, or a backtest would
+judge with rules the worker does not run. The worker's own decision layer
+builds the same families on its Faust table.
+
+:class:`MemoryTable` stands in for a Faust table where nothing is persisted
+(a backtest; a shadow, whose state is not worth a changelog: it starts again
+empty after a restart, like a candidate just switched on).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ctower.schemas.control import Alert, CouponSignal, PickupLevel, StockLevel
+from ctower.schemas.master_data import MasterData
+from ctower.tables.rules.alert_book import AlertBook, AlertEntry
+from ctower.tables.rules.config import Rules
+from ctower.tables.rules.lanes import Lane, LaneEvent, LaneRules
+from ctower.tables.rules.pickup import PickupQueue, PickupRules
+from ctower.tables.rules.rule_state import RuleState
+from ctower.tables.rules.stock import StockItem, StockMove, StockRulesEngine
+
+MINUTE = 60_000
+
+
+class MemoryTable:
+    """What :class:`RuleState` uses of a Faust table, kept in memory only."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any) -> None:
+        return None
+
+
+def _drop(_: Any) -> None:
+    return None
+
+
+class RuleEngine:
+    """Pickup, stock and lane rules sharing one table, one clock and one set of outputs."""
+
+    def __init__(
+        self,
+        table: Any,
+        rules: Callable[[], Rules],
+        master: MasterData | None,
+        language: str,
+        *,
+        alert: Callable[[Alert], None],
+        signal: Callable[[CouponSignal], None],
+        stock_level: Callable[[StockLevel], None] = _drop,
+        pickup_level: Callable[[PickupLevel], None] = _drop,
+        clock: Callable[[], float] = time.time,
+        prefix: str = "",
+    ) -> None:
+        """``prefix`` names the families' keys in the table (a shadow beside the
+        live rules on one table must not overwrite them)."""
+        self.rules = rules
+
+        def state(family: str, entity: type[Any]) -> RuleState[Any]:
+            return RuleState(table, prefix + family, entity, clock=clock)
+
+        def book(family: str) -> AlertBook:
+            return AlertBook(
+                state(f"alerts.{family}", AlertEntry), alert, language,
+                lambda: int(self.rules().alerts.cooldown_minutes * MINUTE), wall=clock,
+            )
+
+        self.pickup = PickupRules(
+            state("pickup", PickupQueue), book("pickup"), rules, master, signal, pickup_level,
+        )
+        self.stock = StockRulesEngine(
+            state("stock", StockItem), book("stock"), rules, master, signal, stock_level,
+        )
+        self.lane_rules = LaneRules(state("lanes", Lane), book("lanes"), rules)
+
+    def families(self) -> tuple[PickupRules, StockRulesEngine, LaneRules]:
+        return (self.pickup, self.stock, self.lane_rules)
+
+    def states(self) -> list[RuleState[Any]]:
+        families = self.families()
+        return [f.state for f in families] + [f.book.state for f in families]
+
+    def apply_moves(self, partition: int, moves: list[StockMove]) -> None:
+        self.stock.apply(partition, moves)
+
+    def apply_lane_events(self, partition: int, events: list[LaneEvent]) -> None:
+        self.lane_rules.apply(partition, events)
+
+    def evaluate_touched(self) -> None:
+        for family in self.families():
+            family.evaluate_touched()
+
+    def tick(self) -> None:
+        for family in self.families():
+            family.tick()
+
+    def adopt(self, partitions: list[int]) -> None:
+        for state in self.states():
+            state.adopt(partitions)
+
+    def drop(self, partition: int) -> None:
+        for state in self.states():
+            state.drop(partition)
