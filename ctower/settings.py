@@ -283,6 +283,59 @@ class Settings(BaseSettings):
         "unset = http://<dashboard_host>:<dashboard_port>.",
     )
 
+    # --- Metrics and system alerts (the pipeline watches itself) ----------
+    metrics_bind: str = Field(
+        "127.0.0.1",
+        description="Address the sink's and the alert service's /metrics servers listen on "
+        "(0.0.0.0 in a container); the worker serves /metrics on its web port.",
+    )
+    sink_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the sink's Prometheus /metrics; 0 = off."
+    )
+    alerts_metrics_port: int = Field(
+        0, ge=0, le=65535,
+        description="Port of the alert service's Prometheus /metrics; 0 = off.",
+    )
+    system_stream_silent_min_seconds: float = Field(
+        300.0, ge=0,
+        description="A stream a worker has seen is silent after at least this long without "
+        "a message (and system_stream_silent_factor times its usual gap); 0 = never alert.",
+    )
+    system_stream_silent_factor: float = Field(
+        5.0, gt=0, description="How many of its usual gaps a stream may be silent for."
+    )
+    system_lag_growing_seconds: float = Field(
+        300.0, ge=0,
+        description="A worker's consumer lag that grew over this long (never back to where "
+        "it was) raises system_lag_growing; 0 = never alert.",
+    )
+    system_lag_min_growth: int = Field(
+        1000, ge=1, description="Messages the lag must have grown by over that time."
+    )
+    system_dead_letters_per_minute: float = Field(
+        60.0, ge=0,
+        description="Dead letters per minute (over system_dead_letter_window_seconds) above "
+        "which a worker raises system_dead_letter_rate; 0 = never alert.",
+    )
+    system_dead_letter_window_seconds: float = Field(
+        300.0, gt=0, le=86400, description="Window the dead-letter rate is measured over."
+    )
+    system_partition_stuck_seconds: float = Field(
+        300.0, ge=0,
+        description="A partition with messages waiting whose position has not moved for this "
+        "long raises system_partition_stuck; 0 = never alert.",
+    )
+    system_sink_behind_seconds: float = Field(
+        120.0, ge=0,
+        description="The sink not caught up with Kafka for this long raises "
+        "system_sink_behind; 0 = never alert.",
+    )
+    system_store_unreachable_seconds: float = Field(
+        10.0, ge=0,
+        description="The sink's inserts failing on an unreachable store for this long raise "
+        "system_store_unreachable; 0 = never alert.",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -347,6 +400,9 @@ class Settings(BaseSettings):
             "worker_web_port": self.worker_web_port,
             "dashboard_port": self.dashboard_port,
         }
+        for name in ("sink_metrics_port", "alerts_metrics_port"):  # 0 = off
+            if getattr(self, name):
+                ports[name] = getattr(self, name)
         seen: dict[int, str] = {}
         for name, port in ports.items():
             if port in seen:
@@ -369,6 +425,13 @@ class Settings(BaseSettings):
     def _check_bind(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":
             return None
+        if not re.fullmatch(r"[A-Za-z0-9._\-:\[\]]+", value.strip()):
+            raise ValueError("expected an address or host name, e.g. 0.0.0.0")
+        return value.strip()
+
+    @field_validator("metrics_bind")
+    @classmethod
+    def _check_metrics_bind(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9._\-:\[\]]+", value.strip()):
             raise ValueError("expected an address or host name, e.g. 0.0.0.0")
         return value.strip()

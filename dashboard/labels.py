@@ -25,6 +25,9 @@ CODES: dict[str, dict[str, dict[str, str]]] = {
             "shipment_stale": "运单停滞", "shipment_failed": "配送失败",
             "eta_passed": "超过预计送达", "carrier_on_time": "承运商准时率下降",
             "demand_spike": "需求激增",
+            "system_stream_silent": "数据流静默", "system_lag_growing": "消费积压增长",
+            "system_dead_letter_rate": "死信率过高", "system_partition_stuck": "分区停滞",
+            "system_sink_behind": "入库落后", "system_store_unreachable": "存储不可达",
         },
         "en": {
             "restock": "Restock",
@@ -33,6 +36,10 @@ CODES: dict[str, dict[str, dict[str, str]]] = {
             "shipment_stale": "Stale shipments", "shipment_failed": "Failed deliveries",
             "eta_passed": "Past ETA", "carrier_on_time": "Carrier on-time rate down",
             "demand_spike": "Demand spike",
+            "system_stream_silent": "Stream silent", "system_lag_growing": "Lag growing",
+            "system_dead_letter_rate": "Dead-letter rate high",
+            "system_partition_stuck": "Partition stuck", "system_sink_behind": "Sink behind",
+            "system_store_unreachable": "Store unreachable",
         },
     },
     "alert_state": {

@@ -233,7 +233,19 @@ AlertKind = Literal[
     "eta_passed",
     "carrier_on_time",
     "demand_spike",
+    # the pipeline about itself (streams/watch.py): same record, same routes
+    "system_stream_silent",
+    "system_lag_growing",
+    "system_dead_letter_rate",
+    "system_partition_stuck",
+    "system_sink_behind",
+    "system_store_unreachable",
 ]
+SYSTEM_ALERT_KINDS: tuple[str, ...] = (
+    "system_stream_silent", "system_lag_growing", "system_dead_letter_rate",
+    "system_partition_stuck", "system_sink_behind", "system_store_unreachable",
+)
+"""Alerts the pipeline raises about itself; each resolves when its condition clears."""
 ALERT_KINDS: tuple[str, ...] = AlertKind.__args__  # type: ignore[attr-defined]
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")

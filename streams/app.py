@@ -19,6 +19,7 @@ from typing import Any
 import faust
 from faust.types import TP, EventT, StreamT
 
+from ctower.metrics import install_worker_metrics
 from ctower.schemas.control import ClosedWindow, DuplicateEvent, LateEvent
 from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.wire import EventDecoder
@@ -30,6 +31,7 @@ from ctower.streams.decisions import DecisionLayer, RuleProcessor
 from ctower.streams.gc_tuning import gc_stats
 from ctower.streams.offset_order import OffsetOrder, kafka_first_offset, let_go
 from ctower.streams.processing import RawMessage, StreamProcessor
+from ctower.streams.watch import install_worker_watch
 from ctower.tables.dedup import SeenBudget, SeenEvents
 from ctower.tables.folds import SPECS_BY_STREAM
 from ctower.tables.window_state import WindowState
@@ -72,6 +74,11 @@ class ControlTower:
     outboxes: dict[str, DeadLetterOutbox] = field(default_factory=dict)
     """Agent -> its dead letters not yet acknowledged by Kafka."""
     decisions: DecisionLayer | None = None
+    coupons: Any = None
+    watch: Any = None
+    """The system alerts' watch (``streams/watch.py``)."""
+    metrics: Any = None
+    """``/metrics`` (``ctower/metrics.py``)."""
 
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = {
@@ -110,7 +117,7 @@ def build_app(settings: Settings) -> ControlTower:
     writer = BatchWriter(lambda: faust_producer(app))
     tower = ControlTower(settings=settings, app=app, writer=writer)
     decisions = tower.decisions = DecisionLayer(app, settings, writer)
-    coupons = install_coupon_service(app, settings)
+    coupons = tower.coupons = install_coupon_service(app, settings)
 
     aggregates = app.topic(
         settings.topic("aggregates"), key_type=bytes, value_type=bytes,
@@ -311,6 +318,8 @@ def build_app(settings: Settings) -> ControlTower:
     async def stats(web: Any, request: Any) -> Any:
         return web.json(tower.stats())
 
+    install_worker_metrics(tower)  # /metrics, read at scrape time
+    install_worker_watch(tower)  # system alerts, once a second
     return tower
 
 

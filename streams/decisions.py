@@ -218,6 +218,8 @@ class DecisionLayer:
         self.stock_moves = Forwarder(self.stock_moves_topic, partitions)
         self.lanes = Forwarder(self.lanes_topic, partitions)
         self.alerts_sent = 0
+        self.on_alert: Callable[[Alert], None] | None = None
+        """Sees every alert sent (the event-to-alert histogram of /metrics)."""
         self.signals_sent = 0
         self._stock_levels: dict[bytes, StockLevel] = {}
         self._pickup_levels: dict[bytes, PickupLevel] = {}
@@ -276,6 +278,8 @@ class DecisionLayer:
             key=alert.alert_id.encode(), value=control_encoder.encode(alert)
         )
         log.info("alert %s %s: %s", alert.status, alert.key, alert.message)
+        if self.on_alert is not None:
+            self.on_alert(alert)
 
     def publish_signal(self, signal: CouponSignal) -> None:
         self.signals_sent += 1

@@ -65,6 +65,13 @@ def tune_for_streaming() -> None:
         gc.callbacks.append(pauses)
 
 
+def watch_pauses() -> None:
+    """Time the collections without changing the thresholds: the sink and the
+    alert service keep CPython's, but their /metrics show the pauses too."""
+    if pauses not in gc.callbacks:
+        gc.callbacks.append(pauses)
+
+
 def gc_stats() -> dict[str, object]:
     """The collector's counters, for ``/stats/``: collections per generation
     and how many objects start-up froze.

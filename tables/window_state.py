@@ -144,6 +144,10 @@ class WindowState:
         self.clock = clock
         self._parts: dict[int, _Partition] = {}
         self.windows_closed = 0
+        self.close_delays = 0
+        self.close_delay_ms_sum = 0
+        self.close_delay_ms_last = 0
+        """Wall clock at a window's close minus its end, once per window (``/metrics``)."""
         self.late_events = 0
         self.replayed_skips = 0
 
@@ -357,6 +361,9 @@ class WindowState:
                 ]
                 through = max((record.through_offset for record in records), default=-1)
                 part.markers[window] = through
+                self.close_delays += 1
+                self.close_delay_ms_last = now_ms - end
+                self.close_delay_ms_sum += self.close_delay_ms_last
                 part.marker_queue.append((now_ms, window))
                 on_acked = partial(
                     self._write_marker, part, partition, window, through, now_ms, bucket.written

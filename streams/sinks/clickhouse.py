@@ -1042,6 +1042,13 @@ class ClickHouseSink:
         self._logged_quarantines = 0
         self.heartbeat: Heartbeat | None = None
         """Set by the process (``ctower sink``): ``ctower health sink`` reads it."""
+        self.on_insert: Callable[[float], None] | None = None
+        """Sees each insert's seconds (the insert latency histogram of /metrics)."""
+        self._caught_up_at = time.monotonic()
+        """When the sink last had read everything Kafka held (system_sink_behind)."""
+        self._failing: tuple[float, str, str] | None = None
+        """Since when, into which table and why inserts fail on an unreachable store."""
+        self._store_ok = False
         self._build_routes()
 
     # ---------------------------------------------------------------- setup
@@ -1135,7 +1142,16 @@ class ClickHouseSink:
             await consumer.start()
             self._consumer = consumer
             consumer.subscribe(self.topics, listener=_Listener(self))
-            await self._loop(consumer, stop)
+            self._store_ok = True  # bind() read every table's columns
+            self._caught_up_at = time.monotonic()
+            watch_stop = asyncio.Event()
+            watching = asyncio.create_task(self._watch(watch_stop))
+            try:
+                await self._loop(consumer, stop)
+            finally:  # one last look, and what it holds sent (a store lost for good too)
+                watch_stop.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(watching, 15)
         finally:
             try:
                 if self._consumer is not None and not self._broken:
@@ -1182,6 +1198,8 @@ class ClickHouseSink:
                     next_offsets[tp] = messages[-1].offset + 1
                     self.stats.messages += len(messages)
                 self.stats.lag = self._lag(consumer)
+            if not batches or self.stats.lag == 0:
+                self._caught_up_at = time.monotonic()
             async with self._lock:
                 flushed = await self._flush(force=False)
                 await self._commit(force=flushed)
@@ -1249,7 +1267,7 @@ class ClickHouseSink:
         started = time.perf_counter()
         good, table, bad, failure = await asyncio.to_thread(self._prepare_and_send, writer, chunk)
         if failure is None:
-            self.stats.insert_seconds += time.perf_counter() - started
+            self._inserted(time.perf_counter() - started)
             refused: list[tuple[int, Exception]] = []
         else:
             refused = await self._insert_range(writer, good, table, 0, len(good.records), failure)
@@ -1322,11 +1340,13 @@ class ClickHouseSink:
                 except Exception as exc:
                     failure = exc
                 else:
-                    self.stats.insert_seconds += time.perf_counter() - started
+                    self._inserted(time.perf_counter() - started)
                     return None
             kind = failure_kind(failure)
             if kind == "data" or (kind == "refused" and await self._store_answers()):
                 return failure
+            if self._failing is None:
+                self._failing = (time.monotonic(), writer.table, _clip(_describe(failure), 200))
             pause = next(pauses)
             if pause is None:
                 self._broken = True
@@ -1338,6 +1358,68 @@ class ClickHouseSink:
             )
             await asyncio.sleep(pause)
             failure = None
+
+    def _inserted(self, seconds: float) -> None:
+        self.stats.insert_seconds += seconds
+        self._failing = None
+        self._store_ok = True
+        if self.on_insert is not None:
+            self.on_insert(seconds)
+
+    # ------------------------------------------------- what the watch reads
+    def behind(self) -> tuple[float | None, int | None]:
+        """(seconds since the sink last read everything Kafka held, messages behind)."""
+        if self._consumer is None:
+            return None, None
+        return time.monotonic() - self._caught_up_at, self.stats.lag
+
+    def store_failing(self) -> tuple[float | None, str, str]:
+        if self._failing is None:
+            return None, "", ""
+        since, table, error = self._failing
+        return time.monotonic() - since, table, error
+
+    def store_ok(self) -> bool:
+        return self._store_ok
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        """Once a second: the sink's system alerts (``streams/watch.py``), sent
+        by its own producer; the inserts may be blocked, this loop is not."""
+        from ctower.logs import MaskingFilter
+        from ctower.streams.watch import KafkaAlertPublisher, SinkWatch, SystemAlerts
+
+        publisher = KafkaAlertPublisher(self.settings)
+        mask = MaskingFilter(self.settings.secret_values()).mask
+
+        class _Masked:  # an error text may quote the store's URL: masked in the alert
+            def __init__(self, sink: ClickHouseSink) -> None:
+                self.sink = sink
+
+            def behind(self) -> tuple[float | None, int | None]:
+                return self.sink.behind()
+
+            def store_failing(self) -> tuple[float | None, str, str]:
+                failing, table, error = self.sink.store_failing()
+                return failing, table, mask(error)
+
+            def store_ok(self) -> bool:
+                return self.sink.store_ok()
+
+        self.system_alerts = SystemAlerts(self.settings, "sink", self.group_id, publisher)
+        watch = SinkWatch(self.settings, self.system_alerts, _Masked(self))
+        try:
+            while not stop.is_set():
+                try:
+                    watch.check()
+                    await publisher.drain()
+                except Exception:  # the watch must never stop the sink
+                    log.exception("sink watch failed this second")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+            watch.check()
+            await publisher.drain()
+        finally:
+            await publisher.close()
 
     async def _store_answers(self) -> bool:
         """Whether the store runs queries now (so a refused insert is the data's fault)."""
@@ -1521,7 +1603,7 @@ async def _run(settings: Settings, stop: asyncio.Event | None = None) -> SinkSta
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     client = open_store(settings, owner=True)
-    front = None
+    front = metrics = None
     try:
         applied = apply_migrations(client)
         if applied:
@@ -1530,6 +1612,11 @@ async def _run(settings: Settings, stop: asyncio.Event | None = None) -> SinkSta
             front = _start_http_front(settings, client)
         sink = ClickHouseSink(settings, client)
         sink.heartbeat = Heartbeat(settings, "sink")
+        if settings.sink_metrics_port:
+            from ctower.metrics import serve, sink_registry
+
+            metrics = serve(sink_registry(sink), settings.sink_metrics_port,
+                            settings.metrics_bind)
         log.info(
             "sink consuming %d topics into %s (group %s)",
             len(sink.topics), settings.dsn if settings.store_is_embedded else "server",
@@ -1539,6 +1626,8 @@ async def _run(settings: Settings, stop: asyncio.Event | None = None) -> SinkSta
             await sink.run(stop)
         finally:
             sink.heartbeat.clear()
+            if metrics is not None:
+                metrics.shutdown()
         log.info(
             "sink stopped: %d rows in %d inserts, %d commits; quarantined %s",
             sum(sink.stats.rows.values()), sink.stats.batches, sink.stats.commits,

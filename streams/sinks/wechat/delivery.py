@@ -39,7 +39,7 @@ import signal
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,6 +107,9 @@ class DeliveryStats:
     outcomes: Counter[str] = field(default_factory=Counter)
     escalated: int = 0
     """Alerts sent to an escalation route because nobody acknowledged them."""
+    results: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    """Webhook answers by (robot, outcome, errcode): ``http_<status>`` when no
+    errcode came back with an HTTP answer, ``none`` without an answer."""
 
 
 def _digest_id(items: Sequence[Item]) -> str:
@@ -143,6 +146,8 @@ class DeliveryService:
         self.escalations = EscalationBook(self.outbox.db)
         self.heartbeat: Heartbeat | None = None
         """Set by the process (``ctower alerts deliver``): ``ctower health alerts`` reads it."""
+        self.on_webhook: Callable[[float], None] | None = None
+        """Sees each webhook request's seconds (the histogram of /metrics)."""
         self.budgets = {
             robot: RateBudget(settings.alert_rate_per_minute, settings.alert_rate_window_seconds)
             for robot in urls
@@ -426,6 +431,11 @@ class DeliveryService:
         self.budgets[robot].spent()
         self.stats.messages[message.kind] += 1
         self.stats.outcomes[result.outcome] += 1
+        code = (str(result.errcode) if result.errcode is not None else
+                f"http_{result.http_status}" if result.http_status is not None else "none")
+        self.stats.results[(robot, result.outcome, code)] += 1
+        if self.on_webhook is not None:
+            self.on_webhook(result.latency_ms / 1000)
         return result, send_id
 
     async def _attempt(self, robot: str, route: Route, items: list[Item], message: Message
@@ -800,6 +810,12 @@ async def _main(settings: Settings) -> DeliveryStats:
             loop.add_signal_handler(sig, stop.set)
     await ensure_topics(settings)
     service.heartbeat = Heartbeat(settings, "alerts")  # `ctower health alerts` reads it
+    metrics = None
+    if settings.alerts_metrics_port:
+        from ctower.metrics import alerts_registry, serve
+
+        metrics = serve(alerts_registry(service), settings.alerts_metrics_port,
+                        settings.metrics_bind)
     log.info("delivering alerts to %d robot(s) on %d route(s): %s",
              len(service.urls), len(service.table.by_name),
              ", ".join(sorted(service.labels.values())))
@@ -807,6 +823,8 @@ async def _main(settings: Settings) -> DeliveryStats:
         return await service.run(stop)
     finally:
         service.heartbeat.clear()
+        if metrics is not None:
+            metrics.shutdown()
 
 
 def run_delivery(settings: Settings) -> DeliveryStats:
