@@ -88,6 +88,18 @@ def committed(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
     return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
 
 
+def consume(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes]]:
+    """Every (key, value) on ``topic``, from the start."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=1500)
+    try:
+        return [(record.key, record.value) for record in consumer]
+    finally:
+        consumer.close()
+
+
 async def run_until(sink: ClickHouseSink, stop: asyncio.Event, task: asyncio.Task[None],
                     condition: Callable[[], bool], what: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
@@ -333,8 +345,15 @@ def test_hostile_bytes_on_every_topic_end_stored_or_quarantined(
 @pytest.mark.kafka
 def test_unreachable_store_quarantines_nothing(settings_factory: Callable[..., Settings]) -> None:
     """The sink writes through the store's HTTP front, which goes away for a
-    few seconds: the inserts wait and retry, and nothing is quarantined."""
-    settings = settings_factory(sink_batch_rows=50, sink_batch_seconds=0.2)
+    few seconds: the inserts wait and retry, and nothing is quarantined. The
+    sink says so itself (small thresholds): ``system_store_unreachable`` and
+    ``system_sink_behind`` go to ct.alerts, and resolve once the store is back;
+    its /metrics show the store down, then the rows."""
+    from ctower.metrics import exposition, sink_registry
+
+    settings = settings_factory(sink_batch_rows=50, sink_batch_seconds=0.2,
+                                system_store_unreachable_seconds=0.5,
+                                system_sink_behind_seconds=1.5)
     t = settings.topic
     now = int(time.time() * 1000)
     engine = open_store(settings, owner=True)
@@ -361,8 +380,13 @@ def test_unreachable_store_quarantines_nothing(settings_factory: Callable[..., S
                             "the messages sent during the outage")
             await asyncio.sleep(2.5)  # inserts fail and wait meanwhile
             assert sink.stats.rows["scan_events"] == 10 and sink.pending_rows > 0
+            assert b"ctower_sink_store_up 0.0" in exposition(registry)
+            await run_until(sink, stop, task, lambda: sink.system_alerts.open_by_kind() == {
+                "system_store_unreachable": 1, "system_sink_behind": 1}, "the system alerts")
             front = StoreHttpServer(settings, engine_client=engine).start()  # back
             await run_until(sink, stop, task, lambda: sink.pending_rows == 0, "the retries")
+            await run_until(sink, stop, task, lambda: sink.system_alerts.open_by_kind() == {},
+                            "the system alerts' resolutions")
             assert not task.done()
         finally:
             stop.set()
@@ -371,8 +395,19 @@ def test_unreachable_store_quarantines_nothing(settings_factory: Callable[..., S
 
     try:
         sink = ClickHouseSink(settings, http)
+        registry = sink_registry(sink)
         asyncio.run(scenario(sink))
         assert sink.stats.quarantined == {} and sink.stats.refused_inserts == 0
+        # both opened during the outage and resolved after it, on ct.alerts
+        alerts = [json.loads(value) for _, value in consume(settings.bootstrap, t("alerts"))]
+        assert sorted((a["kind"], a["status"]) for a in alerts) == [
+            ("system_sink_behind", "open"), ("system_sink_behind", "resolved"),
+            ("system_store_unreachable", "open"), ("system_store_unreachable", "resolved")]
+        down = [a for a in alerts if a["kind"] == "system_store_unreachable"]
+        assert down[0]["alert_id"] == down[1]["alert_id"] and down[0]["severity"] == "critical"
+        text = exposition(registry).decode()
+        assert 'ctower_sink_rows_total{table="scan_events"} 30.0' in text
+        assert "ctower_sink_store_up 1.0" in text and "ctower_sink_insert_seconds_count" in text
         assert sink.stats.rows["scan_events"] == 30 and sink.stats.rows["alert_acks"] == 5
         assert engine.query("SELECT count() FROM scan_events FINAL").result_rows == [(30,)]
         assert engine.query("SELECT count() FROM alert_acks FINAL").result_rows == [(5,)]

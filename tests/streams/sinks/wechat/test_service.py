@@ -28,6 +28,7 @@ import hashlib
 import re
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -291,13 +292,14 @@ def test_bad_bytes_on_ct_alerts_are_dead_lettered_and_every_alert_around_them_de
     settings_factory: Callable[..., Settings], ctower_process: Callable[..., Any],
     webhook_server: Any, make_alert: Callable[..., Alert], poll: Callable[..., Any],
     write_routes: Callable[[str], Path], write_secrets: Callable[[dict[str, str]], Path],
+    free_port: Callable[[], int],
 ) -> None:
     webhook_server.per_window = 1000  # rates are other tests' business
     urls = {"stock": webhook_server.add_key("k-bad-stock"),
             "ops": webhook_server.add_key("k-bad-ops")}
     settings = settings_factory(
         alert_routes_file=write_routes(ROUTES), webhook_secrets_file=write_secrets(urls),
-        alert_rate_per_minute=1000,
+        alert_rate_per_minute=1000, alerts_metrics_port=free_port(),
     )
     ensure_topics(settings)
     deliver = ctower_process(settings, "deliver", "alerts", "deliver")
@@ -374,6 +376,22 @@ def test_bad_bytes_on_ct_alerts_are_dead_lettered_and_every_alert_around_them_de
     huge = by_raw[bad[-1][:64]]  # type: ignore[index]
     assert len(huge.raw) == 64 * 1024 and huge.raw_length == 900_016
     assert huge.raw_sha256 == hashlib.sha256(bad[-1]).hexdigest()  # type: ignore[arg-type]
+
+    # /metrics counts the same: dead letters by reason, webhook answers by errcode
+    from ctower.metrics import scrape, total
+
+    url = f"http://127.0.0.1:{settings.alerts_metrics_port}/metrics"
+    metrics = poll(lambda: (lambda m: m if total(m, "ctower_outbox_depth") == 0 else None)(
+        scrape(url)), 30, "the outbox never emptied")
+    assert total(metrics, "ctower_alerts_dead_letters_total") == len(bad)
+    assert total(metrics, "ctower_alerts_dead_letters_total",
+                 lambda x: x["reason"] == "not_json") == 2
+    assert total(metrics, "ctower_webhook_results_total", lambda x: x == {
+        "robot": "stock", "outcome": "delivered", "errcode": "0"}) == len(alerts)
+    assert total(metrics, "ctower_webhook_seconds_count") >= len(alerts)
+    assert total(metrics, "ctower_alerts_read_total") == len(alerts)
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        assert b"k-bad-" not in answer.read()  # a robot's key is its credential
 
     assert deliver.alive()
     deliver.stop()
