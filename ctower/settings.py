@@ -48,10 +48,13 @@ CONTROL_TOPICS = (
     "lanes",
     "alert-deliveries",
     "alert-acks",
+    "actions",
+    "action-status",
 )
 """Control and output topics. ``aggregates`` carries closed windows to the sink;
 ``stock-moves`` and ``lanes`` are internal: events re-keyed for the rules (by
-SKU, by carrier and region)."""
+SKU, by carrier and region). ``actions`` carries the rules' transfer and pre-pack
+orders, ``action-status`` the answers to them (keyed by SKU)."""
 
 
 class SettingsError(RuntimeError):
@@ -224,6 +227,11 @@ class Settings(BaseSettings):
         2.0, gt=0, le=60,
         description="Longest wait for the worker that owns a campaign when a request is "
         "forwarded to it.",
+    )
+    action_auto_approve_qty: int = Field(
+        50, ge=0, le=10_000_000,
+        description="Transfer and pre-pack orders of at most this many units are approved "
+        "by the rules themselves; larger ones wait for a person (0 = every order does).",
     )
 
     # --- Dashboard -------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from ctower.schemas import control
+from ctower.schemas import actions, control
 from ctower.schemas.events import EVENT_TYPES
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -57,6 +57,10 @@ CONTROL_RECORDS: dict[str, tuple[type, str, str]] = {
     "alert_ack": (control.AlertAck, "alert-acks", "alert_id"),
     "stock_level": (control.StockLevel, "stock-levels", "location_id|sku"),
     "pickup_level": (control.PickupLevel, "pickup-levels", "store_id"),
+    "action_order": (actions.ActionOrder, "actions",
+                     "order_id; the whole order again at every change of state"),
+    "action_status": (actions.ActionStatus, "action-status",
+                      "sku (the order's SKU: its partition is the rules' that issued it)"),
 }
 
 

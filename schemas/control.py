@@ -233,6 +233,7 @@ AlertKind = Literal[
     "eta_passed",
     "carrier_on_time",
     "demand_spike",
+    "action_overdue",
     # the pipeline about itself (streams/watch.py): same record, same routes
     "system_stream_silent",
     "system_lag_growing",

@@ -38,6 +38,7 @@ import faust
 import msgspec
 
 from ctower.broker.topics import partition_for
+from ctower.schemas.actions import ActionOrder, ActionStatus
 from ctower.schemas.control import Alert, CouponSignal, DeadLetter, PickupLevel, StockLevel
 from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.events import Event, Inventory, Logistics, Order, Pickup, Scan
@@ -47,6 +48,7 @@ from ctower.settings import Settings, SettingsError
 from ctower.streams.batch_writer import BatchedChangelog, BatchWriter
 from ctower.streams.coupon_policy import campaign_partition
 from ctower.streams.processing import RawMessage
+from ctower.tables.rules.actions import ActionBook
 from ctower.tables.rules.alert_book import AlertBook, AlertEntry
 from ctower.tables.rules.config import Rules, RulesError, RulesWatcher
 from ctower.tables.rules.lanes import Lane, LaneEvent, LaneRules
@@ -61,8 +63,15 @@ _CHUNK = 4_000
 
 _stock_moves = msgspec.msgpack.Decoder(list[StockMove])
 _lane_events = msgspec.msgpack.Decoder(list[LaneEvent])
+_action_status = msgspec.json.Decoder(ActionStatus | list[ActionStatus])
 _pack = msgspec.msgpack.Encoder().encode
 MINUTE = 60_000
+
+
+def _decode_action_status(raw: bytes) -> list[ActionStatus]:
+    """One answer or a JSON array of them."""
+    found = _action_status.decode(raw)
+    return found if isinstance(found, list) else [found]
 
 
 class Forwarder:
@@ -243,9 +252,17 @@ class DecisionLayer:
             lambda: self.rules, self.master, self.publish_signal, self.publish_pickup_level,
             room=self.publish_signal,
         )
+        self.actions_topic = raw_topic("actions")
+        stock_book = book("stock")
+        self.actions = ActionBook(
+            RuleState(changelog, "actions", ActionOrder), self.publish_action,
+            lambda: settings.action_auto_approve_qty,
+            lambda: int(self.rules.alerts.cooldown_minutes * MINUTE), stock_book,
+        )
         self.stock = StockRulesEngine(
-            RuleState(changelog, "stock", StockItem), book("stock"),
+            RuleState(changelog, "stock", StockItem), stock_book,
             lambda: self.rules, self.master, self.publish_signal, self.publish_stock_level,
+            actions=self.actions,
         )
         self.lane_rules = LaneRules(RuleState(changelog, "lanes", Lane), book("lanes"),
                                     lambda: self.rules)
@@ -260,6 +277,12 @@ class DecisionLayer:
                 self.lane_rules.apply, self.lane_rules.evaluate_touched, self.lane_rules.state,
                 self.persist,
             ),
+            # answers to the orders, keyed by SKU: beside the stock rules that issued them
+            "action-status": RuleProcessor(
+                "action-status", settings.topic("action-status"), _decode_action_status,
+                self.actions.apply, self.stock.evaluate_touched, self.actions.state,
+                self.persist,
+            ),
         }
 
     @property
@@ -269,7 +292,9 @@ class DecisionLayer:
     def states(self) -> list[RuleState[Any]]:
         return [
             family.state for family in (self.pickup, self.stock, self.lane_rules)
-        ] + [family.book.state for family in (self.pickup, self.stock, self.lane_rules)]
+        ] + [family.book.state for family in (self.pickup, self.stock, self.lane_rules)] + [
+            self.actions.state
+        ]
 
     # -------------------------------------------------------------- outputs
     def publish_alert(self, alert: Alert) -> None:
@@ -280,6 +305,13 @@ class DecisionLayer:
         log.info("alert %s %s: %s", alert.status, alert.key, alert.message)
         if self.on_alert is not None:
             self.on_alert(alert)
+
+    def publish_action(self, order: ActionOrder) -> None:
+        self.actions_topic.send_soon(
+            key=order.order_id.encode(), value=control_encoder.encode(order)
+        )
+        log.info("action order %s %s: %s %d of %s from %s to %s", order.order_id, order.status,
+                 order.kind, order.qty, order.sku, order.source, order.destination)
 
     def publish_signal(self, signal: CouponSignal) -> None:
         self.signals_sent += 1
@@ -435,6 +467,7 @@ class DecisionLayer:
     def drop(self, partition: int) -> None:
         for state in self.states():
             state.drop(partition)
+        self.actions.forget(partition)
 
     def stats(self) -> dict[str, object]:
         return {
@@ -448,6 +481,7 @@ class DecisionLayer:
             "lane_events_forwarded": self.lanes.sent,
             "lane_records": self.lanes.records,
             "stock_judgements": self.stock.judgements,
+            "actions": dict(self.actions.stats),
             "levels_sent": self.levels_sent,
             "batched_records": self.writer.records,
             "batches": self.writer.batches,

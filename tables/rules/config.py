@@ -76,6 +76,8 @@ class DemandRules(_Section):
     min_scans: int = Field(15, ge=1)
     baseline_windows: int = Field(12, ge=1)
     baseline_floor: float = Field(1.0, gt=0)
+    prepack_windows: float = Field(6.0, gt=0)
+    prepack_due_minutes: float = Field(60.0, gt=0)
 
 
 class LogisticsRules(_Section):

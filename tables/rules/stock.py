@@ -32,8 +32,10 @@ from collections.abc import Callable, Iterable
 
 from msgspec import Struct
 
+from ctower.schemas.actions import ActionOrder
 from ctower.schemas.control import CouponSignal, StockLevel
 from ctower.schemas.master_data import MasterData
+from ctower.tables.rules.actions import ActionBook
 from ctower.tables.rules.alert_book import AlertBook, Finding
 from ctower.tables.rules.config import Rules, StockRules
 from ctower.tables.rules.family import RuleFamily
@@ -142,6 +144,10 @@ class StockItem(Struct, kw_only=True, array_like=True):
         del self.deltas[:cut]
 
 
+def location_of(key: str) -> str:
+    return key.split("|", 1)[0]
+
+
 class StockRulesEngine(RuleFamily):
     def __init__(
         self,
@@ -151,7 +157,9 @@ class StockRulesEngine(RuleFamily):
         master: MasterData | None,
         signal: Callable[[CouponSignal], None],
         level: Callable[[StockLevel], None],
+        actions: ActionBook | None = None,
     ) -> None:
+        """``actions``: where transfer and pre-pack orders go (none issued when None)."""
         super().__init__()
         self.state = state
         self.book = book
@@ -159,6 +167,7 @@ class StockRulesEngine(RuleFamily):
         self.master = master
         self.signal = signal
         self.level = level
+        self.actions = actions
         self._ahead: dict[int, list[tuple[int, str]]] = {}
         """Per partition, (ts, key) of moves that arrived ahead of the clock: the key
         is judged again when the clock reaches ts. Not persisted: the moves are in the
@@ -237,6 +246,8 @@ class StockRulesEngine(RuleFamily):
         super().forget(partition)
         self._ahead.pop(partition, None)
         self._trimmed.clear()  # only saves work: rebuilt as keys are judged
+        if self.actions is not None:
+            self.actions.forget(partition)
 
     @staticmethod
     def _move(item: StockItem, move: StockMove) -> None:
@@ -279,6 +290,8 @@ class StockRulesEngine(RuleFamily):
             for key, item in self.state.items(partition):
                 if item.low_cover or key in watch:
                     self.evaluate(partition, key, now)
+            if self.actions is not None:
+                self.actions.tick(partition, now)
             self.book.expire(partition, now)
 
     def measures(
@@ -351,9 +364,22 @@ class StockRulesEngine(RuleFamily):
         action = None
         transfer: dict[str, object] = {}
         if stock_out or restock:
-            action = self.transfer_source(partition, location_id, sku, on_hand, velocity, now)
+            actions = self.actions
+            in_flight = actions.in_flight(partition, key) if actions is not None else 0
+            action = self.transfer_source(
+                partition, location_id, sku, on_hand, velocity, now, in_flight
+            )
             # the suggestion as data too: the action text is for people
             transfer = {"transfer": {k: action[k] for k in ("kind", "source", "qty")}}
+            if actions is not None:
+                order = self._order(partition, key, stock_out, action, now, rules, {
+                    "on_hand": on_hand, "velocity_per_h": round(velocity, 2),
+                    "cover_h": round(cover, 2) if cover is not None else None,
+                    "target_cover_h": rules.target_cover_hours, "in_flight": in_flight,
+                }, region)
+                if order is not None:
+                    transfer["transfer"]["order_id"] = order.order_id
+                    transfer["transfer"]["in_flight"] = in_flight
         scope = {"region": region, "store_id": location_id if is_store else None, "sku": sku}
         if stock_out:
             book.hold(
@@ -486,7 +512,9 @@ class StockRulesEngine(RuleFamily):
         baseline = max(rules.baseline_floor, history / windows)
         if scans > rules.k * baseline:
             warehouse = self.master.warehouse_for(scope["store_id"] or "") if self.master else None
-            self.book.hold(
+            # the spike's excess over the baseline, for prepack_windows more windows
+            qty = max(1, math.ceil((scans - baseline) * rules.prepack_windows))
+            opened = self.book.hold(
                 partition,
                 spike_key,
                 Finding(
@@ -504,11 +532,24 @@ class StockRulesEngine(RuleFamily):
                         "baseline_from": base_from,
                         "on_hand": on_hand,
                     },
-                    action={"kind": "prepack", "source": warehouse or "?"},
+                    action={"kind": "prepack", "source": warehouse or "?", "qty": qty},
                     **scope,
                 ),
                 now,
             )
+            actions = self.actions
+            if (
+                opened is not None and actions is not None and warehouse
+                and actions.may_order(partition, f"prepack:{key}", now)
+            ):
+                actions.propose(
+                    partition, kind="prepack", source=warehouse, destination=location_of(key),
+                    sku=scope["sku"] or "", qty=qty,
+                    due_at=now + int(rules.prepack_due_minutes * MINUTE), now=now,
+                    region=scope["region"], cause=spike_key,
+                    evidence={"scans": scans, "baseline": round(baseline, 2),
+                              "windows": rules.prepack_windows, "alert_id": opened.alert_id},
+                )
         elif self.book.is_open(partition, spike_key):
             self.book.clear(partition, spike_key, now, {"scans": scans})
 
@@ -554,13 +595,44 @@ class StockRulesEngine(RuleFamily):
             )
 
     # -------------------------------------------------------------- transfers
+    def _order(
+        self,
+        partition: int,
+        key: str,
+        stock_out: bool,
+        action: dict[str, object],
+        now: int,
+        rules: StockRules,
+        evidence: dict[str, object],
+        region: str | None,
+    ) -> ActionOrder | None:
+        """The transfer order for a shortage: a new one unless one is on its way (or
+        was refused within the cooldown); the open one otherwise, if any."""
+        assert self.actions is not None
+        open_order = self.actions.open_for(partition, f"transfer:{key}")
+        if open_order is not None or action["kind"] not in ("warehouse", "store"):
+            return open_order
+        if not self.actions.may_order(partition, f"transfer:{key}", now):
+            return None
+        location_id, sku = key.split("|", 1)
+        return self.actions.propose(
+            partition, kind="transfer", source=str(action["source"]), destination=location_id,
+            sku=sku, qty=int(action["qty"]),  # type: ignore[call-overload]
+            due_at=now + int(rules.lead_time_hours * 3_600_000), now=now, region=region,
+            cause=f"{'stock_out' if stock_out else 'restock'}:{key}", evidence=evidence,
+        )
+
     def transfer_source(
-        self, partition: int, location_id: str, sku: str, on_hand: int, velocity: float, now: int
+        self, partition: int, location_id: str, sku: str, on_hand: int, velocity: float, now: int,
+        in_flight: int = 0,
     ) -> dict[str, object]:
         """Where to restock from: the region's warehouse, else the nearest store with
-        surplus, else the warehouse anyway (flagged short)."""
+        surplus, else the warehouse anyway (flagged short). What is already on its way
+        (``in_flight``) is not asked for again."""
         rules = self.rules().stock
-        need = max(1, math.ceil(velocity * rules.target_cover_hours - max(0, on_hand)))
+        need = max(1, math.ceil(
+            velocity * rules.target_cover_hours - max(0, on_hand) - in_flight
+        ))
         master = self.master
         warehouse = master.warehouse_for(location_id) if master else None
         if warehouse is None or warehouse == location_id:

@@ -37,6 +37,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "准时率 {on_time_pct}%（阈值 {threshold_pct}%，{deliveries} 单）",
         "demand_spike": "需求激增：{store_id} 的 {sku} 近5分钟扫码 {scans} 次，"
         "是基线 {baseline} 的 {ratio} 倍",
+        "action_overdue": "调拨单逾期：{order_id}（{source} → {destination}，{sku} {qty} 件）"
+        "到期 {late_min} 分钟后仍未签收（状态 {status}）",
     },
     "en": {
         "restock": "Restock: {sku} at {location_id} has {on_hand} on hand, "
@@ -56,6 +58,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "over {window_minutes} min (threshold {threshold_pct}%, {deliveries} deliveries)",
         "demand_spike": "Demand spike: {sku} at {store_id} scanned {scans} times in 5 min, "
         "{ratio}x its baseline {baseline}",
+        "action_overdue": "Order overdue: {order_id} ({qty} of {sku}, {source} to "
+        "{destination}) not received {late_min} min after its due time (status {status})",
     },
 }
 
@@ -64,7 +68,8 @@ ACTIONS: dict[str, dict[str, str]] = {
         "warehouse": "建议从中心仓 {source} 调拨 {qty} 件",
         "store": "建议从附近门店 {source}（{distance_km} 公里）调拨 {qty} 件",
         "short": "中心仓 {source} 与附近门店均库存不足，请联系采购补货 {qty} 件",
-        "prepack": "建议中心仓 {source} 预先打包备货",
+        "prepack": "建议中心仓 {source} 预先打包备货 {qty} 件",
+        "chase": "请联系 {source} 核实调拨单进度",
         "pickup": "建议增派自提人手；店内自提券已限流",
         "lane": "请联系承运商 {carrier} 核实 {region} 的运单状态",
     },
@@ -72,7 +77,8 @@ ACTIONS: dict[str, dict[str, str]] = {
         "warehouse": "Transfer {qty} from the central warehouse {source}",
         "store": "Transfer {qty} from the nearby store {source} ({distance_km} km)",
         "short": "The warehouse {source} and nearby stores are short: order {qty} from supply",
-        "prepack": "Pre-pack stock at the central warehouse {source}",
+        "prepack": "Pre-pack {qty} at the central warehouse {source}",
+        "chase": "Ask {source} where the order is",
         "pickup": "Add pickup staff; store-pickup coupons are throttled here",
         "lane": "Ask carrier {carrier} about its shipments in {region}",
     },

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 from jsonschema import Draft202012Validator
 
-from ctower.schemas import contracts, control
+from ctower.schemas import actions, contracts, control
 from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.events import EVENT_TYPES, encoder
 from ctower.simulator.generator import SimConfig, Simulator
@@ -42,8 +42,9 @@ def test_the_published_files_are_what_the_code_generates() -> None:
 
 def test_every_event_and_control_record_has_a_schema() -> None:
     records = {
-        cls for _, cls in inspect.getmembers(control, inspect.isclass)
-        if issubclass(cls, msgspec.Struct) and cls.__module__ == control.__name__
+        cls for module in (control, actions)
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if issubclass(cls, msgspec.Struct) and cls.__module__ == module.__name__
     }
     covered = {record_type for record_type, _, _ in contracts.CONTROL_RECORDS.values()}
     assert records == covered, f"without a schema: {records - covered}"
