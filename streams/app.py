@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from faust.types import TP, EventT, StreamT
+from faust.types import TP, Message, StreamT
 
 from ctower.metrics import install_worker_metrics
 from ctower.schemas.control import ClosedWindow, DuplicateEvent, LateEvent
@@ -29,6 +29,7 @@ from ctower.streams.coupon_service import install_coupon_service
 from ctower.streams.dead_letters import DeadLetterOutbox
 from ctower.streams.decisions import DecisionLayer, RuleProcessor
 from ctower.streams.gc_tuning import gc_stats
+from ctower.streams.intake import Intake, fetched
 from ctower.streams.offset_order import OffsetOrder, kafka_first_offset, let_go
 from ctower.streams.processing import RawMessage, StreamProcessor
 from ctower.streams.watch import install_worker_watch
@@ -94,10 +95,27 @@ class ControlTower:
         return stats
 
 
+ROLE_STREAMS: dict[str, tuple[str, ...]] = {
+    "all": STREAMS,
+    "aggregate": tuple(stream for stream in STREAMS if stream != "coupon"),
+    "coupons": ("coupon",),
+}
+"""The raw streams each worker role folds (``CTOWER_WORKER_ROLE``)."""
+
+
+def app_id_for(settings: Settings) -> str:
+    """The coupon role is a consumer group of its own: it is scaled apart from
+    the aggregation, and its ledger's changelog is its own."""
+    if settings.worker_role == "coupons":
+        return f"{settings.app_id}-coupons"
+    return settings.app_id
+
+
 def build_app(settings: Settings) -> ControlTower:
+    role = settings.worker_role
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        settings.app_id,
+        app_id_for(settings),
         broker=[f"kafka://{server}" for server in settings.bootstrap.split(",")],
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
@@ -115,9 +133,17 @@ def build_app(settings: Settings) -> ControlTower:
         producer_linger=0.005,
     )
     writer = BatchWriter(lambda: faust_producer(app))
+    intake = Intake(app)
+    intake.install()
     tower = ControlTower(settings=settings, app=app, writer=writer)
-    decisions = tower.decisions = DecisionLayer(app, settings, writer)
-    coupons = tower.coupons = install_coupon_service(app, settings)
+    # a reservation waits behind whatever its process is busy with: the coupon
+    # role keeps the aggregation's batches out of its event loop
+    decisions = tower.decisions = (
+        DecisionLayer(app, settings, writer) if role != "coupons" else None
+    )
+    coupons = tower.coupons = (
+        install_coupon_service(app, settings) if role != "aggregate" else None
+    )
 
     aggregates = app.topic(
         settings.topic("aggregates"), key_type=bytes, value_type=bytes,
@@ -168,7 +194,7 @@ def build_app(settings: Settings) -> ControlTower:
         return outbox
 
     seen_budget = SeenBudget(settings.dedup_max_entries)
-    for stream in STREAMS:
+    for stream in ROLE_STREAMS[role]:
         topic_name = settings.topic(stream)
         table = app.Table(
             f"{stream}-windows",
@@ -191,6 +217,12 @@ def build_app(settings: Settings) -> ControlTower:
             publish_closed=publish_closed,
             publish_late=publish_late,
         )
+        if stream == "coupon":  # the coupon ledger counts what was issued and redeemed
+            assert coupons is not None
+            observer, after_flush = coupons.observe_coupons, coupons.flush
+        else:
+            assert decisions is not None
+            observer, after_flush = decisions.observer(stream), decisions.after_flush(stream)
         processor = StreamProcessor(
             stream=stream,
             topic=topic_name,
@@ -209,11 +241,8 @@ def build_app(settings: Settings) -> ControlTower:
                 if settings.dedup_horizon_seconds > 0 else None
             ),
             publish_duplicate=publish_duplicate,
-            observer=(
-                coupons.observe_coupons  # type: ignore[arg-type]
-                if stream == "coupon" else decisions.observer(stream)
-            ),
-            after_flush=coupons.flush if stream == "coupon" else decisions.after_flush(stream),
+            observer=observer,
+            after_flush=after_flush,
         )
         tower.processors[stream] = processor
         source = app.topic(
@@ -226,9 +255,11 @@ def build_app(settings: Settings) -> ControlTower:
         )
         tower.pending[stream] = pending
         order = tower.orders[stream] = _offset_order(app, settings, topic_name, processor.position)
-        app.agent(source, name=f"{stream}-agent")(_agent_body(app, pending, order))
+        app.agent(source, name=f"{stream}-agent")(
+            _agent_body(app, pending, order, intake.queue(topic_name))
+        )
 
-    for name, rule_processor in decisions.processors.items():
+    for name, rule_processor in (decisions.processors if decisions else {}).items():
         internal = app.topic(
             rule_processor.topic, key_type=bytes, value_type=bytes,
             key_serializer="raw", value_serializer="raw",
@@ -242,7 +273,9 @@ def build_app(settings: Settings) -> ControlTower:
         order = tower.orders[name] = _offset_order(
             app, settings, rule_processor.topic, rule_processor.position
         )
-        app.agent(internal, name=f"{name}-agent")(_agent_body(app, rule_pending, order))
+        app.agent(internal, name=f"{name}-agent")(
+            _agent_body(app, rule_pending, order, intake.queue(rule_processor.topic))
+        )
 
     async def close_idle_windows() -> None:
         recovery = app.tables.recovery
@@ -260,7 +293,7 @@ def build_app(settings: Settings) -> ControlTower:
                 owned = recovery.actives_for_table.get(tower.window_tables[stream], ())
                 processor.state.adopt(tp.partition for tp in owned)
             processor.state.tick(caught_up=_caught_up(app, processor.topic))
-        if recovered:
+        if recovered and decisions is not None:
             owned = recovery.actives_for_table.get(decisions.table, ())
             decisions.adopt(tp.partition for tp in owned)
             decisions.tick()
@@ -311,7 +344,7 @@ def build_app(settings: Settings) -> ControlTower:
             for processor in tower.processors.values():
                 if tp.topic == processor.topic:
                     processor.drop(tp.partition)
-            if tp.topic == decisions.processors["stock-moves"].topic:
+            if decisions is not None and tp.topic == decisions.processors["stock-moves"].topic:
                 decisions.drop(tp.partition)
 
     @app.page("/stats/")
@@ -319,7 +352,8 @@ def build_app(settings: Settings) -> ControlTower:
         return web.json(tower.stats())
 
     install_worker_metrics(tower)  # /metrics, read at scrape time
-    install_worker_watch(tower)  # system alerts, once a second
+    if decisions is not None:  # its alerts go out as the rules' do
+        install_worker_watch(tower)  # system alerts, once a second
     return tower
 
 
@@ -397,17 +431,18 @@ class PendingAcks:
     ) -> None:
         self.processor = processor
         self.write = write
+        """Hands what a flush wrote (changelogs, levels: the tower's BatchWriter) to Kafka."""
         self.outbox = outbox
         """The batch's dead letters: a partition's messages wait until Kafka has its letters."""
-        self.waiting: list[EventT] = []
+        self.waiting: list[Message] = []
         """Settled, but a dead letter of their partition is not acknowledged yet."""
-        """Hands what a flush wrote (changelogs, levels: the tower's BatchWriter) to Kafka."""
         self.max_messages = max_messages
         self.max_seconds = max_seconds
-        self.events: list[EventT] = []
-        self.held: list[EventT] = []
+        self.events: list[Message] = []
+        self.held: list[Message] = []
         """Settled, but their effects are not all in the changelog yet."""
-        self.stream: StreamT | None = None
+        self.consumer: Any = None
+        """Acknowledges the messages (the app's consumer, set by the agent)."""
         self.since = time.monotonic()
 
     def due(self) -> bool:
@@ -429,13 +464,13 @@ class PendingAcks:
         held, self.held = self.held, []
         await self.ack(held + events)
 
-    def _hold_waiting(self, events: list[EventT]) -> list[EventT]:
+    def _hold_waiting(self, events: list[Message]) -> list[Message]:
         """``events`` and the earlier waiting ones, minus those whose partition
         still waits for a dead letter (they join ``waiting``)."""
         outbox = self.outbox
         waiting, go = [], []
-        for event in self.waiting + events:
-            (waiting if outbox.waits(event.message.partition) else go).append(event)
+        for message in self.waiting + events:
+            (waiting if outbox.waits(message.partition) else go).append(message)
         self.waiting = waiting
         return go
 
@@ -450,24 +485,26 @@ class PendingAcks:
         """Give up the messages waiting for a dead letter (of one partition, or
         all): not acked, so they come again, to the next owner or after a restart."""
         keep = []
-        for event in self.waiting:
-            if partition is None or event.message.partition == partition:
-                let_go(consumer, event.message)
+        for message in self.waiting:
+            if partition is None or message.partition == partition:
+                let_go(consumer, message)
             else:
-                keep.append(event)
+                keep.append(message)
         self.waiting = keep
         if partition is not None:
             self.outbox.forget(partition)
 
-    def take_held(self) -> list[EventT]:
+    def take_held(self) -> list[Message]:
         """The held messages, handed over to be acked (after everything was written)."""
         held, self.held = self.held, []
         return held
 
-    async def ack(self, events: list[EventT]) -> None:
-        if self.stream is not None:
-            for event in events:
-                await self.stream.ack(event)
+    async def ack(self, messages: list[Message]) -> None:
+        # what Faust's Stream.ack did for a message delivered to one stream
+        if self.consumer is not None:
+            ack = self.consumer.ack
+            for message in messages:
+                ack(message)
 
 
 async def _persist_and_release(tower: ControlTower) -> None:
@@ -485,28 +522,28 @@ async def _persist_and_release(tower: ControlTower) -> None:
         await pending.ack(events)
 
 
-def _agent_body(app: faust.App, pending: PendingAcks, order: OffsetOrder) -> Any:
+def _agent_body(
+    app: faust.App, pending: PendingAcks, order: OffsetOrder, queue: Any
+) -> Any:
     processor = pending.processor
 
     async def agent(stream: StreamT) -> None:
-        manual = stream.noack()
-        pending.stream = manual
-        event: EventT
+        pending.consumer = app.consumer
         outbox = pending.outbox
-        async for event in manual.events():
-            message = event.message
-            if outbox.blocked and outbox.is_blocked(message.partition):
-                # its dead letters cannot be written: the partition waits, and this
-                # message comes again in order once they are (a seek, as below)
-                let_go(app.consumer, message)
-                continue
-            if not await order.admit(message.partition, message.offset):
-                let_go(app.consumer, message)  # it comes again, in order
-                continue
-            processor.absorb(RawMessage(message.partition, message.offset, message.value))
-            pending.events.append(event)
-            if pending.due():
-                await pending.settle()
+        async for messages in fetched(app, stream, queue):
+            for message in messages:
+                if outbox.blocked and outbox.is_blocked(message.partition):
+                    # its dead letters cannot be written: the partition waits, and this
+                    # message comes again in order once they are (a seek, as below)
+                    let_go(app.consumer, message)
+                    continue
+                if not await order.admit(message.partition, message.offset):
+                    let_go(app.consumer, message)  # it comes again, in order
+                    continue
+                processor.absorb(RawMessage(message.partition, message.offset, message.value))
+                pending.events.append(message)
+                if pending.due():
+                    await pending.settle()
 
     agent.__name__ = f"{processor.stream}_agent"
     return agent

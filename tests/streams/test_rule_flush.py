@@ -30,12 +30,12 @@ async def nothing_to_write() -> None:
     return None
 
 
-class Stream:
+class Consumer:
     def __init__(self) -> None:
         self.acked: list[int] = []
 
-    async def ack(self, event: Any) -> None:
-        self.acked.append(event)
+    def ack(self, message: Any) -> None:
+        self.acked.append(message)
 
 
 class Processor:
@@ -59,7 +59,7 @@ def no_letters() -> DeadLetterOutbox:
 def test_a_batch_not_yet_written_is_held_then_acked_with_the_next_complete_flush() -> None:
     processor = Processor()
     pending = PendingAcks(processor, 10, 0.2, nothing_to_write, no_letters())  # type: ignore[arg-type]
-    stream = pending.stream = Stream()  # type: ignore[assignment]
+    consumer = pending.consumer = Consumer()
     processor.durable = [False, False, True]
 
     async def run() -> None:
@@ -68,7 +68,7 @@ def test_a_batch_not_yet_written_is_held_then_acked_with_the_next_complete_flush
             await pending.settle()
 
     asyncio.run(run())
-    assert stream.acked == [1, 2, 3, 4, 5]  # type: ignore[attr-defined]
+    assert consumer.acked == [1, 2, 3, 4, 5]
     assert pending.held == []
 
 
@@ -78,10 +78,10 @@ def test_held_batches_are_acked_only_after_the_timer_has_written_the_state() -> 
 
     async def write() -> None:
         await asyncio.sleep(0)  # a batch settled meanwhile is not covered by this write
-        writes.append(f"written with {len(stream.acked)} acked")  # type: ignore[attr-defined]
+        writes.append(f"written with {len(consumer.acked)} acked")
 
     pending = PendingAcks(processor, 10, 0.2, write, no_letters())  # type: ignore[arg-type]
-    stream = pending.stream = Stream()  # type: ignore[assignment]
+    consumer = pending.consumer = Consumer()
     processor.durable = [False, False]
 
     class Decisions:
@@ -90,7 +90,7 @@ def test_held_batches_are_acked_only_after_the_timer_has_written_the_state() -> 
 
         def persist(self, force: bool = False) -> bool:
             assert force
-            writes.append(f"persist with {len(stream.acked)} acked")  # type: ignore[attr-defined]
+            writes.append(f"persist with {len(consumer.acked)} acked")
             return True
 
         async def write(self) -> None:
@@ -100,7 +100,7 @@ def test_held_batches_are_acked_only_after_the_timer_has_written_the_state() -> 
         decisions = Decisions()
         writer = decisions.writer
 
-    Tower.pending = {"stock-moves": pending}  # type: ignore[attr-defined]
+    Tower.pending = {"stock-moves": pending}
 
     async def settle_during_the_write() -> None:
         pending.events.extend([9])  # type: ignore[arg-type]
@@ -109,13 +109,13 @@ def test_held_batches_are_acked_only_after_the_timer_has_written_the_state() -> 
     async def run() -> None:
         pending.events.extend([7, 8])  # type: ignore[arg-type]
         await pending.settle()
-        assert stream.acked == []  # type: ignore[attr-defined]
+        assert consumer.acked == []
         await asyncio.gather(_persist_and_release(Tower()), settle_during_the_write())  # type: ignore[arg-type]
 
     asyncio.run(run())
     # the first settle's write, the timer's persist, then its write before any ack
     assert writes[:3] == ["written with 0 acked", "persist with 0 acked", "written with 0 acked"]
-    assert stream.acked == [7, 8]  # type: ignore[attr-defined]
+    assert consumer.acked == [7, 8]
     assert pending.held == [9]  # settled after the timer took the held list
 
 
@@ -129,11 +129,11 @@ def layer(
     table = memory_table
     for state in layer.states():
         state.table = table  # type: ignore[assignment]
-    layer.test_table = table  # type: ignore[attr-defined]
+    layer.test_table = table
     now = [100.0]
     monkeypatch.setattr(decisions_module.time, "monotonic", lambda: now[0])
     layer._flushed_at = now[0]
-    layer.test_now = now  # type: ignore[attr-defined]
+    layer.test_now = now
     return layer
 
 
