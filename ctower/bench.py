@@ -119,20 +119,31 @@ async def bare_consume(settings: Settings, expected: int) -> Drain:
     return Drain(count, done - (first or started), done - started, 0.0)
 
 
+STALL_SECONDS = 180.0
+"""A drain that counts nothing new for this long has failed (a crashed agent
+leaves its worker up, counting nothing), instead of waiting out the timeout."""
+
+
 def drain(
-    settings: Settings, command: str, count: Callable[[], int | None], expected: int, log: Path,
-    profile: bool = False,
+    settings: Settings | list[Settings], command: str, count: Callable[[], int | None],
+    expected: int, log: Path, profile: bool = False,
 ) -> Drain:
-    """Start ``ctower <command>`` on the backlog and time it until ``count()`` reaches
-    ``expected``. ``count`` returns None while the process cannot answer yet. With
-    ``profile``, py-spy samples it from its first event to the last."""
+    """Start ``ctower <command>`` on the backlog (one process per settings given)
+    and time it until ``count()`` reaches ``expected``. ``count`` returns None
+    while the processes cannot answer yet. With ``profile``, py-spy samples the
+    first process from its first event to the last."""
     from ctower.profiling import Profile
 
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ctower", command], env=settings.child_env(),
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )
+    every = settings if isinstance(settings, list) else [settings]
+    started = progressed = time.perf_counter()
+    logs = [log if len(every) == 1 else log.with_suffix(f".{i}.log") for i in range(len(every))]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ctower", command], env=one.child_env(),
+            stdout=path.open("wb"), stderr=subprocess.STDOUT,
+        )
+        for one, path in zip(every, logs, strict=True)
+    ]
     first = 0.0
     done_count = 0
     sampler: Profile | None = None
@@ -140,11 +151,17 @@ def drain(
     try:
         with tqdm(total=expected, desc=command, unit="ev", leave=False) as bar:
             while done_count < expected:
-                if proc.poll() is not None:
-                    tail = log.read_text(errors="replace")[-3000:]
-                    raise click.ClickException(f"{command} exited:\n{tail}")
-                if time.perf_counter() - started > 1800:
-                    raise click.ClickException(f"{command} did not drain in 30 minutes")
+                for proc, path in zip(procs, logs, strict=True):
+                    if proc.poll() is not None:
+                        tail = path.read_text(errors="replace")[-3000:]
+                        raise click.ClickException(f"{command} exited:\n{tail}")
+                now = time.perf_counter()
+                if now - progressed > STALL_SECONDS:
+                    tail = logs[0].read_text(errors="replace")[-3000:]
+                    raise click.ClickException(
+                        f"{command} counted nothing new in {STALL_SECONDS:.0f} s "
+                        f"({done_count:,} of {expected:,}):\n{tail}"
+                    )
                 time.sleep(0.1)
                 now_count = count()
                 if now_count is None:
@@ -152,33 +169,40 @@ def drain(
                 if now_count and not first:
                     first = time.perf_counter()
                     if profile:
-                        sampler = Profile(proc.pid, log.with_suffix(".pyspy.txt"))
+                        sampler = Profile(procs[0].pid, logs[0].with_suffix(".pyspy.txt"))
+                if now_count > done_count:
+                    progressed = time.perf_counter()
                 bar.update(now_count - done_count)
                 done_count = now_count
         done = time.perf_counter()
-        rss = peak_rss_mb(proc.pid)
+        rss = max(peak_rss_mb(proc.pid) for proc in procs)
         if sampler is not None:
             top = sampler.stop()
     finally:
-        stop(proc)
+        for proc in procs:
+            stop(proc)
     return Drain(done_count, done - first, done - started, rss, top)
 
 
 class WorkerCounter:
-    """Events the worker has folded, from its /stats/; keeps the last answer
-    so the bench can say what the worker wrote besides."""
+    """Events the workers have folded, from their /stats/; keeps the last
+    answers so the bench can say what the rules wrote besides."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.url = f"http://127.0.0.1:{settings.worker_web_port}/stats/"
+    def __init__(self, settings: Settings | list[Settings]) -> None:
+        every = settings if isinstance(settings, list) else [settings]
+        self.urls = [f"http://127.0.0.1:{one.worker_web_port}/stats/" for one in every]
         self.last: dict[str, Any] = {}
 
     def __call__(self) -> int | None:
-        try:
-            with urllib.request.urlopen(self.url, timeout=2) as answer:
-                self.last = json.load(answer)
-        except OSError:
-            return None
-        events = sum(s.get("events", 0) for s in self.last.values())
+        answers = []
+        for url in self.urls:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    answers.append(json.load(answer))
+            except OSError:
+                return None
+        self.last = _summed(answers)
+        events = sum(s.get("events", 0) for s in self.last.values() if isinstance(s, dict))
         if events and not self.rules_caught_up():
             events -= 1  # not drained while the rules have re-keyed items left to apply
         return events
@@ -203,6 +227,28 @@ class WorkerCounter:
             "lane records": decisions.get("lane_records", 0),
         }
         return ", ".join(f"{kind} {n / max(events, 1):.3f}" for kind, n in kinds.items())
+
+
+def _summed(answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several workers' /stats/ as one: numbers added, per section; a worker's
+    stock moves go to whichever worker owns their key, so only the sums compare."""
+    if len(answers) == 1:
+        return answers[0]
+    total: dict[str, Any] = {}
+    for answer in answers:
+        for section, values in answer.items():
+            if not isinstance(values, dict):
+                continue
+            into = total.setdefault(section, {})
+            for name, value in values.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    into[name] = into.get(name, 0) + value
+                elif isinstance(value, dict) and name in ("stock-moves", "lanes"):
+                    sub = into.setdefault(name, {})
+                    for key, number in value.items():
+                        if isinstance(number, int | float) and not isinstance(number, bool):
+                            sub[key] = sub.get(key, 0) + number
+    return total
 
 
 def store_counter(settings: Settings) -> Callable[[], int | None]:
@@ -242,7 +288,8 @@ def run_settings(base: Settings, name: str) -> Settings:
 
 
 def run_case(
-    base: Settings, name: str, events: int, batch: int, seed: int, with_sink: bool
+    base: Settings, name: str, events: int, batch: int, seed: int, with_sink: bool,
+    workers: int = 1,
 ) -> tuple[Drain, Drain, Drain | None]:
     from ctower.broker.topics import ensure_topics
 
@@ -251,13 +298,13 @@ def run_case(
     click.echo(f"\n[{name}] {events:,} events, {batch} per message "
                f"(topics {settings.topic_prefix}*)")
     try:
-        return measure_case(settings, events, batch, seed, with_sink)
+        return measure_case(settings, events, batch, seed, with_sink, workers)
     finally:
         click.echo(f"  dropped the run's {drop_run_topics(settings)} topics")
 
 
 def measure_case(
-    settings: Settings, events: int, batch: int, seed: int, with_sink: bool
+    settings: Settings, events: int, batch: int, seed: int, with_sink: bool, workers: int = 1,
 ) -> tuple[Drain, Drain, Drain | None]:
     sent = produce(settings, events, batch, seed)
     raw = asyncio.run(bare_consume(settings, sent))
@@ -273,6 +320,11 @@ def measure_case(
         for name, share in worker.profile[:10]:
             click.echo(f"    {share:6.1%}  {name}")
     click.echo(f"  written by the rules per input event: {counter.written(sent)}")
+    if workers > 1:
+        scaled = scale_out(settings, workers, sent)
+        click.echo(f"  {workers} workers: {scaled.events_per_s:,.0f} events/s "
+                   f"(drained in {scaled.total_seconds:.1f} s from start), "
+                   f"{scaled.events_per_s / worker.events_per_s:.2f}x one worker")
     sink = None
     if with_sink:
         sink = drain(settings, "sink", store_counter(settings), sent,
@@ -281,6 +333,21 @@ def measure_case(
                    f"(drained in {sink.total_seconds:.1f} s from start, "
                    f"peak RSS {sink.rss_mb:.0f} MB)")
     return raw, worker, sink
+
+
+def scale_out(settings: Settings, workers: int, sent: int) -> Drain:
+    """The same backlog drained again by ``workers`` workers of a new group (so
+    they read from the start), each with its own web port and data folder."""
+    group = settings.model_copy(update={"app_id": f"{settings.app_id}x{workers}"})
+    every = []
+    for i in range(workers):
+        one = group.model_copy(update={
+            "worker_web_port": free_port(), "data_dir": group.data_dir / f"worker{i}",
+        })
+        one.data_dir.mkdir(parents=True, exist_ok=True)
+        every.append(one)
+    return drain(every, "worker", WorkerCounter(every), sent,
+                 settings.data_dir / f"workers{workers}.log")
 
 
 class BenchGroup(click.Group):
@@ -309,16 +376,19 @@ class BenchGroup(click.Group):
               help="Events of the one-event-per-message run (0 to skip).")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--no-sink", is_flag=True, help="Measure the worker only.")
+@click.option("--workers", default=1, show_default=True,
+              help="Also drain the batched backlog with this many workers (scale-out).")
 @click.pass_context
 def bench(
-    ctx: click.Context, events: int, batch: int, single_events: int, seed: int, no_sink: bool
+    ctx: click.Context, events: int, batch: int, single_events: int, seed: int, no_sink: bool,
+    workers: int,
 ) -> None:
     """Throughput of one worker with every table on; prints a RESULT line.
 
     The subcommands are the other benchmarks; their options are their own.
     """
     if ctx.invoked_subcommand is None:
-        throughput(events, batch, single_events, seed, no_sink)
+        throughput(events, batch, single_events, seed, no_sink, workers)
 
 
 def load_average() -> str:
@@ -382,7 +452,9 @@ def dedup_memory_mb(identities: int = 1_000_000) -> float:
     return (rss_mb() - before) * 1_000_000 / identities
 
 
-def throughput(events: int, batch: int, single_events: int, seed: int, no_sink: bool) -> None:
+def throughput(
+    events: int, batch: int, single_events: int, seed: int, no_sink: bool, workers: int = 1,
+) -> None:
     from ctower.cli import settings_or_exit
 
     settings: Settings = settings_or_exit()
@@ -390,7 +462,9 @@ def throughput(events: int, batch: int, single_events: int, seed: int, no_sink: 
         if single_events:
             raw1, worker1, _ = run_case(settings, "single", single_events, 1, seed, False)
             click.echo(f"  single: worker/bare = {worker1.events_per_s / raw1.events_per_s:.3f}")
-        raw, worker, _sink = run_case(settings, "batched", events, batch, seed, not no_sink)
+        raw, worker, _sink = run_case(
+            settings, "batched", events, batch, seed, not no_sink, workers
+        )
     ratio = worker.events_per_s / raw.events_per_s if raw.events_per_s else 0.0
     # in a fresh process: memory freed by the runs above would hide the growth
     measure = "from ctower.bench import dedup_memory_mb; print(dedup_memory_mb())"
@@ -542,17 +616,23 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 @click.option("--keep-topics", is_flag=True, help="Leave the run's topics on the broker.")
 @click.option("--no-busy", is_flag=True,
               help="Skip the second pass with one core kept busy by another process.")
+@click.option("--backlog", default=300_000, show_default=True,
+              help="Events waiting for the aggregation when the reservation runs start, so "
+              "they run while it is saturated (0: an idle aggregation).")
 def decisions(
     reserve_rate: int, reserve_seconds: float, reserve_runs: int, campaigns: int,
     event_rate: int, seconds: float, probes: int, batch: int, alert_timeout: float, seed: int,
-    keep_topics: bool, no_busy: bool,
+    keep_topics: bool, no_busy: bool, backlog: int,
 ) -> None:
     """Reservation latency at 1,000 req/s and event-to-alert latency at 10,000 events/s.
 
-    One fresh worker per pass: first the reservation runs on it (open loop,
-    every request a durable grant), then, with a paced producer feeding it the
-    simulator's streams, pickup queues pushed over capacity and timed until
-    their alert is on ct.alerts. --reserve-runs 0 or --probes 0 skips a part.
+    Fresh processes per pass, as in production: ``ctower worker`` with role
+    aggregate and ``ctower coupons serve``. First the reservation runs on the
+    coupon server (open loop, every request a durable grant) while the
+    aggregation drains a backlog (--backlog), then, with a paced producer
+    feeding the simulator's streams, pickup queues pushed over capacity and
+    timed until their alert is on ct.alerts. --reserve-runs 0 or --probes 0
+    skips a part.
     The whole is done twice: on a quiet machine, then with one core kept busy
     by a separate process (what a neighbour on a shared host does); the RESULT
     line carries the worse of the two for every figure.
@@ -568,7 +648,7 @@ def decisions(
             with busy_core() if busy else contextlib.nullcontext():
                 results.append(_decisions_pass(
                     base, reserve_rate, reserve_seconds, reserve_runs, campaigns, event_rate,
-                    seconds, probes, batch, alert_timeout, seed, keep_topics,
+                    seconds, probes, batch, alert_timeout, seed, keep_topics, backlog,
                 ))
     worst = tuple(max(figures[i] for figures in results) for i in range(4))
     if len(results) > 1:
@@ -587,12 +667,26 @@ def busy_core() -> Iterator[None]:
         spinner.wait(timeout=10)
 
 
+def backlog_left(settings: Settings, coupon_settings: Settings, sent: int) -> None:
+    """Say how much of the backlog was still to drain after the reservation runs,
+    and wait for the rest (the alert probes need a worker that keeps up)."""
+    counter = WorkerCounter([settings, coupon_settings])
+    folded = counter() or 0
+    click.echo(f"  the backlog after the reservation runs: {folded:,} of {sent:,} events "
+               f"folded{'' if folded < sent else ' (drained during the runs)'}")
+    deadline = time.monotonic() + 600
+    while folded < sent and time.monotonic() < deadline:
+        time.sleep(0.5)
+        folded = counter() or folded
+
+
 def _decisions_pass(
     base: Settings, reserve_rate: int, reserve_seconds: float, reserve_runs: int,
     campaigns: int, event_rate: int, seconds: float, probes: int, batch: int,
-    alert_timeout: float, seed: int, keep_topics: bool,
+    alert_timeout: float, seed: int, keep_topics: bool, backlog: int,
 ) -> tuple[float, float, float, float]:
-    """One pass of the decisions bench on a fresh worker; its four figures."""
+    """One pass of the decisions bench: the aggregation and the coupon API as
+    two processes, as in production; its four figures."""
     from ctower.broker.topics import ensure_topics
     from ctower.streams.coupon_bench import BenchError, run_reservations
     from ctower.streams.decision_bench import bench_alert_latency, dump, percentile, summary
@@ -600,23 +694,37 @@ def _decisions_pass(
     reserve: list[list[float]] = []
     run = None
     settings, env = decisions_settings(base, seed)
+    settings = settings.model_copy(update={"worker_role": "aggregate"})
+    env["CTOWER_WORKER_ROLE"] = "aggregate"
+    coupon_settings = settings.model_copy(update={
+        "worker_role": "coupons", "worker_web_port": free_port(),
+    })
+    coupon_env = {**env, "CTOWER_WORKER_ROLE": "coupons",
+                  "CTOWER_WORKER_WEB_PORT": str(coupon_settings.worker_web_port)}
     ensure_topics(settings)
+    sent = produce(settings, backlog, batch, seed) if backlog else 0
     log = settings.data_dir / "worker.log"
-    click.echo(f"topics {settings.topic_prefix}*, worker log {log}")
+    coupon_log = settings.data_dir / "coupons.log"
+    click.echo(f"topics {settings.topic_prefix}*, logs {log} and {coupon_log}")
     worker = start_worker(settings, env, log)
+    coupon_server = start_worker(coupon_settings, coupon_env, coupon_log)
     try:
         if reserve_runs:
             click.echo(f"\n[reservations] {reserve_runs} x {reserve_seconds:g} s at "
-                       f"{reserve_rate:,}/s over {campaigns} campaigns")
+                       f"{reserve_rate:,}/s over {campaigns} campaigns, to `ctower coupons "
+                       f"serve`, while `ctower worker` (role aggregate) drains a backlog of "
+                       f"{sent:,} events")
         for n in range(reserve_runs):
-            answered = run_reservations(settings, reserve_rate, reserve_seconds, campaigns)
+            answered = run_reservations(coupon_settings, reserve_rate, reserve_seconds, campaigns)
             latencies, late = answered.latencies_ms, answered.client_late_ms
             reserve.append(latencies)
             click.echo(f"  run {n + 1}: {len(latencies):,} granted, p50 "
                        f"{percentile(latencies, 50):.1f} ms, p99 "
                        f"{percentile(latencies, 99):.1f} ms, max {max(latencies):.1f} ms "
                        f"(the client itself late to send: p50 {percentile(late, 50):.1f}, "
-                       f"p99 {percentile(late, 99):.1f} ms); {worker_gc(settings)}")
+                       f"p99 {percentile(late, 99):.1f} ms); {worker_gc(coupon_settings)}")
+        if sent:
+            backlog_left(settings, coupon_settings, sent)
         if probes:
             click.echo(f"\n[event to alert] {probes} probes over {seconds:g} s, background "
                        f"{event_rate:,} events/s ({batch} per message)")
@@ -627,6 +735,7 @@ def _decisions_pass(
         raise click.ClickException(f"{exc}\n(worker log: {log})") from None
     finally:
         stop(worker)
+        stop(coupon_server)
         if not keep_topics:
             drop_run_topics(settings)
     if run is not None:

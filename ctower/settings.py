@@ -149,6 +149,14 @@ class Settings(BaseSettings):
         "advertised URL, unless worker_web_bind / worker_advertised_url say otherwise.",
     )
     worker_web_port: int = Field(6066, ge=1024, le=65535, description="Worker web port.")
+    worker_role: Literal["all", "aggregate", "coupons"] = Field(
+        "all",
+        description="What a worker runs: all (every stream, the rules and the coupon "
+        "service), aggregate (every stream but coupons, and the rules) or coupons (the "
+        "coupon stream and the coupon API, in a consumer group of its own: "
+        "<app_id>-coupons; what `ctower coupons serve` runs). Run aggregate and coupons "
+        "side by side to keep reservations fast while the aggregation is saturated.",
+    )
     worker_web_bind: str | None = Field(
         None,
         description="Address the worker web server listens on (0.0.0.0 in a container); "

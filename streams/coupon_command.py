@@ -147,6 +147,20 @@ def coupons() -> None:
     """Coupon caps and pauses (marketing), and the state of a campaign."""
 
 
+@coupons.command()
+def serve() -> None:
+    """Run the coupon API with the coupon stream, apart from the aggregation.
+
+    A worker of role ``coupons`` (its own consumer group, scaled on its own):
+    run the others with CTOWER_WORKER_ROLE=aggregate so each stream is folded
+    once.
+    """
+    from ctower.cli import settings_or_exit
+    from ctower.streams.worker import run_worker
+
+    run_worker(settings_or_exit(worker_role="coupons"))
+
+
 STORE = click.option("--store", default=None, help="One store (default: the whole campaign).")
 BY = click.option("--by", default=None, help="Who sets it (default: the OS user).")
 
