@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("ctower.bench", "bench"),
     "settings": ("ctower.cli", "show_settings"),
     "coupons": ("ctower.streams.coupon_command", "coupons"),
+    "actions": ("ctower.streams.actions_command", "actions"),
     "alerts": ("ctower.streams.sinks.wechat.command", "alerts"),
     "health": ("ctower.health", "health"),
     "schemas": ("ctower.schemas.contracts", "schemas_command"),

@@ -32,6 +32,9 @@ NEXT: dict[str, frozenset[str]] = {
     "dispatched": frozenset({"received", "rejected"}),
 }
 """The moves an order may make; anything else is an answer out of turn and is ignored."""
+ACTION_RANK = {"proposed": 0, "approved": 1, "dispatched": 2, "received": 3, "rejected": 3,
+               "expired": 3}
+"""How far along a state is: the store keeps an order's furthest state."""
 
 
 class ActionOrder(Struct, kw_only=True, omit_defaults=True):

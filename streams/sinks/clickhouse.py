@@ -72,6 +72,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError,
 
 from ctower.health import Heartbeat
 from ctower.schemas import control
+from ctower.schemas.actions import ACTION_RANK, ActionOrder
 from ctower.schemas.control import (
     Alert,
     AlertAck,
@@ -327,6 +328,11 @@ def _alert_version(ch: _Chunk) -> list[int]:
     return [
         max(a.opened_at, a.resolved_at or 0) * 2 + (a.status == "resolved") for a in ch.records
     ]
+
+
+def _order_version(ch: _Chunk) -> list[int]:
+    """The state's rank, then its time: a later state of an order wins."""
+    return [ACTION_RANK[o.status] * 10**13 + o.ts for o in ch.records]
 
 
 def _policy_store(ch: _Chunk) -> list[str]:
@@ -691,6 +697,10 @@ def control_writers() -> dict[str, TableWriter]:
         "pickup-levels": TableWriter("pickup_levels", PickupLevel, {}),
         "alert-acks": TableWriter("alert_acks", AlertAck, {}),
         "alert-deliveries": TableWriter("alert_deliveries", AlertDelivery, {}),
+        "actions": TableWriter("action_orders", ActionOrder, {
+            "evidence": _evidence, "version": _order_version,
+            "region": lambda ch: [o.region or "" for o in ch.records],
+        }),
     }
 
 

@@ -18,6 +18,7 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ import pytest
 from kafka import KafkaConsumer
 
 from ctower.broker.topics import ensure_topics
+from ctower.schemas.actions import ActionStatus
 from ctower.settings import Settings
+from ctower.streams.actions_command import publish_status
 
 pytestmark = pytest.mark.kafka
 
@@ -227,3 +230,45 @@ def test_injected_incidents_are_alerted_in_time_and_nothing_else_fires(
     ids = {a["alert_id"] for a in opened}
     assert len(ids) == len(opened)
     assert {a["alert_id"] for a in alerts if a["status"] == "resolved"} <= ids
+
+    # the stock-out and the spike became orders on ct.actions; a shortage is never
+    # ordered again while its order is open; a person's answer reaches the rules
+    orders = read_orders(settings)
+    scope = stock_out["scope"]
+    transfers = [o for o in orders.values() if o[-1]["kind"] == "transfer"
+                 and (o[-1]["destination"], o[-1]["sku"]) == (scope["store_id"], scope["sku"])]
+    assert transfers, f"no transfer order for the stock-out at {scope}"
+    spike = next(i["scope"] for i in incidents if i["kind"] == "demand_spike")
+    assert any(o[-1]["kind"] == "prepack" and o[-1]["destination"] == spike["store_id"]
+               and o[-1]["sku"] == spike["sku"] and o[-1]["qty"] > 0 for o in orders.values())
+    by_shortage: dict[tuple[str, str, str], list[list[dict[str, Any]]]] = defaultdict(list)
+    for history in orders.values():
+        first = history[0]
+        by_shortage[(first["kind"], first["destination"], first["sku"])].append(history)
+    for histories in by_shortage.values():
+        histories.sort(key=lambda h: h[0]["created_at"])
+        for before, after in pairwise(histories):
+            ended = [s for s in before if s["status"] in ("received", "rejected", "expired")]
+            assert ended and ended[0]["ts"] <= after[0]["created_at"], (before, after)
+    order = next(h[-1] for h in [*transfers, *orders.values()]
+                 if h[-1]["status"] in ("proposed", "approved", "dispatched"))
+    publish_status(settings, ActionStatus(order_id=order["order_id"], sku=order["sku"],
+                                          status="rejected", by="test", ts=order["created_at"]))
+    poll(lambda: read_orders(settings)[order["order_id"]][-1]["status"] == "rejected"
+         or None, timeout=20, message="the rejection never reached the rules")
+
+
+def read_orders(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """Order id -> every state it was sent in, in order."""
+    consumer = KafkaConsumer(
+        settings.topic("actions"), bootstrap_servers=settings.bootstrap,
+        auto_offset_reset="earliest", consumer_timeout_ms=2_000,
+    )
+    try:
+        found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for message in sorted(consumer, key=lambda m: (m.partition, m.offset)):
+            record = json.loads(message.value)
+            found[record["order_id"]].append(record)
+        return found
+    finally:
+        consumer.close()
