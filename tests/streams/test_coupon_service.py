@@ -491,3 +491,50 @@ def test_two_workers_share_campaigns_and_forward_requests_to_the_owner(
         ))
         assert {code for code, _ in answers} == {200}, answers
         assert sum(1 for _, body in answers if body["granted"]) == 7, campaign
+
+
+def test_the_coupon_role_serves_reservations_apart_from_the_aggregation(
+    coupon_settings: Callable[..., Settings],
+    ctower_process: Callable[..., Any],
+    poll: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """``ctower coupons serve`` and a worker of role aggregate, as production runs
+    them: each stream is folded by exactly one of them, the reservations are
+    answered by the coupon server, and the aggregation has no coupon API."""
+    settings = coupon_settings(coupon_api_token=TOKEN)
+    ensure_topics(settings)
+    aggregate = settings.model_copy(update={"worker_role": "aggregate"})
+    coupons = settings.model_copy(update={
+        "worker_web_port": coupon_settings().worker_web_port, "data_dir": tmp_path / "coupons",
+    })
+    aggregation = ctower_process(aggregate, "aggregate", "worker")
+    server = ctower_process(coupons, "coupons", "coupons", "serve")
+    aggregation.wait_http(f"{base(aggregate)}/stats/")
+
+    def owned() -> Any:
+        assert server.alive(), server.log_tail()
+        code, body = get_json(f"{base(coupons)}/coupons/")
+        return code == 200 and len(body["owned_partitions"]) == 4
+
+    poll(owned, 90, "the coupon server never owned its partitions", every=0.2)
+    publish_policy(settings, policy("ROLE-A", cap_per_window=10))
+    poll(lambda: (status(coupons, "ROLE-A") or {}).get("policies"), 10, "no policy in force")
+    answers = reserve_many(
+        coupons, "ROLE-A", [{"store_id": "S1", "member_id": f"M{i}"} for i in range(30)]
+    )
+    assert sum(1 for _, body in answers if body["granted"]) == 10
+
+    folds = {name for name, value in get_json(f"{base(aggregate)}/stats/")[1].items()
+             if isinstance(value, dict) and "events" in value}
+    served = get_json(f"{base(coupons)}/stats/")[1]
+    assert "coupon" not in folds and {"scan", "order", "pickup", "inventory"} <= folds
+    assert {name for name, value in served.items()
+            if isinstance(value, dict) and "events" in value} == {"coupon"}
+    assert "decisions" not in served  # the rules run once, in the aggregation
+    try:
+        urllib.request.urlopen(f"{base(aggregate)}/coupons/", timeout=5)
+        raise AssertionError("the aggregation answered for the coupon API")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
+    assert aggregation.alive(), aggregation.log_tail()
