@@ -50,11 +50,14 @@ CONTROL_TOPICS = (
     "alert-acks",
     "actions",
     "action-status",
+    "shadow-alerts",
+    "shadow-signals",
 )
 """Control and output topics. ``aggregates`` carries closed windows to the sink;
 ``stock-moves`` and ``lanes`` are internal: events re-keyed for the rules (by
 SKU, by carrier and region). ``actions`` carries the rules' transfer and pre-pack
-orders, ``action-status`` the answers to them (keyed by SKU)."""
+orders, ``action-status`` the answers to them (keyed by SKU). ``shadow-alerts`` and
+``shadow-signals`` carry what the shadow (candidate) rules would raise: never delivered."""
 
 
 class SettingsError(RuntimeError):
@@ -219,6 +222,12 @@ class Settings(BaseSettings):
         None,
         description="TOML rules file (thresholds; see tables/rules/rules.toml), re-read when "
         "it changes; unset = the defaults.",
+    )
+    shadow_rules_file: Path | None = Field(
+        None,
+        description="A candidate TOML rules file run beside the rules in force: its alerts "
+        "and coupon decisions go to the shadow topics and tables only, never to a robot; "
+        "re-read when it changes; unset = no shadow.",
     )
 
     # --- Coupons -----------------------------------------------------------

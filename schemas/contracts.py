@@ -57,6 +57,12 @@ CONTROL_RECORDS: dict[str, tuple[type, str, str]] = {
     "alert_ack": (control.AlertAck, "alert-acks", "alert_id"),
     "stock_level": (control.StockLevel, "stock-levels", "location_id|sku"),
     "pickup_level": (control.PickupLevel, "pickup-levels", "store_id"),
+    "shadow_alert": (control.Alert, "shadow-alerts",
+                     "alert_id ('shadow-' + the id the rules in force would give); what the "
+                     "shadow (candidate) rules raise, never delivered"),
+    "shadow_coupon_signal": (control.CouponSignal, "shadow-signals",
+                             "campaign_id|store_id|cause|sku, on the campaign's partition; "
+                             "the shadow rules' signals, never acted on"),
     "action_order": (actions.ActionOrder, "actions",
                      "order_id; the whole order again at every change of state"),
     "action_status": (actions.ActionStatus, "action-status",

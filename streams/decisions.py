@@ -48,6 +48,7 @@ from ctower.settings import Settings, SettingsError
 from ctower.streams.batch_writer import BatchedChangelog, BatchWriter
 from ctower.streams.coupon_policy import campaign_partition
 from ctower.streams.processing import RawMessage
+from ctower.streams.shadow import ShadowRules
 from ctower.tables.rules.actions import ActionBook
 from ctower.tables.rules.alert_book import AlertBook, AlertEntry
 from ctower.tables.rules.config import Rules, RulesError, RulesWatcher
@@ -284,6 +285,10 @@ class DecisionLayer:
                 self.persist,
             ),
         }
+        self.shadow = ShadowRules.for_app(app, settings, self.master)
+        """The candidate rules beside these (``CTOWER_SHADOW_RULES_FILE``), or None."""
+        if self.shadow is not None:
+            self.shadow.follow(self.processors)
 
     @property
     def rules(self) -> Rules:
@@ -445,10 +450,14 @@ class DecisionLayer:
     def _pickups(self, partition: int, offset: int, events: list[Event]) -> None:
         pickups: Iterable[Pickup] = events  # type: ignore[assignment]
         self.pickup.apply(partition, f"pickup:{partition}", offset, pickups)
+        if self.shadow is not None:
+            self.shadow.pickups(partition, f"pickup:{partition}", offset, pickups)
 
     def _flush_pickup(self) -> bool:
         """After a pickup batch: evaluate now, write when due; True when durable."""
         self.pickup.evaluate_touched()
+        if self.shadow is not None:
+            self.shadow.evaluate_pickups()
         return self.persist()
 
     # ----------------------------------------------------------------- timer
@@ -457,6 +466,8 @@ class DecisionLayer:
         self.watcher.check()
         for family in (self.pickup, self.stock, self.lane_rules):
             family.tick()
+        if self.shadow is not None:
+            self.shadow.tick()
         self.persist(force=True)
 
     def adopt(self, partitions: Iterable[int]) -> None:
@@ -468,11 +479,14 @@ class DecisionLayer:
         for state in self.states():
             state.drop(partition)
         self.actions.forget(partition)
+        if self.shadow is not None:
+            self.shadow.drop(partition)
 
     def stats(self) -> dict[str, object]:
         return {
             "rules_version": self.watcher.version,
             "rules_error": self.watcher.last_error,
+            "shadow": self.shadow.stats() if self.shadow is not None else None,
             "master_data_stores": len(self.master.stores) if self.master is not None else 0,
             "alerts_sent": self.alerts_sent,
             "signals_sent": self.signals_sent,

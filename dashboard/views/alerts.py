@@ -21,6 +21,7 @@ from ctower.dashboard.queries.alerts import (
 )
 from ctower.dashboard.readable import duration_text, evidence_text, local_time, table
 from ctower.dashboard.regions import region_label
+from ctower.dashboard.shadow_section import shadow_section
 
 ctx = current()
 t = ctx.t
@@ -213,4 +214,5 @@ def workflow(context: PageContext) -> None:
 if focus:
     focused(focus)
 figures()
+shadow_section(ctx)
 workflow(ctx)

@@ -80,6 +80,7 @@ from ctower.schemas.control import (
     ClosedWindow,
     CouponDecision,
     CouponPolicy,
+    CouponSignal,
     DeadLetter,
     LateEvent,
     PickupLevel,
@@ -701,6 +702,13 @@ def control_writers() -> dict[str, TableWriter]:
             "evidence": _evidence, "version": _order_version,
             "region": lambda ch: [o.region or "" for o in ch.records],
         }),
+        "shadow-alerts": TableWriter(
+            "shadow_alerts", Alert, {"evidence": _evidence, "version": _alert_version}
+        ),
+        "shadow-signals": TableWriter(
+            "shadow_coupon_signals", CouponSignal,
+            {"evidence": _evidence, "sku": lambda ch: [s.sku or "" for s in ch.records]},
+        ),
     }
 
 

@@ -218,6 +218,7 @@ def run_backtest(
             alert=outcome.alerts.append, signal=outcome.signals.append, clock=clock,
         ))
     feed: Any = _feed_class()()
+    feed.shadow = None
     feed.stock_moves = moves = _Forward(
         lambda p, items: [e.apply_moves(p, items) for e in engines]
     )
