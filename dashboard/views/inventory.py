@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ctower.dashboard.context import current, live, show, store_guard
+from ctower.dashboard.orders_section import orders_section
 from ctower.dashboard.queries.inventory import stock_risk, stock_summary
 from ctower.dashboard.readable import table
 from ctower.dashboard.regions import region_label
@@ -45,3 +46,4 @@ def figures() -> None:
 
 
 figures()
+orders_section(ctx)

@@ -240,6 +240,30 @@ def test_inventory_lists_stock_risk_with_transfer_source(
     assert metrics(app)["Short of cover"] == "2"
 
 
+
+def test_inventory_shows_the_open_orders_at_their_furthest_state(
+    dash_store: Any, run_page: Callable[..., AppTest], minute0: datetime
+) -> None:
+    def order(order_id: str, status: str, version: int, kind: str = "transfer") -> dict:
+        return {"order_id": order_id, "kind": kind, "status": status, "source": "WH-east",
+                "destination": "S001", "sku": "SKU1", "qty": 40,
+                "due_at": minute0 + timedelta(hours=4), "created_at": minute0, "ts": minute0,
+                "region": "east", "cause": "", "evidence": "{}", "by": "auto", "note": "",
+                "version": version}
+
+    dash_store.insert("action_orders", [
+        order("TO-1", "proposed", 0), order("TO-1", "dispatched", 2 * 10**13),
+        order("PP-2", "proposed", 0, kind="prepack"),
+        order("TO-3", "proposed", 0), order("TO-3", "rejected", 3 * 10**13),
+    ])
+    app = run_page("inventory")
+    orders = app.dataframe[-1].value
+    assert list(orders["Order"]) == ["PP-2", "TO-1"]
+    assert list(orders["Status"]) == ["Proposed", "Dispatched"]
+    assert list(orders["Kind"]) == ["Pre-pack", "Transfer"]
+    assert "Enter the operator token" in " ".join(c.value for c in app.caption)
+
+
 def test_pickup_shows_each_store_s_latest_queue(
     dash_store: Any, run_page: Callable[..., AppTest], minute0: datetime
 ) -> None:
