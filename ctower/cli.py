@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "settings": ("ctower.cli", "show_settings"),
     "coupons": ("ctower.streams.coupon_command", "coupons"),
     "actions": ("ctower.streams.actions_command", "actions"),
+    "warehouse": ("ctower.simulator.warehouse", "warehouse_command"),
     "alerts": ("ctower.streams.sinks.wechat.command", "alerts"),
     "health": ("ctower.health", "health"),
     "schemas": ("ctower.schemas.contracts", "schemas_command"),
