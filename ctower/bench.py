@@ -356,6 +356,7 @@ class BenchGroup(click.Group):
 
     LAZY: ClassVar[dict[str, tuple[str, str]]] = {
         "dashboard": ("ctower.dashboard.bench", "dashboard_bench"),
+        "peer": ("ctower.bench_peer", "peer_bench"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -376,8 +377,9 @@ class BenchGroup(click.Group):
               help="Events of the one-event-per-message run (0 to skip).")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--no-sink", is_flag=True, help="Measure the worker only.")
-@click.option("--workers", default=1, show_default=True,
-              help="Also drain the batched backlog with this many workers (scale-out).")
+@click.option("--workers", default=min(2, os.cpu_count() or 1), show_default=True,
+              help="Also drain the batched backlog with this many workers, to see the "
+              "scale-out (1: skip).")
 @click.pass_context
 def bench(
     ctx: click.Context, events: int, batch: int, single_events: int, seed: int, no_sink: bool,
