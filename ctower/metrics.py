@@ -180,14 +180,19 @@ class WorkerCollector(Collector):
             (([s], getattr(p.state, "close_delay_ms_last", 0) / 1000) for s, p in procs.items()))
         partitions = self.signals.partitions()
         yield _gauge(
-            "ctower_consumer_lag", "Messages in Kafka not yet folded in, per partition this "
-            "worker holds.", ["topic", "partition"],
+            "ctower_consumer_lag", "Messages in Kafka past the group's commit, per partition "
+            "this worker holds.", ["topic", "partition"],
             (([topic, str(p)], waiting) for (topic, p), (_, waiting) in sorted(partitions.items())))
         outboxes = tower.outboxes
         yield _gauge(
             "ctower_dead_letter_outstanding",
             "Dead letters not yet acknowledged by Kafka, per agent.", ["agent"],
-            (([name], getattr(o, "outstanding", 0) or 0) for name, o in outboxes.items()))
+            (([name], sum(len(letters) for letters in o.outstanding.values()))
+             for name, o in outboxes.items()))
+        yield _gauge(
+            "ctower_dead_letter_blocked_partitions",
+            "Partitions waiting because their dead letters cannot be written, per agent.",
+            ["agent"], (([name], len(o.blocked)) for name, o in outboxes.items()))
         decisions = tower.decisions
         if decisions is not None:
             yield _counter("ctower_alerts_published", "Alerts sent to ct.alerts (openings and "

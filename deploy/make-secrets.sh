@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Writes the compose secrets that do not exist yet into ${CTOWER_SECRETS_DIR:-./secrets}
 # (git-ignored, kept out of the image): the ClickHouse password, the coupon
-# API token and the operator token (random), and a webhooks.toml template for
-# the robots of deploy/alert-routes.toml, to fill in before `--profile alerts`.
+# API token, the operator token and Grafana's admin password (random), and a
+# webhooks.toml template for the robots of deploy/alert-routes.toml, to fill in
+# before `--profile alerts`.
 # An existing file is never overwritten.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ mkdir -p "$dir"
 chmod 700 "$dir"
 umask 077
 random() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
-for name in clickhouse_password coupon_api_token operator_token; do
+for name in clickhouse_password coupon_api_token operator_token grafana_admin_password; do
   if [ ! -e "$dir/$name" ]; then
     random > "$dir/$name"
     echo "wrote $dir/$name"

@@ -236,7 +236,7 @@ class WorkerSignals(Protocol):
         ...
 
     def partitions(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """(topic, partition) -> (last position folded, messages waiting) for the
+        """(topic, partition) -> (how far it got, messages waiting) for the
         partitions this worker holds whose end Kafka has told it."""
         ...
 
@@ -412,8 +412,10 @@ class TowerSignals:
             return set()
 
     def partitions(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """Lag of the agents' partitions: Kafka's end minus the next offset to
-        fold (the last folded + 1, or the group's commit when nothing was)."""
+        """(committed, lag) of the agents' partitions: Kafka's end minus the
+        group's commit (the start, while nothing is committed). The commit,
+        not what was folded, says a partition moves: messages folded whose acks
+        wait (a dead letter Kafka refuses) are still stuck."""
         tower = self.tower
         positions: dict[str, Callable[[int], int]] = {
             proc.topic: proc.position for proc in tower.processors.values()
@@ -433,9 +435,12 @@ class TowerSignals:
                 high = None
             if high is None:
                 continue
-            folded = position(tp.partition)
-            nxt = max(folded + 1, committed.get(tp) or 0)
-            found[(tp.topic, tp.partition)] = (folded, max(0, high - nxt))
+            nxt = committed.get(tp)
+            if nxt is None:  # nothing committed yet (Faust keeps no 0 either)
+                if position(tp.partition) < 0:
+                    continue  # nothing read either: cannot tell
+                nxt = 0  # read, never committed: from the group's start (earliest)
+            found[(tp.topic, tp.partition)] = (nxt, max(0, high - nxt))
         return found
 
 

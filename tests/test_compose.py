@@ -21,8 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SERVICES = {"kafka", "clickhouse", "topics", "worker-1", "worker-2", "sink", "dashboard",
-            "simulator", "alerts"}
-CTOWER_SERVICES = SERVICES - {"kafka", "clickhouse"}
+            "simulator", "alerts", "prometheus", "grafana"}
+OBSERVABILITY = {"prometheus", "grafana"}
+CTOWER_SERVICES = SERVICES - {"kafka", "clickhouse"} - OBSERVABILITY
 LONG_RUNNING = SERVICES - {"topics"}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|WEBHOOK|API_KEY|PRIVATE", re.IGNORECASE)
 
@@ -79,10 +80,13 @@ def test_services_and_profile(config: dict[str, Any]) -> None:
     assert set(services) == SERVICES
     assert services["simulator"]["profiles"] == ["simulator"]
     assert services["alerts"]["profiles"] == ["alerts"]
+    for name in OBSERVABILITY:
+        assert services[name]["profiles"] == ["observability"]
     assert sorted(name for name, svc in services.items() if svc.get("profiles")) == [
-        "alerts", "simulator"]
+        "alerts", "grafana", "prometheus", "simulator"]
     profiles = _run("--profiles")
-    assert profiles.returncode == 0 and sorted(profiles.stdout.split()) == ["alerts", "simulator"]
+    assert profiles.returncode == 0 and sorted(profiles.stdout.split()) == [
+        "alerts", "observability", "simulator"]
 
 
 def test_images_commands_and_replicas(config: dict[str, Any]) -> None:
@@ -186,7 +190,7 @@ def test_secrets_are_files_under_run_secrets(config: dict[str, Any]) -> None:
     """Every secret is a compose secret, read through ``CTOWER_<NAME>_FILE``; a
     service mounts exactly the secrets its variables name."""
     assert set(config["secrets"]) == {"clickhouse_password", "coupon_api_token",
-                                      "operator_token", "webhooks"}
+                                      "operator_token", "webhooks", "grafana_admin_password"}
     for entry in config["secrets"].values():
         assert Path(entry["file"]).parent == ROOT / "secrets"
     custom = _run(CTOWER_SECRETS_DIR="/srv/ctower-secrets")
@@ -204,6 +208,51 @@ def test_secrets_are_files_under_run_secrets(config: dict[str, Any]) -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert "secrets" in ignored, "the secrets must stay out of the image"
     assert "/secrets/" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_the_observability_profile_scrapes_every_process_and_shows_its_series(
+    config: dict[str, Any],
+) -> None:
+    """Prometheus (pinned) reads deploy/prometheus/prometheus.yml; Grafana
+    (pinned) gets its data source and the dashboard JSON from the repository,
+    and every series the dashboard draws is one ctower/metrics.py exports.
+    (That the scrape targets are the services' metrics ports is checked with
+    the settings, in test_compose_topology.py.)"""
+    services = config["services"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", services["prometheus"]["image"])
+    assert re.fullmatch(r"grafana/grafana:\d+\.\d+\.\d+", services["grafana"]["image"])
+    configs = config["configs"]
+    mounted = {c["source"]: c["target"] for c in services["prometheus"]["configs"]}
+    assert Path(configs["prometheus"]["file"]) == ROOT / "deploy" / "prometheus" / "prometheus.yml"
+    assert mounted["prometheus"] in services["prometheus"]["command"][0]
+    grafana = {c["source"]: c["target"] for c in services["grafana"]["configs"]}
+    assert grafana["grafana_datasource"].startswith("/etc/grafana/provisioning/datasources/")
+    assert grafana["grafana_dashboards"].startswith("/etc/grafana/provisioning/dashboards/")
+    provider = (ROOT / "deploy" / "grafana" / "dashboards.yml").read_text()
+    folder = re.search(r"path: (\S+)", provider)
+    assert folder and grafana["grafana_dashboard_pipeline"].startswith(folder.group(1) + "/")
+    source = (ROOT / "deploy" / "grafana" / "datasource.yml").read_text()
+    assert "url: http://prometheus:9090" in source and "uid: ctower-prometheus" in source
+    for name in OBSERVABILITY:  # their pages stay on this host
+        assert all((p.get("host_ip") if isinstance(p, dict) else str(p).split(":")[0])
+                   == "127.0.0.1" for p in services[name]["ports"]), name
+
+    dashboard = json.loads(Path(configs["grafana_dashboard_pipeline"]["file"]).read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    drawn = {re.sub(r"_(total|bucket|sum|count)$", "", name)
+             for expr in exprs for name in re.findall(r"\bctower_[a-z0-9_]+", expr)}
+    exported = set(re.findall(r'"(ctower_[a-z0-9_]+)"', (ROOT / "ctower" / "metrics.py")
+                              .read_text()))
+    assert drawn <= exported, drawn - exported
+    for series in ("ctower_events_in", "ctower_dead_letters", "ctower_late_events",
+                   "ctower_duplicate_events", "ctower_consumer_lag",
+                   "ctower_window_close_delay_seconds", "ctower_event_to_alert_seconds",
+                   "ctower_reservation_seconds", "ctower_sink_rows",
+                   "ctower_sink_insert_seconds", "ctower_outbox_depth",
+                   "ctower_webhook_results", "ctower_gc_pause_seconds"):
+        assert series in drawn, f"the dashboard does not show {series}"
+    assert all(p.get("datasource", {}).get("uid") in (None, "ctower-prometheus")
+               for p in dashboard["panels"])
 
 
 def test_no_secret_is_hard_coded(raw_config: dict[str, Any]) -> None:

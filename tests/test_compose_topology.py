@@ -50,7 +50,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 CTOWER = Path(sys.executable).with_name("ctower")
-TOKEN_FILES = ("clickhouse_password", "coupon_api_token", "operator_token")
+TOKEN_FILES = ("clickhouse_password", "coupon_api_token", "operator_token",
+               "grafana_admin_password")
 IMAGE_ENV = {"PYTHONSAFEPATH": "1", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 """The Dockerfile's ENV lines (its CTOWER_DATA_DIR is one folder per container here)."""
 RUSH_STORE = "S001"
@@ -81,16 +82,20 @@ def resolved_compose(secrets_dir: Path) -> dict[str, Any]:
         capture_output=True, text=True, timeout=60, env=env, cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
-    # PyYAML of the interpreter docker-compose runs on: the venv does not need it
+    config: dict[str, Any] = _yaml(result.stdout)
+    return config
+
+
+def _yaml(text: str) -> Any:
+    """YAML through PyYAML of the interpreter docker-compose runs on: the venv does not need it."""
     shebang = Path(_compose()).read_text(errors="replace").splitlines()[0]
     interpreter = shebang[2:].strip().split()[0] if shebang.startswith("#!") else "python3"
     parsed = subprocess.run(
         [interpreter, "-c", "import sys, json, yaml; json.dump(yaml.safe_load(sys.stdin), "
-         "sys.stdout)"], input=result.stdout, capture_output=True, text=True, timeout=60,
+         "sys.stdout)"], input=text, capture_output=True, text=True, timeout=60,
         check=True,
     )
-    config: dict[str, Any] = json.loads(parsed.stdout)
-    return config
+    return json.loads(parsed.stdout)
 
 
 def write_secrets(folder: Path, webhook_url: Callable[[str], str]) -> dict[str, str]:
@@ -156,11 +161,16 @@ def local_services(
     published: dict[int, int] = {}
     for name, svc in services.items():
         host = svc.get("hostname", name)
+        if "build" not in svc:
+            continue  # prometheus, grafana: not run here
         for port in svc.get("ports", []):
             local = listen.setdefault((host, int(port["target"])), _free_port())
             listen.setdefault((name, int(port["target"])), local)
             if port.get("published"):
                 published[int(port["published"])] = local
+        for exposed in svc.get("expose", []):  # reached inside the network only (metrics)
+            local = listen.setdefault((host, int(exposed)), _free_port())
+            listen.setdefault((name, int(exposed)), local)
 
     def translate(value: str, files: dict[str, str], host: str, key: str) -> str:
         if value in files:  # a mounted config or secret
@@ -212,6 +222,7 @@ def local_services(
             assert test[0] == "CMD" and test[1] == "ctower", f"{name}: {test}"
             test = [str(CTOWER), *test[2:]]
         ports = {int(p["target"]): listen[(host, int(p["target"]))] for p in svc.get("ports", [])}
+        ports.update({int(e): listen[(host, int(e))] for e in svc.get("expose", [])})
         found[name] = LocalService(name, [str(CTOWER), *command[1:]], env, test, ports)
     return Topology(found, store_port, bootstrap, prefix)
 
@@ -297,6 +308,21 @@ def test_every_feature_finds_its_settings_in_compose(tmp_path: Path) -> None:
     command = raw["simulator"]["command"]
     seed = int(command[command.index("--seed") + 1])
     assert json.loads((ROOT / "deploy" / "master_data.json").read_text())["seed"] == seed
+
+    # Prometheus scrapes each process where it serves /metrics
+    scrape = _yaml((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {job["job_name"]: {t for c in job["static_configs"] for t in c["targets"]}
+               for job in scrape["scrape_configs"]}
+    served = {"ctower-worker": {
+        f"{raw[w]['hostname']}:{raw[w]['environment']['CTOWER_WORKER_WEB_PORT']}"
+        for w in ("worker-1", "worker-2")}}
+    for name, setting in (("sink", "sink_metrics_port"), ("alerts", "alerts_metrics_port")):
+        assert getattr(settings_of(name), setting), f"{name}: no metrics"
+        port = raw[name]["environment"][f"CTOWER_{setting.upper()}"]
+        assert port in raw[name]["expose"], f"{name}: its metrics port is not exposed"
+        assert raw[name]["environment"]["CTOWER_METRICS_BIND"] == "0.0.0.0", name
+        served[f"ctower-{name}"] = {f"{raw[name].get('hostname', name)}:{port}"}
+    assert targets == served
 
     # every setting the services are given is one the settings know
     from ctower.settings import Settings
@@ -406,6 +432,9 @@ def test_the_compose_topology_runs_every_feature(
     config = resolved_compose(tmp_path / "secrets")
     topology = local_services(config, kafka_bootstrap, tmp_path / "run")
     services = topology.services
+    for name in ("worker-1", "worker-2"):  # one dead letter in 5 s raises the system alert
+        services[name].env.update({"CTOWER_SYSTEM_DEAD_LETTERS_PER_MINUTE": "1",
+                                   "CTOWER_SYSTEM_DEAD_LETTER_WINDOW_SECONDS": "5"})
     logs = tmp_path / "logs"
     logs.mkdir()
     procs = Processes(logs)
@@ -488,6 +517,42 @@ def test_the_compose_topology_runs_every_feature(
                     if RUSH_STORE in json.dumps(r["body"], ensure_ascii=False)]
 
         poll(alerted, 60, "the congestion alert never reached the stores robot")
+
+        # a malformed event: the pipeline's own alert takes the same path to its route
+        # (deploy/alert-routes.toml: pipeline -> ops), opened and then resolved
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(bootstrap_servers=topology.bootstrap, acks="all")
+        producer.send(f"{topology.prefix}pickup", value=b"not json {", key=b"S002").get(30)
+        producer.close()
+
+        def told_ops() -> Any:
+            procs.check()
+            said = [json.dumps(r["body"], ensure_ascii=False)
+                    for r in webhook_server.delivered(keys["ops"])]
+            return said if len([t for t in said if "死信" in t]) >= 2 else None
+
+        said = poll(told_ops, 60, "the dead-letter rate alert and its resolution never reached "
+                                  "the ops robot")
+        assert not any(RUSH_STORE in text for text in said), "business alerts stay off ops"
+
+        # /metrics of every process, with what this test did in it
+        from ctower.metrics import scrape, total
+
+        worker_metrics = [scrape(f"{w.url(6066)}/metrics") for w in workers]
+        assert sum(total(m, "ctower_dead_letters_total", lambda x: x["reason"] == "not_json")
+                   for m in worker_metrics) == 1
+        assert sum(total(m, "ctower_events_out_total", lambda x: x["stream"] == "pickup")
+                   for m in worker_metrics) >= capacity + 1
+        assert total(scrape(f"{other.url(6066)}/metrics"), "ctower_reservation_seconds_count") >= 1
+        assert sum(total(m, "ctower_event_to_alert_seconds_count")
+                   for m in worker_metrics) >= 1
+        sink_metrics = scrape(f"{services['sink'].url(9464)}/metrics")
+        assert total(sink_metrics, "ctower_sink_rows_total",
+                     lambda x: x["table"] == "coupon_decisions") >= 1
+        alert_metrics = scrape(f"{services['alerts'].url(9465)}/metrics")
+        assert total(alert_metrics, "ctower_webhook_results_total",
+                     lambda x: x["errcode"] == "0" and x["robot"] == "stores") >= 1
 
         # and still healthy, every one
         for name in procs.started:

@@ -149,15 +149,37 @@ def worker_stats(settings: Settings) -> dict[str, Any]:
         return result
 
 
+def worker_metrics(settings: Settings) -> dict[Any, float]:
+    from ctower.metrics import scrape
+
+    return scrape(f"http://127.0.0.1:{settings.worker_web_port}/metrics")
+
+
+def alerts_on_the_topic(settings: Settings) -> list[dict[str, Any]]:
+    consumer = KafkaConsumer(
+        settings.topic("alerts"), bootstrap_servers=settings.bootstrap,
+        auto_offset_reset="earliest", consumer_timeout_ms=1500,
+    )
+    try:
+        return [json.loads(record.value) for record in consumer]
+    finally:
+        consumer.close()
+
+
 def test_hostile_input_never_stops_the_pipeline(
     settings_factory: Callable[..., Settings],
     ctower_process: Callable[..., Any],
     poll: Callable[..., Any],
+    free_port: Callable[[], int],
 ) -> None:
-    settings = settings_factory()
+    from ctower.metrics import scrape, total
+
+    settings = settings_factory(sink_metrics_port=free_port())
     ensure_topics(settings)
     sink = ctower_process(settings, "sink", "sink")
     sink.wait_http(f"http://127.0.0.1:{settings.store_http_port}/ping")
+    sink_metrics = f"http://127.0.0.1:{settings.sink_metrics_port}/metrics"
+    sink.wait_http(sink_metrics)
     worker = ctower_process(settings, "worker", "worker")
     worker.wait_http(f"http://127.0.0.1:{settings.worker_web_port}/stats/")
     pids = (sink.proc.pid, worker.proc.pid)
@@ -202,6 +224,23 @@ def test_hostile_input_never_stops_the_pipeline(
     found = poll(lambda: (lambda r: r if isinstance(r, dict) else False)(dead_letters()), 120,
                  "dead letters never matched the malformed events")
     assert found == dict(expected)
+
+    # /metrics tells the same: dead letters by reason, events in and out per stream
+    metrics = worker_metrics(settings)
+    by_reason = {reason: total(metrics, "ctower_dead_letters_total",
+                               lambda labels, r=reason: labels["reason"] == r)
+                 for reason in expected}
+    assert by_reason == dict(expected)
+    for stream in STREAMS:
+        counted = total(metrics, "ctower_events_out_total", lambda x, s=stream: x["stream"] == s)
+        read = total(metrics, "ctower_events_in_total", lambda x, s=stream: x["stream"] == s)
+        assert counted == inside[stream] and read > counted, stream
+    assert total(metrics, "ctower_gc_collections_total") > 0
+    stored = scrape(sink_metrics)
+    assert total(stored, "ctower_sink_rows_total",
+                 lambda x: x["table"] == "dead_letters") >= sum(expected.values())
+    assert total(stored, "ctower_sink_insert_seconds_count") >= 1
+    assert total(stored, "ctower_sink_store_up") == 1
     too_large = client.query(
         "SELECT max(length(raw)), min(raw_length), count() FROM dead_letters FINAL "
         "WHERE reason = 'too_large'"
@@ -233,7 +272,12 @@ def test_a_dead_letter_kafka_refuses_holds_only_its_partition(
 
     from ctower.broker.topics import partition_for
 
-    settings = settings_factory()
+    # small thresholds: the held partition is stuck within 5 s (above Faust's commit
+    # interval, 2.8 s, which any partition may wait for); one dead letter in 4 s is
+    # 15 a minute, over 5
+    settings = settings_factory(system_partition_stuck_seconds=5,
+                                system_dead_letters_per_minute=5,
+                                system_dead_letter_window_seconds=4)
     ensure_topics(settings)
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap)
     dead_topic = settings.topic("dead-letter")
@@ -277,6 +321,25 @@ def test_a_dead_letter_kafka_refuses_holds_only_its_partition(
     assert lag.get(f"{topic}:{blocked}") == 11, lag  # nothing of it committed
     assert f"{topic}:{others[0]}" not in lag
     assert worker.log_tail(10**6).count("cannot write dead letters") == 1
+    # the pipeline says so itself: a stuck partition, on /metrics and as an alert
+    from ctower.metrics import total
+
+    seen: list[Any] = []
+
+    def stuck_alerted() -> bool:
+        metrics = worker_metrics(settings)
+        seen[:] = [(k, v) for k, v in metrics.items() if k[0] == "ctower_consumer_lag" and v]
+        return total(metrics, "ctower_system_alerts_open",
+                     lambda x: x["kind"] == "system_partition_stuck") == 1
+    try:
+        poll(stuck_alerted, 30, "the stuck partition was never alerted")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; lag seen: {seen}\n{worker.log_tail()}") from None
+    metrics = worker_metrics(settings)
+    assert total(metrics, "ctower_consumer_lag",
+                 lambda x: x["topic"] == topic and x["partition"] == str(blocked)) == 11
+    assert total(metrics, "ctower_dead_letters_total",
+                 lambda x: x["reason"] == "missing_field") >= 1
 
     dead_letter_limit("1048588")
     poll(lambda: stats()["scan"]["events"] == 10 * (len(others) + 1), 60,
@@ -295,3 +358,22 @@ def test_a_dead_letter_kafka_refuses_holds_only_its_partition(
         (blocked, 0, "missing_field")
     ]
     assert "written after" in worker.log_tail(10**6)
+
+    # each system alert resolved once its condition cleared, on ct.alerts like any other
+    found: list[Any] = []
+
+    def resolved() -> Any:
+        alerts = [a for a in alerts_on_the_topic(settings) if a["kind"].startswith("system_")]
+        found[:] = [(a["kind"], a["status"], a["key"]) for a in alerts]
+        states = sorted((a["kind"], a["status"]) for a in alerts)
+        wanted = [("system_dead_letter_rate", "open"), ("system_dead_letter_rate", "resolved"),
+                  ("system_partition_stuck", "open"), ("system_partition_stuck", "resolved")]
+        return alerts if states == wanted else None
+    try:
+        alerts = poll(resolved, 30, "the system alerts never opened and resolved once each")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {found}") from None
+    stuck = [a for a in alerts if a["kind"] == "system_partition_stuck"]
+    assert stuck[0]["alert_id"] == stuck[1]["alert_id"]
+    assert stuck[0]["evidence"]["topic"] == topic
+    assert stuck[0]["evidence"]["partition"] == blocked
