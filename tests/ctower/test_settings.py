@@ -43,6 +43,15 @@ def test_kafka_bootstrap_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         ("CTOWER_LANGUAGE", "fr", "CTOWER_LANGUAGE"),
         ("CTOWER_WORKER_ADVERTISED_URL", "worker-1:6066", "CTOWER_WORKER_ADVERTISED_URL"),
         ("CTOWER_WORKER_WEB_BIND", "0.0.0.0/0", "CTOWER_WORKER_WEB_BIND"),
+        ("CTOWER_SINK_METRICS_PORT", "70000", "CTOWER_SINK_METRICS_PORT"),
+        ("CTOWER_ALERTS_METRICS_PORT", "nine", "CTOWER_ALERTS_METRICS_PORT"),
+        ("CTOWER_METRICS_BIND", "0.0.0.0 ", None),  # stripped: fine
+        ("CTOWER_METRICS_BIND", "all of them", "CTOWER_METRICS_BIND"),
+        ("CTOWER_SYSTEM_PARTITION_STUCK_SECONDS", "-5", "CTOWER_SYSTEM_PARTITION_STUCK_SECONDS"),
+        ("CTOWER_SYSTEM_STREAM_SILENT_FACTOR", "0", "CTOWER_SYSTEM_STREAM_SILENT_FACTOR"),
+        ("CTOWER_SYSTEM_DEAD_LETTER_WINDOW_SECONDS", "0",
+         "CTOWER_SYSTEM_DEAD_LETTER_WINDOW_SECONDS"),
+        ("CTOWER_SYSTEM_LAG_MIN_GROWTH", "lots", "CTOWER_SYSTEM_LAG_MIN_GROWTH"),
         ("CTOWER_NO_SUCH_SETTING", "1", None),
     ],
 )
@@ -75,6 +84,13 @@ def test_clashing_ports_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CTOWER_DASHBOARD_PORT", "9093")  # the local broker's controller port
     with pytest.raises(SettingsError, match="dashboard_port"):
         load_settings()
+    monkeypatch.delenv("CTOWER_DASHBOARD_PORT")
+    monkeypatch.setenv("CTOWER_ALERTS_METRICS_PORT", "8124")  # the store's front
+    with pytest.raises(SettingsError, match="alerts_metrics_port"):
+        load_settings()
+    monkeypatch.setenv("CTOWER_ALERTS_METRICS_PORT", "0")  # off: no port to clash
+    monkeypatch.setenv("CTOWER_SINK_METRICS_PORT", "0")
+    assert load_settings().sink_metrics_port == 0
 
 
 def test_settings_file_and_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
