@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "coupons": ("ctower.streams.coupon_command", "coupons"),
     "actions": ("ctower.streams.actions_command", "actions"),
     "warehouse": ("ctower.simulator.warehouse", "warehouse_command"),
+    "tasks": ("ctower.streams.tasks_command", "tasks_group"),
     "alerts": ("ctower.streams.sinks.wechat.command", "alerts"),
     "health": ("ctower.health", "health"),
     "schemas": ("ctower.schemas.contracts", "schemas_command"),

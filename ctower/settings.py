@@ -50,13 +50,15 @@ CONTROL_TOPICS = (
     "alert-acks",
     "actions",
     "action-status",
+    "tasks",
     "shadow-alerts",
     "shadow-signals",
 )
 """Control and output topics. ``aggregates`` carries closed windows to the sink;
 ``stock-moves`` and ``lanes`` are internal: events re-keyed for the rules (by
 SKU, by carrier and region). ``actions`` carries the rules' transfer and pre-pack
-orders, ``action-status`` the answers to them (keyed by SKU). ``shadow-alerts`` and
+orders, ``action-status`` the answers to them (keyed by SKU), ``tasks`` the
+customer-service tasks of single shipments. ``shadow-alerts`` and
 ``shadow-signals`` carry what the shadow (candidate) rules would raise: never delivered."""
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from ctower.schemas import actions, control
+from ctower.schemas import actions, control, tasks
 from ctower.schemas.events import EVENT_TYPES
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -67,6 +67,7 @@ CONTROL_RECORDS: dict[str, tuple[type, str, str]] = {
                      "order_id; the whole order again at every change of state"),
     "action_status": (actions.ActionStatus, "action-status",
                       "sku (the order's SKU: its partition is the rules' that issued it)"),
+    "shipment_task": (tasks.ShipmentTask, "tasks", "task_id; the whole task again when it closes"),
 }
 
 

@@ -234,6 +234,7 @@ AlertKind = Literal[
     "carrier_on_time",
     "demand_spike",
     "action_overdue",
+    "district_failed",
     # the pipeline about itself (streams/watch.py): same record, same routes
     "system_stream_silent",
     "system_lag_growing",

@@ -187,6 +187,9 @@ class Logistics(Event, kw_only=True, omit_defaults=True):
     region: Id
     status: ShipmentStatus
     eta: WireTime | None = None
+    district: Id | None = None
+    """The delivery district (区), when the carrier says: districts with repeated
+    failed deliveries are flagged."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

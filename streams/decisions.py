@@ -43,6 +43,7 @@ from ctower.schemas.control import Alert, CouponSignal, DeadLetter, PickupLevel,
 from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.events import Event, Inventory, Logistics, Order, Pickup, Scan
 from ctower.schemas.master_data import MasterData, load_master_data
+from ctower.schemas.tasks import ShipmentTask
 from ctower.schemas.wire import reject
 from ctower.settings import Settings, SettingsError
 from ctower.streams.batch_writer import BatchedChangelog, BatchWriter
@@ -56,6 +57,7 @@ from ctower.tables.rules.lanes import Lane, LaneEvent, LaneRules
 from ctower.tables.rules.pickup import PickupQueue, PickupRules
 from ctower.tables.rules.rule_state import FLUSH_INTERVAL_S, FLUSH_MAX_DIRTY, RuleState
 from ctower.tables.rules.stock import StockItem, StockMove, StockRulesEngine
+from ctower.tables.rules.tasks import TaskBook
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +267,11 @@ class DecisionLayer:
             lambda: self.rules, self.master, self.publish_signal, self.publish_stock_level,
             actions=self.actions,
         )
+        self.tasks_topic = raw_topic("tasks")
+        self.tasks = TaskBook(RuleState(changelog, "tasks", ShipmentTask), self.publish_task,
+                              settings.language)
         self.lane_rules = LaneRules(RuleState(changelog, "lanes", Lane), book("lanes"),
-                                    lambda: self.rules)
+                                    lambda: self.rules, tasks=self.tasks)
         self.processors = {
             "stock-moves": RuleProcessor(
                 "stock-moves", settings.topic("stock-moves"), _stock_moves.decode,
@@ -298,7 +303,7 @@ class DecisionLayer:
         return [
             family.state for family in (self.pickup, self.stock, self.lane_rules)
         ] + [family.book.state for family in (self.pickup, self.stock, self.lane_rules)] + [
-            self.actions.state
+            self.actions.state, self.tasks.state
         ]
 
     # -------------------------------------------------------------- outputs
@@ -317,6 +322,9 @@ class DecisionLayer:
         )
         log.info("action order %s %s: %s %d of %s from %s to %s", order.order_id, order.status,
                  order.kind, order.qty, order.sku, order.source, order.destination)
+
+    def publish_task(self, task: ShipmentTask) -> None:
+        self.tasks_topic.send_soon(key=task.task_id.encode(), value=control_encoder.encode(task))
 
     def publish_signal(self, signal: CouponSignal) -> None:
         self.signals_sent += 1
@@ -442,7 +450,7 @@ class DecisionLayer:
             lane = f"{ev.carrier}|{ev.region}"
             by_lane[lane].append(
                 LaneEvent(ev.shipment_id, ev.status, ev.ts, ev.eta, ev.carrier, ev.region,  # type: ignore[arg-type]
-                          source, offset)
+                          source, offset, ev.order_id, ev.district or "")
             )
         for lane, items in by_lane.items():
             self.lanes.add(lane, (partition, offset), items)
@@ -479,6 +487,7 @@ class DecisionLayer:
         for state in self.states():
             state.drop(partition)
         self.actions.forget(partition)
+        self.tasks.forget(partition)
         if self.shadow is not None:
             self.shadow.drop(partition)
 
@@ -496,6 +505,7 @@ class DecisionLayer:
             "lane_records": self.lanes.records,
             "stock_judgements": self.stock.judgements,
             "actions": dict(self.actions.stats),
+            "tasks": dict(self.tasks.stats),
             "levels_sent": self.levels_sent,
             "batched_records": self.writer.records,
             "batches": self.writer.batches,

@@ -18,6 +18,7 @@ from ctower.dashboard.queries.logistics import (
 )
 from ctower.dashboard.readable import evidence_text, table
 from ctower.dashboard.regions import region_label
+from ctower.dashboard.tasks_section import tasks_section
 
 ctx = current()
 t = ctx.t
@@ -107,3 +108,4 @@ def figures() -> None:
 
 
 figures()
+tasks_section(ctx)

@@ -88,6 +88,7 @@ from ctower.schemas.control import (
 )
 from ctower.schemas.events import EVENT_TYPES, Event
 from ctower.schemas.migrations import apply_migrations
+from ctower.schemas.tasks import ShipmentTask
 from ctower.schemas.wire import REASONS, EventDecoder, reject, split_array
 from ctower.settings import STREAMS, Settings
 from ctower.store import open_store
@@ -334,6 +335,11 @@ def _alert_version(ch: _Chunk) -> list[int]:
 def _order_version(ch: _Chunk) -> list[int]:
     """The state's rank, then its time: a later state of an order wins."""
     return [ACTION_RANK[o.status] * 10**13 + o.ts for o in ch.records]
+
+
+def _task_version(ch: _Chunk) -> list[int]:
+    """A closed task wins over its opening, whatever the clocks say."""
+    return [(t.status == "closed") * 10**13 + t.ts for t in ch.records]
 
 
 def _policy_store(ch: _Chunk) -> list[str]:
@@ -701,6 +707,10 @@ def control_writers() -> dict[str, TableWriter]:
         "actions": TableWriter("action_orders", ActionOrder, {
             "evidence": _evidence, "version": _order_version,
             "region": lambda ch: [o.region or "" for o in ch.records],
+        }),
+        "tasks": TableWriter("shipment_tasks", ShipmentTask, {
+            "detail": lambda ch: [_json.encode(t.detail) for t in ch.records],
+            "version": _task_version,
         }),
         "shadow-alerts": TableWriter(
             "shadow_alerts", Alert, {"evidence": _evidence, "version": _alert_version}

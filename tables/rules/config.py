@@ -103,6 +103,7 @@ class LogisticsRules(_Section):
     on_time_below: float = Field(0.8, gt=0, le=1)
     on_time_min_deliveries: int = Field(20, ge=1)
     confidence: float = Field(0.99, ge=0.5, lt=1)
+    district_failed_min: int = Field(3, ge=1)
 
 
 class AlertRules(_Section):

@@ -37,6 +37,7 @@ from ctower.tables.rules.alert_book import AlertBook, Finding
 from ctower.tables.rules.config import LogisticsRules, Rules
 from ctower.tables.rules.family import RuleFamily
 from ctower.tables.rules.rule_state import RuleState
+from ctower.tables.rules.tasks import TaskBook
 
 MINUTE = 60_000
 _FORGET_MS = 3 * 86_400_000
@@ -55,6 +56,8 @@ class LaneEvent(Struct, array_like=True):
     region: str
     source: str
     offset: int
+    order_id: str = ""
+    district: str = ""
 
 
 class Lane(Struct, kw_only=True, array_like=True):
@@ -72,16 +75,24 @@ class Lane(Struct, kw_only=True, array_like=True):
     """Stage -> how long the lane's latest shipments stayed in it (ms, oldest first)."""
     done: dict[str, int] = {}
     """Shipments finished while their outcome counts: a repeat of one is not news."""
+    orders: dict[str, tuple[str, str]] = {}
+    """Open shipment -> (order id, district), for their customer-service tasks."""
+    district_failed: dict[str, list[int]] = {}
+    """District -> times of its failed or returned deliveries in the failed window."""
 
 
 class LaneRules(RuleFamily):
     def __init__(
-        self, state: RuleState[Lane], book: AlertBook, rules: Callable[[], Rules]
+        self, state: RuleState[Lane], book: AlertBook, rules: Callable[[], Rules],
+        tasks: TaskBook | None = None,
     ) -> None:
+        """``tasks``: where each stale, overdue or failed shipment becomes a
+        customer-service task (none when None; the lane alerts then count them)."""
         super().__init__()
         self.state = state
         self.book = book
         self.rules = rules
+        self.tasks = tasks
 
     def apply(self, partition: int, events: Iterable[LaneEvent]) -> None:
         """Apply one array of events (whole source messages, in source order)."""
@@ -91,6 +102,8 @@ class LaneRules(RuleFamily):
             key = f"{ev.carrier}|{ev.region}"
             lane = state.get(partition, key) or Lane()
             self._event(lane, ev)
+            if self.tasks is not None:
+                self._task_event(partition, key, lane, ev)
             state.put(partition, key, lane)
             self.touch(partition, key)
         evaluate()
@@ -148,6 +161,27 @@ class LaneRules(RuleFamily):
         else:
             lane.open[sid] = (status, ts, eta or (before[2] if before else 0))
 
+    def _task_event(self, partition: int, key: str, lane: Lane, ev: LaneEvent) -> None:
+        """Keep what a shipment's task needs (its order, its district), and tell the
+        task book; a failed delivery in a district is counted for the district."""
+        assert self.tasks is not None
+        sid = ev.shipment_id
+        order_id, district = lane.orders.get(sid, ("", ""))
+        order_id, district = ev.order_id or order_id, ev.district or district
+        if sid in lane.open:
+            if (order_id or district) and lane.orders.get(sid) != (order_id, district):
+                lane.orders[sid] = (order_id, district)
+        else:
+            lane.orders.pop(sid, None)
+        if ev.status in ("failed", "returned") and district:
+            lane.district_failed.setdefault(district, []).append(ev.ts)
+        self.tasks.on_event(partition, key, sid, ev.status, ev.ts, order_id, district)
+
+    def forget(self, partition: int) -> None:
+        super().forget(partition)
+        if self.tasks is not None:
+            self.tasks.forget(partition)
+
     def tick(self) -> None:
         """Staleness comes from time passing, not from events: look at every lane."""
         for partition in self.state.partitions():
@@ -156,6 +190,8 @@ class LaneRules(RuleFamily):
                 continue
             for key, _ in self.state.items(partition):
                 self.evaluate(partition, key, now)
+            if self.tasks is not None:
+                self.tasks.tick(partition, now)
             self.book.expire(partition, now)
 
     def evaluate(self, partition: int, key: str, now: int) -> None:
@@ -182,11 +218,48 @@ class LaneRules(RuleFamily):
         base["expected_updates"] = round(expected, 1)
         base["stale"] = len(stale)
         base["open"] = len(lane.open)
+        if self.tasks is not None:
+            self._tasks(partition, key, lane, now, rules, stale, scope)
+            base["tasks_open"] = self.tasks.open_count(partition, key)
         self._silent(partition, key, lane, now, rules, scope, base, silence_ms, expected)
         self._stale(partition, key, stale, now, rules, scope, base)
         self._failed(partition, key, lane, now, rules, scope, base)
         self._eta(partition, key, lane, now, rules, scope, base)
         self._on_time(partition, key, lane, now, rules, scope, base)
+
+    def _tasks(self, partition: int, key: str, lane: Lane, now: int, rules: LogisticsRules,
+               stale: list[tuple[int, str]], scope: dict[str, str]) -> None:
+        """Tasks for the lane's stale and overdue shipments, and the districts whose
+        deliveries keep failing (few per lane: both read what evaluate computed)."""
+        assert self.tasks is not None
+        overdue = now - int(rules.eta_grace_minutes * MINUTE)
+        self.tasks.sync(
+            partition, key, now,
+            [(sid, lane.open[sid][0], last) for last, sid in stale],
+            [(sid, eta) for sid, (_, _, eta) in lane.open.items() if eta and eta < overdue],
+            lane.orders,
+        )
+        since = now - int(rules.failed_window_minutes * MINUTE)
+        for district, times in list(lane.district_failed.items()):
+            recent = [t for t in times if t >= since]
+            if len(recent) != len(times):
+                if recent:
+                    lane.district_failed[district] = recent
+                else:
+                    del lane.district_failed[district]
+                self.state.touch(partition, key)
+            alert_key = f"district_failed:{key}|{district}"
+            if len(recent) >= rules.district_failed_min:
+                self.book.hold(partition, alert_key, Finding(
+                    kind="district_failed", severity="warning",
+                    evidence={"carrier": scope["carrier"], "region": scope["region"],
+                              "district": district, "failed": len(recent),
+                              "threshold": rules.district_failed_min,
+                              "window_minutes": rules.failed_window_minutes,
+                              "window_start": since, "window_end": now},
+                    action={"kind": "lane"}, **scope), now)
+            elif self.book.is_open(partition, alert_key):
+                self.book.clear(partition, alert_key, now, {"failed": len(recent)})
 
     @staticmethod
     def _trim(lane: Lane, now: int, rules: LogisticsRules) -> bool:
@@ -203,6 +276,7 @@ class LaneRules(RuleFamily):
         forgotten = [s for s, (_, last, _) in lane.open.items() if last < now - _FORGET_MS]
         for sid in forgotten:
             del lane.open[sid]
+            lane.orders.pop(sid, None)
         return changed or bool(old) or bool(forgotten)
 
     @staticmethod

@@ -39,6 +39,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "是基线 {baseline} 的 {ratio} 倍",
         "action_overdue": "调拨单逾期：{order_id}（{source} → {destination}，{sku} {qty} 件）"
         "到期 {late_min} 分钟后仍未签收（状态 {status}）",
+        "district_failed": "片区派送失败：{carrier} 在 {region} 的 {district} "
+        "近 {window_minutes} 分钟 {failed} 单派送失败或退回",
     },
     "en": {
         "restock": "Restock: {sku} at {location_id} has {on_hand} on hand, "
@@ -60,6 +62,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "{ratio}x its baseline {baseline}",
         "action_overdue": "Order overdue: {order_id} ({qty} of {sku}, {source} to "
         "{destination}) not received {late_min} min after its due time (status {status})",
+        "district_failed": "Failing district: {failed} deliveries of {carrier} in {district} "
+        "({region}) failed or came back in {window_minutes} min",
     },
 }
 

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 from jsonschema import Draft202012Validator
 
-from ctower.schemas import actions, contracts, control
+from ctower.schemas import actions, contracts, control, tasks
 from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.events import EVENT_TYPES, encoder
 from ctower.simulator.generator import SimConfig, Simulator
@@ -42,7 +42,7 @@ def test_the_published_files_are_what_the_code_generates() -> None:
 
 def test_every_event_and_control_record_has_a_schema() -> None:
     records = {
-        cls for module in (control, actions)
+        cls for module in (control, actions, tasks)
         for _, cls in inspect.getmembers(module, inspect.isclass)
         if issubclass(cls, msgspec.Struct) and cls.__module__ == module.__name__
     }
