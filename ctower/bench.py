@@ -290,7 +290,7 @@ def run_settings(base: Settings, name: str) -> Settings:
 def run_case(
     base: Settings, name: str, events: int, batch: int, seed: int, with_sink: bool,
     workers: int = 1,
-) -> tuple[Drain, Drain, Drain | None]:
+) -> tuple[Drain, Drain, Drain | None, Drain | None]:
     from ctower.broker.topics import ensure_topics
 
     settings = run_settings(base, name)
@@ -305,7 +305,9 @@ def run_case(
 
 def measure_case(
     settings: Settings, events: int, batch: int, seed: int, with_sink: bool, workers: int = 1,
-) -> tuple[Drain, Drain, Drain | None]:
+) -> tuple[Drain, Drain, Drain | None, Drain | None]:
+    """The bare consumer, one worker, the sink (or None) and ``workers`` workers
+    (None for one) on one backlog."""
     sent = produce(settings, events, batch, seed)
     raw = asyncio.run(bare_consume(settings, sent))
     click.echo(f"  bare aiokafka + decode: {raw.events_per_s:,.0f} events/s")
@@ -320,6 +322,7 @@ def measure_case(
         for name, share in worker.profile[:10]:
             click.echo(f"    {share:6.1%}  {name}")
     click.echo(f"  written by the rules per input event: {counter.written(sent)}")
+    scaled = None
     if workers > 1:
         scaled = scale_out(settings, workers, sent)
         click.echo(f"  {workers} workers: {scaled.events_per_s:,.0f} events/s "
@@ -332,7 +335,7 @@ def measure_case(
         click.echo(f"  sink into the store: {sink.events_per_s:,.0f} rows/s "
                    f"(drained in {sink.total_seconds:.1f} s from start, "
                    f"peak RSS {sink.rss_mb:.0f} MB)")
-    return raw, worker, sink
+    return raw, worker, sink, scaled
 
 
 def scale_out(settings: Settings, workers: int, sent: int) -> Drain:
@@ -460,11 +463,13 @@ def throughput(
     from ctower.cli import settings_or_exit
 
     settings: Settings = settings_or_exit()
+    single = 0.0
     with kafka_for(settings):
         if single_events:
-            raw1, worker1, _ = run_case(settings, "single", single_events, 1, seed, False)
-            click.echo(f"  single: worker/bare = {worker1.events_per_s / raw1.events_per_s:.3f}")
-        raw, worker, _sink = run_case(
+            raw1, worker1, _, _ = run_case(settings, "single", single_events, 1, seed, False)
+            single = worker1.events_per_s
+            click.echo(f"  single: worker/bare = {single / raw1.events_per_s:.3f}")
+        raw, worker, _sink, scaled = run_case(
             settings, "batched", events, batch, seed, not no_sink, workers
         )
     ratio = worker.events_per_s / raw.events_per_s if raw.events_per_s else 0.0
@@ -476,7 +481,9 @@ def throughput(
     click.echo(f"\nde-duplication: {dedup_mb:.0f} MB of RSS per million identities kept")
     click.echo(
         f"RESULT events_per_s={worker.events_per_s:.0f} raw_events_per_s={raw.events_per_s:.0f} "
-        f"ratio={ratio:.3f} rss_mb={worker.rss_mb:.0f} dedup_mb_per_million={dedup_mb:.0f}"
+        f"ratio={ratio:.3f} rss_mb={worker.rss_mb:.0f} dedup_mb_per_million={dedup_mb:.0f} "
+        f"single_events_per_s={single:.0f} "
+        f"scale_out={scaled.events_per_s / worker.events_per_s if scaled else 1.0:.2f}"
     )
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,7 +40,7 @@ def test_bench_alone_runs_the_throughput_bench_and_a_subcommand_does_not(
     monkeypatch.setattr(bench_module, "throughput", lambda *args: calls.append(args))
     runner = CliRunner()
     assert runner.invoke(cli, ["bench", "--events", "5000", "--no-sink"]).exit_code == 0
-    assert calls == [(5000, 100, 200_000, 1, True)]
+    assert calls == [(5000, 100, 200_000, 1, True, min(2, os.cpu_count() or 1))]
     assert runner.invoke(cli, ["bench", "decisions", "--help"]).exit_code == 0
     assert len(calls) == 1
 
@@ -100,3 +102,33 @@ def test_the_worker_is_not_drained_while_its_rules_have_items_left(
     assert counter() == 99  # every event folded, but 10 stock moves not yet applied
     assert counter() == 100
     assert counter.written(100).startswith("rule state 0.000")
+
+
+def test_the_counter_of_two_workers_sums_them_and_waits_for_the_rules_of_both(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With two workers, a worker's stock moves are applied by whichever owns
+    their key: only the sums say whether the rules have caught up."""
+    one = {"scan": {"events": 60}, "decisions": {
+        "moves_forwarded": 30, "lane_events_forwarded": 0,
+        "stock-moves": {"items": 10}, "lanes": {"items": 0}}}
+    other = {"scan": {"events": 40}, "decisions": {
+        "moves_forwarded": 10, "lane_events_forwarded": 0,
+        "stock-moves": {"items": 25}, "lanes": {"items": 0}}}
+    answers = [one, other, one, {**other, "decisions": {
+        **other["decisions"], "stock-moves": {"items": 30}}}]
+
+    class Answer(io.BytesIO):
+        def __enter__(self) -> Answer:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            return None
+
+    monkeypatch.setattr(bench_module.urllib.request, "urlopen",
+                        lambda *_a, **_k: Answer(json.dumps(answers.pop(0)).encode()))
+    workers = [Settings(data_dir=tmp_path, worker_web_port=port) for port in (7001, 7002)]
+    counter = WorkerCounter(workers)
+    assert counter() == 99  # 35 of the 40 moves applied, though one worker applied more
+    assert counter() == 100
+    assert counter.last["decisions"]["moves_forwarded"] == 40
