@@ -32,8 +32,9 @@ from pydantic_settings import (
 _PASSED_TO_CHILDREN = ("CTOWER_WEBHOOK_", "CTOWER_RULE_")
 """Variable families read outside Settings, which :meth:`Settings.child_env` keeps."""
 
-STREAMS = ("scan", "order", "pickup", "logistics", "inventory", "coupon")
-"""The six event streams of the domain, one Kafka topic each."""
+STREAMS = ("scan", "order", "pickup", "logistics", "inventory", "coupon", "service")
+"""The event streams of the domain, one Kafka topic each (``service``: customer
+service tickets, issue 16)."""
 
 CONTROL_TOPICS = (
     "coupon-policy",

@@ -26,6 +26,7 @@ CODES: dict[str, dict[str, dict[str, str]]] = {
             "eta_passed": "超过预计送达", "carrier_on_time": "承运商准时率下降",
             "demand_spike": "需求激增", "action_overdue": "调拨单逾期",
             "district_failed": "片区派送失败",
+            "complaint_burst": "投诉激增", "complaint_sla": "投诉即将超时",
             "system_stream_silent": "数据流静默", "system_lag_growing": "消费积压增长",
             "system_dead_letter_rate": "死信率过高", "system_partition_stuck": "分区停滞",
             "system_sink_behind": "入库落后", "system_store_unreachable": "存储不可达",
@@ -38,6 +39,7 @@ CODES: dict[str, dict[str, dict[str, str]]] = {
             "eta_passed": "Past ETA", "carrier_on_time": "Carrier on-time rate down",
             "demand_spike": "Demand spike", "action_overdue": "Order overdue",
             "district_failed": "Failing district",
+            "complaint_burst": "Complaint burst", "complaint_sla": "Complaint SLA running out",
             "system_stream_silent": "Stream silent", "system_lag_growing": "Lag growing",
             "system_dead_letter_rate": "Dead-letter rate high",
             "system_partition_stuck": "Partition stuck", "system_sink_behind": "Sink behind",
@@ -148,11 +150,11 @@ CODES: dict[str, dict[str, dict[str, str]]] = {
     "stream": {
         "zh": {
             "scan": "扫码", "order": "订单", "pickup": "自提", "logistics": "物流",
-            "inventory": "库存", "coupon": "优惠券",
+            "inventory": "库存", "coupon": "优惠券", "service": "客服",
         },
         "en": {
             "scan": "Scans", "order": "Orders", "pickup": "Pickup", "logistics": "Logistics",
-            "inventory": "Inventory", "coupon": "Coupons",
+            "inventory": "Inventory", "coupon": "Coupons", "service": "Customer service",
         },
     },
     "transfer": {

@@ -89,7 +89,7 @@ def event_schema(stream: str) -> dict[str, Any]:
             "8601 with a UTC offset. A malformed event goes to the dead-letter topic with "
             "its reason; the rest of its batch goes on."
         ),
-        "x-kafka": {"topic": stream, "key": event_type.key_field},
+        "x-kafka": {"topic": stream, "key": getattr(event_type, "key_doc", event_type.key_field)},
         "anyOf": [ref, {"type": "array", "items": ref, "minItems": 1}],
         "$defs": defs,
     }

@@ -235,6 +235,8 @@ AlertKind = Literal[
     "demand_spike",
     "action_overdue",
     "district_failed",
+    "complaint_burst",
+    "complaint_sla",
     # the pipeline about itself (streams/watch.py): same record, same routes
     "system_stream_silent",
     "system_lag_growing",

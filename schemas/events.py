@@ -1,4 +1,4 @@
-"""The six event streams of the control tower, as typed records.
+"""The event streams of the control tower, as typed records.
 
 On the wire every event is UTF-8 JSON. ``ts`` is accepted as ISO 8601 with an
 offset or as epoch milliseconds and is always an ``int`` (epoch ms, UTC) once
@@ -246,8 +246,47 @@ class Coupon(Event, kw_only=True, omit_defaults=True):
         return self.event_id or f"{self.coupon_id}:{self.action}"
 
 
+ServiceChannel = Literal["mini_program", "wechat_chat", "phone", "in_store", "live_stream"]
+ServiceKind = Literal["inquiry", "complaint"]
+ServiceTopic = Literal[
+    "late_delivery", "out_of_stock", "quality", "wrong_item", "refund", "coupon", "pickup",
+    "other",
+]
+ServiceState = Literal["opened", "closed"]
+
+
+class Service(Event, kw_only=True, omit_defaults=True):
+    """A customer-service ticket (客服) opening or closing: an inquiry or a complaint.
+
+    Keyed by ``sku``, the ticket id when it names no SKU (``partition_key``):
+    the complaint rules count bursts per SKU over the whole chain, and both
+    events of a ticket must meet on one partition for its SLA. ``key_field``
+    names the field every ticket has.
+    """
+
+    stream: ClassVar[str] = "service"
+    key_field: ClassVar[str] = "ticket_id"
+    key_doc: ClassVar[str] = "sku (ticket_id when the ticket names no SKU)"
+
+    ticket_id: Id
+    channel: ServiceChannel
+    kind: ServiceKind
+    topic: ServiceTopic
+    state: ServiceState
+    store_id: Id
+    order_id: Id | None = None
+    sku: Id | None = None
+
+    @property
+    def partition_key(self) -> str:
+        return self.sku or self.ticket_id
+
+    def identity(self) -> str:
+        return self.event_id or f"{self.ticket_id}:{self.state}"
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.stream: cls for cls in (Scan, Order, Pickup, Logistics, Inventory, Coupon)
+    cls.stream: cls for cls in (Scan, Order, Pickup, Logistics, Inventory, Coupon, Service)
 }
 """Stream name -> record type."""
 

@@ -308,6 +308,9 @@ class Generator:
         self.carrier_delay: dict[tuple[str, str], Any] = {}
         self.incident_stores: list[int] = []
         self._campaign_cache: tuple[int, list[list[Campaign]]] = (-1, [])
+        from ctower.simulator.service_desk import ServiceDesk
+
+        self.service_desk = ServiceDesk(self)
         self.incidents: list[incident_kinds.Incident] = []
         for kind in config.incidents:
             self.incidents.append(incident_kinds.create(kind, self))
@@ -450,6 +453,7 @@ class Generator:
         rng = self.rng
         chain = self.chain
         store = chain.pick_store(rng)
+        self.service_desk.session(ts, store)
         region = self.store_region[store.idx]
         x = rng.random()
         channel = CHANNELS[-1]
@@ -619,6 +623,7 @@ class Generator:
                 lines.append((sku, got))
             else:
                 self.counters.lost_sales += 1
+                self.service_desk.out_of_stock(ts, store, sku)
         if not lines:
             return
         order = self.new_order(
@@ -874,6 +879,9 @@ class Generator:
             return
         _, status = sh.steps[sh.i]
         self._emit_shipment(ts, sh, status)
+        if status == "failed" or (status == "delivered" and ts > sh.eta):
+            self.service_desk.late_parcel(ts, sh.order.store, sh.order.order_id,
+                                          status == "failed")
         sh.i += 1
         if sh.i < len(sh.steps):
             self.push(sh.steps[sh.i][0], self._ship_step, sh)

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 MIN_SPAN_MS = 30 * 60_000
 """Incidents need room: a baseline before them and a 5-minute spike window."""
 
-KINDS = ("stock_out", "pickup_rush", "carrier_delay", "demand_spike", "late", "malformed")
+KINDS = ("stock_out", "pickup_rush", "carrier_delay", "demand_spike", "late", "malformed",
+         "complaint_burst")
 
 
 class Incident:
@@ -63,8 +64,12 @@ class Incident:
 
 
 def create(kind: str, gen: Generator) -> Incident:
+    from ctower.simulator.service_desk import ComplaintBurst
+
     classes: dict[str, type[Incident]] = {
-        cls.kind: cls for cls in (StockOut, PickupRush, CarrierDelay, DemandSpike, Late, Malformed)
+        cls.kind: cls
+        for cls in (StockOut, PickupRush, CarrierDelay, DemandSpike, Late, Malformed,
+                    ComplaintBurst)
     }
     if kind not in classes:
         raise ValueError(f"unknown incident {kind!r}; known: {', '.join(KINDS)}")

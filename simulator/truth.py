@@ -33,11 +33,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ctower.schemas.events import Coupon, Event, Logistics, Order, Pickup, Scan
+from ctower.schemas.events import Coupon, Event, Logistics, Order, Pickup, Scan, Service
 from ctower.simulator.items import Item
 from ctower.tables.aggregates import (
     CAMPAIGN_STORE_MINUTE,
     CARRIER_REGION_15MIN,
+    SERVICE_MINUTE,
     SKU_SALES_5MIN,
     STORE_MINUTE,
     AggregateSpec,
@@ -119,11 +120,19 @@ def other_contributions(
             "campaign_store_minute", (event.campaign_id, event.store_id), ts - ts % 60_000,
             {event.action: 1},
         ))
+    elif stream == "service":
+        assert isinstance(event, Service)
+        field = {("inquiry", "opened"): "inquiries", ("complaint", "opened"): "complaints",
+                 ("complaint", "closed"): "complaints_closed"}.get((event.kind, event.state))
+        if field is not None:
+            out.append(("service_minute", (event.store_id, event.sku or ""), ts - ts % 60_000,
+                        {field: 1}))
     return out
 
 
 OTHER_SPECS: dict[str, AggregateSpec] = {
-    spec.name: spec for spec in (SKU_SALES_5MIN, CARRIER_REGION_15MIN, CAMPAIGN_STORE_MINUTE)
+    spec.name: spec
+    for spec in (SKU_SALES_5MIN, CARRIER_REGION_15MIN, CAMPAIGN_STORE_MINUTE, SERVICE_MINUTE)
 }
 
 

@@ -41,7 +41,7 @@ from ctower.broker.topics import partition_for
 from ctower.schemas.actions import ActionOrder, ActionStatus
 from ctower.schemas.control import Alert, CouponSignal, DeadLetter, PickupLevel, StockLevel
 from ctower.schemas.control import encoder as control_encoder
-from ctower.schemas.events import Event, Inventory, Logistics, Order, Pickup, Scan
+from ctower.schemas.events import Event, Inventory, Logistics, Order, Pickup, Scan, Service
 from ctower.schemas.master_data import MasterData, load_master_data
 from ctower.schemas.tasks import ShipmentTask
 from ctower.schemas.wire import reject
@@ -56,6 +56,7 @@ from ctower.tables.rules.config import Rules, RulesError, RulesWatcher
 from ctower.tables.rules.lanes import Lane, LaneEvent, LaneRules
 from ctower.tables.rules.pickup import PickupQueue, PickupRules
 from ctower.tables.rules.rule_state import FLUSH_INTERVAL_S, FLUSH_MAX_DIRTY, RuleState
+from ctower.tables.rules.service import ServiceItem, ServiceRulesFamily
 from ctower.tables.rules.stock import StockItem, StockMove, StockRulesEngine
 from ctower.tables.rules.tasks import TaskBook
 
@@ -272,6 +273,8 @@ class DecisionLayer:
                               settings.language)
         self.lane_rules = LaneRules(RuleState(changelog, "lanes", Lane), book("lanes"),
                                     lambda: self.rules, tasks=self.tasks)
+        self.service = ServiceRulesFamily(RuleState(changelog, "service", ServiceItem),
+                                          book("service"), lambda: self.rules, self.master)
         self.processors = {
             "stock-moves": RuleProcessor(
                 "stock-moves", settings.topic("stock-moves"), _stock_moves.decode,
@@ -301,8 +304,9 @@ class DecisionLayer:
 
     def states(self) -> list[RuleState[Any]]:
         return [
-            family.state for family in (self.pickup, self.stock, self.lane_rules)
-        ] + [family.book.state for family in (self.pickup, self.stock, self.lane_rules)] + [
+            family.state for family in (self.pickup, self.stock, self.lane_rules, self.service)
+        ] + [family.book.state
+             for family in (self.pickup, self.stock, self.lane_rules, self.service)] + [
             self.actions.state, self.tasks.state
         ]
 
@@ -387,6 +391,7 @@ class DecisionLayer:
             "inventory": self._inventory,
             "logistics": self._logistics,
             "pickup": self._pickups,
+            "service": self._service,
         }.get(stream)
 
     def after_flush(self, stream: str) -> Callable[[], bool | None] | None:
@@ -396,6 +401,8 @@ class DecisionLayer:
             return self.lanes.flush
         if stream == "pickup":
             return self._flush_pickup
+        if stream == "service":
+            return self._flush_service
         return None
 
     def _scans(self, partition: int, offset: int, events: list[Event]) -> None:
@@ -468,11 +475,24 @@ class DecisionLayer:
             self.shadow.evaluate_pickups()
         return self.persist()
 
+    def _service(self, partition: int, offset: int, events: list[Event]) -> None:
+        tickets: Iterable[Service] = events  # type: ignore[assignment]
+        self.service.apply(partition, f"service:{partition}", offset, tickets)
+        if self.shadow is not None:
+            self.shadow.service(partition, f"service:{partition}", offset, tickets)
+
+    def _flush_service(self) -> bool:
+        """After a service batch: evaluate now, write when due; True when durable."""
+        self.service.evaluate_touched()
+        if self.shadow is not None:
+            self.shadow.evaluate_service()
+        return self.persist()
+
     # ----------------------------------------------------------------- timer
     def tick(self) -> None:
         """Every second: re-read the rules if changed, let time pass, persist."""
         self.watcher.check()
-        for family in (self.pickup, self.stock, self.lane_rules):
+        for family in (self.pickup, self.stock, self.lane_rules, self.service):
             family.tick()
         if self.shadow is not None:
             self.shadow.tick()

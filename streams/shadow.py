@@ -30,7 +30,7 @@ import msgspec
 
 from ctower.schemas.control import Alert, CouponSignal
 from ctower.schemas.control import encoder as control_encoder
-from ctower.schemas.events import Pickup
+from ctower.schemas.events import Pickup, Service
 from ctower.schemas.master_data import MasterData
 from ctower.settings import Settings, SettingsError
 from ctower.streams.coupon_policy import campaign_partition
@@ -124,6 +124,12 @@ class ShadowRules:
 
     def evaluate_pickups(self) -> None:
         _guarded(self.engine.pickup.evaluate_touched)
+
+    def service(self, partition: int, source: str, offset: int, events: Iterable[Service]) -> None:
+        _guarded(self.engine.service.apply, partition, source, offset, events)
+
+    def evaluate_service(self) -> None:
+        _guarded(self.engine.service.evaluate_touched)
 
     def tick(self) -> None:
         """Every second: re-read the candidate if changed, let time pass."""

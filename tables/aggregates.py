@@ -90,7 +90,19 @@ CAMPAIGN_STORE_MINUTE = AggregateSpec(
 """Coupon actions per (campaign, store) per minute; caps over longer windows
 add up minutes."""
 
+SERVICE_MINUTE = AggregateSpec(
+    name="service_minute",
+    dims=("store_id", "sku"),
+    fields=("inquiries", "complaints", "complaints_closed"),
+    window_seconds=60,
+)
+"""Customer-service tickets opened (inquiries, complaints) and complaints closed per
+(store, SKU; '' for a ticket about no SKU) per minute. Complaints per SKU and per
+store per hour are sums of minutes (views of 0017): an hour-long window would
+outlast the de-duplication horizon."""
+
 AGGREGATES: dict[str, AggregateSpec] = {
     spec.name: spec
-    for spec in (STORE_MINUTE, SKU_SALES_5MIN, CARRIER_REGION_15MIN, CAMPAIGN_STORE_MINUTE)
+    for spec in (STORE_MINUTE, SKU_SALES_5MIN, CARRIER_REGION_15MIN, CAMPAIGN_STORE_MINUTE,
+                 SERVICE_MINUTE)
 }

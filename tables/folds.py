@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ctower.schemas.events import Coupon, Event, Logistics, Order, Pickup, Scan
+from ctower.schemas.events import Coupon, Event, Logistics, Order, Pickup, Scan, Service
 from ctower.tables.aggregates import (
     CAMPAIGN_STORE_MINUTE,
     CARRIER_REGION_15MIN,
+    SERVICE_MINUTE,
     SKU_SALES_5MIN,
     STORE_MINUTE,
     AggregateSpec,
@@ -144,6 +145,21 @@ def fold_logistics(events: Sequence[Logistics], fold: MessageFold) -> None:
         add(CARRIER_REGION_15MIN, (ev.carrier, ev.region), ts, index, deltas)
 
 
+SERVICE_DELTAS = {
+    ("inquiry", "opened"): ((SERVICE_MINUTE.index("inquiries"), 1),),
+    ("complaint", "opened"): ((SERVICE_MINUTE.index("complaints"), 1),),
+    ("complaint", "closed"): ((SERVICE_MINUTE.index("complaints_closed"), 1),),
+}
+
+
+def fold_service(events: Sequence[Service], fold: MessageFold) -> None:
+    add = fold.add
+    for index, ev in enumerate(events):
+        deltas = SERVICE_DELTAS.get((ev.kind, ev.state))
+        if deltas is not None:
+            add(SERVICE_MINUTE, (ev.store_id, ev.sku or ""), ev.ts, index, deltas)  # type: ignore[arg-type]
+
+
 def fold_nothing(events: Sequence[Event], fold: MessageFold) -> None:
     """Inventory feeds the stock position, not a windowed counter."""
 
@@ -157,6 +173,7 @@ FOLDS: dict[str, Fold] = {
     "coupon": fold_coupons,
     "logistics": fold_logistics,
     "inventory": fold_nothing,
+    "service": fold_service,
 }
 
 SPECS_BY_STREAM: dict[str, tuple[AggregateSpec, ...]] = {
@@ -166,4 +183,5 @@ SPECS_BY_STREAM: dict[str, tuple[AggregateSpec, ...]] = {
     "coupon": (STORE_MINUTE, CAMPAIGN_STORE_MINUTE),
     "logistics": (CARRIER_REGION_15MIN,),
     "inventory": (),
+    "service": (SERVICE_MINUTE,),
 }

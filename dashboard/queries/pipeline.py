@@ -38,6 +38,8 @@ FAMILY_STREAMS: dict[str, tuple[str, ...]] = {
     "shipment_failed": ("logistics",),
     "eta_passed": ("logistics",),
     "carrier_on_time": ("logistics",),
+    "complaint_burst": ("service",),
+    "complaint_sla": ("service",),
 }
 """Which streams feed the rule behind each alert kind."""
 

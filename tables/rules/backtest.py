@@ -73,14 +73,17 @@ class _Forward:
             self._apply(0, items)
 
 
-class _Pickups:
-    def __init__(self, engines: list[RuleEngine]) -> None:
+class _Direct:
+    """Stands in for a family fed straight from its stream (pickup, service)."""
+
+    def __init__(self, engines: list[RuleEngine], family: str) -> None:
         self.engines = engines
+        self.family = family
 
     def apply(self, partition: int, source: str, offset: int, events: Iterable[Any]) -> None:
         events = list(events)
         for engine in self.engines:
-            engine.pickup.apply(partition, source, offset, events)
+            getattr(engine, self.family).apply(partition, source, offset, events)
 
 
 def _feed_class() -> type:
@@ -93,7 +96,8 @@ def _feed_class() -> type:
         (),
         {
             name: getattr(DecisionLayer, name)
-            for name in ("observer", "_scans", "_orders", "_inventory", "_logistics", "_pickups")
+            for name in ("observer", "_scans", "_orders", "_inventory", "_logistics", "_pickups",
+                         "_service")
         },
     )
 
@@ -197,7 +201,7 @@ class BacktestResult:
 def run_backtest(
     path: str | Path,
     live_rules: Rules,
-    candidate_rules: Rules,
+    candidate_rules: Rules | None,
     master: MasterData | None,
     *,
     language: str = "en",
@@ -205,14 +209,18 @@ def run_backtest(
     tick_ms: int = TICK_MS,
     progress: Callable[[int], None] | None = None,
 ) -> BacktestResult:
-    """Both sets of rules over the file at ``path``, in event time, in this process."""
+    """Both sets of rules over the file at ``path``, in event time, in this process
+    (``candidate_rules`` None: the rules in force alone, for what they raise)."""
     import time
 
     started = time.monotonic()
     result = BacktestResult()
     clock = _VirtualClock()
     engines: list[RuleEngine] = []
-    for rules, outcome in ((live_rules, result.live), (candidate_rules, result.candidate)):
+    runs = [(live_rules, result.live)]
+    if candidate_rules is not None:
+        runs.append((candidate_rules, result.candidate))
+    for rules, outcome in runs:
         engines.append(RuleEngine(
             MemoryTable(), (lambda r=rules: r), master, language,  # type: ignore[misc]
             alert=outcome.alerts.append, signal=outcome.signals.append, clock=clock,
@@ -223,7 +231,8 @@ def run_backtest(
         lambda p, items: [e.apply_moves(p, items) for e in engines]
     )
     feed.lanes = lanes = _Forward(lambda p, items: [e.apply_lane_events(p, items) for e in engines])
-    feed.pickup = _Pickups(engines)
+    feed.pickup = _Direct(engines, "pickup")
+    feed.service = _Direct(engines, "service")
     seen = _Seen(dedup_horizon_ms)
     evaluated = ticked = 0
     for number, item in enumerate(read_jsonl(path), 1):

@@ -106,6 +106,23 @@ class LogisticsRules(_Section):
     district_failed_min: int = Field(3, ge=1)
 
 
+class ServiceRules(_Section):
+    burst_window_minutes: float = Field(60.0, gt=0)
+    burst_complaints: int = Field(5, ge=2)
+    burst_clear_below: int = Field(2, ge=1)
+    top_topics: int = Field(3, ge=1)
+    sla_hours: float = Field(24.0, gt=0)
+    sla_warn_hours: float = Field(2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bands(self) -> ServiceRules:
+        if self.burst_clear_below > self.burst_complaints:
+            raise ValueError("burst_clear_below must be at most burst_complaints (hysteresis)")
+        if self.sla_warn_hours >= self.sla_hours:
+            raise ValueError("sla_warn_hours must be under sla_hours")
+        return self
+
+
 class AlertRules(_Section):
     cooldown_minutes: float = Field(10.0, ge=0)
 
@@ -115,6 +132,7 @@ class Rules(_Section):
     stock: StockRules = StockRules()
     demand: DemandRules = DemandRules()
     logistics: LogisticsRules = LogisticsRules()
+    service: ServiceRules = ServiceRules()
     alerts: AlertRules = AlertRules()
 
 

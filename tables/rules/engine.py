@@ -1,4 +1,4 @@
-"""The three rule families on one table, wired to where their outputs go.
+"""The rule families on one table, wired to where their outputs go.
 
 Why a separate assembly: the worker runs the rules in force, but a backtest
 runs them (twice: the rules in force and a candidate) over a recorded file
@@ -25,6 +25,7 @@ from ctower.tables.rules.config import Rules
 from ctower.tables.rules.lanes import Lane, LaneEvent, LaneRules
 from ctower.tables.rules.pickup import PickupQueue, PickupRules
 from ctower.tables.rules.rule_state import RuleState
+from ctower.tables.rules.service import ServiceItem, ServiceRulesFamily
 from ctower.tables.rules.stock import StockItem, StockMove, StockRulesEngine
 
 MINUTE = 60_000
@@ -45,7 +46,8 @@ def _drop(_: Any) -> None:
 
 
 class RuleEngine:
-    """Pickup, stock and lane rules sharing one table, one clock and one set of outputs."""
+    """Pickup, stock, lane and service rules sharing one table, one clock and one set
+    of outputs. What only the live rules do (action orders) is left out."""
 
     def __init__(
         self,
@@ -81,9 +83,14 @@ class RuleEngine:
             state("stock", StockItem), book("stock"), rules, master, signal, stock_level,
         )
         self.lane_rules = LaneRules(state("lanes", Lane), book("lanes"), rules)
+        self.service = ServiceRulesFamily(
+            state("service", ServiceItem), book("service"), rules, master,
+        )
 
-    def families(self) -> tuple[PickupRules, StockRulesEngine, LaneRules]:
-        return (self.pickup, self.stock, self.lane_rules)
+    def families(
+        self,
+    ) -> tuple[PickupRules, StockRulesEngine, LaneRules, ServiceRulesFamily]:
+        return (self.pickup, self.stock, self.lane_rules, self.service)
 
     def states(self) -> list[RuleState[Any]]:
         families = self.families()

@@ -41,6 +41,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "到期 {late_min} 分钟后仍未签收（状态 {status}）",
         "district_failed": "片区派送失败：{carrier} 在 {region} 的 {district} "
         "近 {window_minutes} 分钟 {failed} 单派送失败或退回",
+        "complaint_burst": "投诉激增：{sku} 近 {window_minutes} 分钟 {complaints} 起投诉"
+        "（{stores} 家门店），主要问题：{topics_text}",
+        "complaint_sla": "投诉即将超时：{ticket_id}（{topic}，{store_id}）已 {age_h} 小时未处理，"
+        "还剩 {hours_left} 小时（时限 {sla_hours} 小时）",
     },
     "en": {
         "restock": "Restock: {sku} at {location_id} has {on_hand} on hand, "
@@ -64,6 +68,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "{destination}) not received {late_min} min after its due time (status {status})",
         "district_failed": "Failing district: {failed} deliveries of {carrier} in {district} "
         "({region}) failed or came back in {window_minutes} min",
+        "complaint_burst": "Complaint burst: {complaints} complaints about {sku} in "
+        "{window_minutes} min ({stores} stores); top topics: {topics_text}",
+        "complaint_sla": "Complaint SLA running out: {ticket_id} ({topic}, {store_id}) open "
+        "{age_h} h, {hours_left} h left of {sla_hours} h",
     },
 }
 

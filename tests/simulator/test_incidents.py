@@ -25,6 +25,7 @@ def test_every_requested_incident_has_truth(incident_run):
         "demand_spike",
         "late",
         "malformed",
+        "complaint_burst",
     }
     for incident in incident_run.truth["incidents"]:
         assert incident["start_ts"] < incident["end_ts"]

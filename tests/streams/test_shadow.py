@@ -5,7 +5,9 @@ instead of 10), the alert service with a robot for every alert, and the sink.
 Two stores: S1's counter is slow (6-minute waits: only the candidate calls
 it congested), S2 is over capacity (both do). The robot gets S2's live alert
 and nothing of the shadow; the shadow tables get both shadow alerts and the
-candidate's throttle.
+candidate's throttle. Five complaints about one SKU on ct.service go through
+the same worker: the live complaint burst names the SKU and its top topic, and
+the sink stores the tickets.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from ctower.broker.topics import ensure_topics
-from ctower.schemas.events import Pickup
+from ctower.schemas.events import Pickup, Service
 from ctower.schemas.master_data import CampaignInfo, MasterData, RegionInfo, StoreInfo
 from ctower.settings import Settings
 from ctower.store import open_store
@@ -63,6 +65,13 @@ def pickups(t0: int) -> list[Pickup]:
     return events
 
 
+def complaints(t0: int) -> list[Service]:
+    """Five complaints about K9 from three stores in five minutes: a burst for both."""
+    return [Service(ts=t0 + (20 + n) * MINUTE, ticket_id=f"tk{n}", channel="mini_program",
+                    kind="complaint", topic="quality" if n % 2 == 0 else "wrong_item",
+                    state="opened", store_id=f"S{n % 3 + 1}", sku="K9") for n in range(5)]
+
+
 def test_shadow_alerts_go_to_the_shadow_tables_and_never_reach_the_webhook(
     settings_factory: Callable[..., Settings], ctower_process: Callable[..., Any],
     webhook_server: Any, poll: Callable[..., Any], tmp_path: Path,
@@ -94,6 +103,9 @@ def test_shadow_alerts_go_to_the_shadow_tables_and_never_reach_the_webhook(
         for event in pickups(t0):
             producer.send(settings.topic("pickup"), key=event.store_id.encode(),
                           value=msgspec.json.encode(event))
+        for ticket in complaints(t0):
+            producer.send(settings.topic("service"), key=ticket.partition_key.encode(),
+                          value=msgspec.json.encode(ticket))
         producer.flush()
     finally:
         producer.close()
@@ -101,7 +113,9 @@ def test_shadow_alerts_go_to_the_shadow_tables_and_never_reach_the_webhook(
     def shadow_raised() -> list[dict[str, Any]] | None:
         assert worker.alive(), worker.log_tail()
         opened = [a for a in read_topic(settings, "shadow-alerts") if a["status"] == "open"]
-        return opened if {a["store_id"] for a in opened} == {"S1", "S2"} else None
+        stores = {a.get("store_id") for a in opened if a["kind"] == "pickup_congestion"}
+        bursts = [a for a in opened if a["kind"] == "complaint_burst"]
+        return opened if stores == {"S1", "S2"} and bursts else None
 
     try:
         shadow = poll(shadow_raised, 90, "the shadow rules raised no alert for S1 and S2", every=1)
@@ -110,12 +124,17 @@ def test_shadow_alerts_go_to_the_shadow_tables_and_never_reach_the_webhook(
             f"shadow alerts {read_topic(settings, 'shadow-alerts')}; live alerts "
             f"{read_topic(settings, 'alerts')}; worker log: {worker.log_tail(3000)}") from None
     assert all(a["alert_id"].startswith("shadow-") for a in shadow)
-    s1 = next(a for a in shadow if a["store_id"] == "S1")
+    s1 = next(a for a in shadow if a.get("store_id") == "S1")
     assert s1["opened_at"] == t0 + 10 * MINUTE  # the fifth 6-minute wait, in event time
     assert s1["evidence"]["threshold_min"] == 5.0
 
-    live = [a for a in read_topic(settings, "alerts") if a["status"] == "open"]
-    assert [(a["kind"], a["store_id"]) for a in live] == [("pickup_congestion", "S2")]
+    live = [a for a in read_topic(settings, "alerts") if a["status"] == "open"
+            and a["kind"] == "pickup_congestion"]
+    assert [a["store_id"] for a in live] == ["S2"]
+    # the service stream through the real worker: the burst names the SKU and its topics
+    (burst,) = [a for a in read_topic(settings, "alerts") if a["kind"] == "complaint_burst"]
+    assert burst["sku"] == "K9" and burst["opened_at"] == t0 + 24 * MINUTE
+    assert burst["evidence"]["top_topics"][0] == ["quality", 3]
 
     def delivered() -> list[dict[str, Any]] | None:
         assert deliver.alive(), deliver.log_tail()
@@ -129,11 +148,12 @@ def test_shadow_alerts_go_to_the_shadow_tables_and_never_reach_the_webhook(
     def stored() -> tuple[list[Any], list[Any]] | None:
         assert sink.alive(), sink.log_tail()
         alerts = client.query(
-            "SELECT alert_id, store_id FROM shadow_alerts FINAL "
-            "ORDER BY store_id").result_rows
+            "SELECT alert_id, ifNull(store_id, sku) AS scope FROM shadow_alerts FINAL "
+            "ORDER BY scope").result_rows
         signals = client.query(
             "SELECT campaign_id, store_id, cause, active FROM shadow_coupon_signals").result_rows
-        return (alerts, signals) if len(alerts) == 2 and signals else None
+        tickets = client.query("SELECT count() FROM service_events FINAL").result_rows[0][0]
+        return (alerts, signals) if len(alerts) == 3 and signals and tickets == 5 else None
 
     try:
         alerts, signals = poll(stored, 60, "the sink did not write the shadow tables", every=1)
@@ -141,7 +161,7 @@ def test_shadow_alerts_go_to_the_shadow_tables_and_never_reach_the_webhook(
         raise AssertionError(
             f"shadow signals {read_topic(settings, 'shadow-signals')}; "
             f"sink log: {sink.log_tail(3000)}") from None
-    assert [row[1] for row in alerts] == ["S1", "S2"]
+    assert [row[1] for row in alerts] == ["K9", "S1", "S2"]
     assert ("PICK", "S2", "pickup_pressure", True) in signals
     live_rows = client.query("SELECT alert_id FROM alerts FINAL").result_rows
     assert all(not row[0].startswith("shadow-") for row in live_rows)
@@ -152,4 +172,4 @@ def test_shadow_alerts_go_to_the_shadow_tables_and_never_reach_the_webhook(
     text = json.dumps([r["body"] for r in requests], ensure_ascii=False)
     assert "shadow-" not in text
     assert not any(a["alert_id"] in text for a in shadow)
-    assert all(a["store_id"] != "S1" for a in read_topic(settings, "alerts"))
+    assert all(a.get("store_id") != "S1" for a in read_topic(settings, "alerts"))
