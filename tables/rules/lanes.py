@@ -101,8 +101,9 @@ class LaneRules(RuleFamily):
         for ev in state.fresh_items(partition, events, evaluate):
             key = f"{ev.carrier}|{ev.region}"
             lane = state.get(partition, key) or Lane()
+            finished = ev.shipment_id in lane.done
             self._event(lane, ev)
-            if self.tasks is not None:
+            if self.tasks is not None and not finished:
                 self._task_event(partition, key, lane, ev)
             state.put(partition, key, lane)
             self.touch(partition, key)
@@ -163,7 +164,8 @@ class LaneRules(RuleFamily):
 
     def _task_event(self, partition: int, key: str, lane: Lane, ev: LaneEvent) -> None:
         """Keep what a shipment's task needs (its order, its district), and tell the
-        task book; a failed delivery in a district is counted for the district."""
+        task book; a failed delivery in a district is counted for the district
+        (not called for a shipment already finished: a repeat is not news)."""
         assert self.tasks is not None
         sid = ev.shipment_id
         order_id, district = lane.orders.get(sid, ("", ""))

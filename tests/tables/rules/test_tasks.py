@@ -74,9 +74,12 @@ def test_stale_and_failed_parcels_and_the_lane_alert_counts_them(harness: Any) -
     for n in range(3):  # three failed deliveries in one district within the hour
         feed.send(T0 + (140 + n) * MIN, f"F{n}", "created", district="Pudong")
         feed.send(T0 + (141 + n) * MIN, f"F{n}", "failed")
+        feed.send(T0 + (141 + n) * MIN + 5, f"F{n}", "failed")  # a straggler: not news
     failed = [t for t in feed.tasks if t.kind == "failed"]
     assert [(t.shipment_id, t.district, t.status) for t in failed] == [
         ("F0", "Pudong", "open"), ("F1", "Pudong", "open"), ("F2", "Pudong", "open")]
+    lane = feed.lanes.state.get(0, "SF|EAST")
+    assert lane is not None and len(lane.district_failed["Pudong"]) == 3  # stragglers not counted
     [district] = [a for a in harness.alerts if a.kind == "district_failed"]
     assert district.key == "district_failed:SF|EAST|Pudong"
     assert (district.evidence["failed"], district.evidence["district"]) == (3, "Pudong")
