@@ -360,7 +360,6 @@ class BenchGroup(click.Group):
     LAZY: ClassVar[dict[str, tuple[str, str]]] = {
         "dashboard": ("ctower.dashboard.bench", "dashboard_bench"),
         "peer": ("ctower.bench_peer", "peer_bench"),
-        "peer": ("ctower.bench_peer", "peer_bench"),
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
