@@ -257,6 +257,46 @@ def test_injected_incidents_are_alerted_in_time_and_nothing_else_fires(
     poll(lambda: read_orders(settings)[order["order_id"]][-1]["status"] == "rejected"
          or None, timeout=20, message="the rejection never reached the rules")
 
+    # the rushed store's store-pickup coupons were throttled, naming stores of its region
+    # with room to send its customers to
+    rush = next(i["scope"] for i in incidents if i["kind"] == "pickup_rush")
+    region_of = {s["store_id"]: s["region_id"] for s in json.loads(chain.read_text())["stores"]}
+    throttles = [d for d in read_records(settings, "coupon-decisions")
+                 if d["store_id"] == rush["store_id"] and d["state"] == "throttled"]
+    assert throttles, f"no throttle at {rush['store_id']}"
+    alternatives = throttles[0]["evidence"].get("alternatives")
+    assert alternatives, throttles[0]
+    assert all(region_of[a["store_id"]] == region_of[rush["store_id"]] != ""
+               and a["store_id"] != rush["store_id"] and a["pressure"] < 0.6
+               for a in alternatives), alternatives
+    assert [a["km"] for a in alternatives] == sorted(a["km"] for a in alternatives)
+
+    # the delayed carrier's stuck parcels became customer-service tasks, counted in its alert
+    delay = next(i["scope"] for i in incidents if i["kind"] == "carrier_delay")
+    tasks = read_records(settings, "tasks")
+    lane_tasks = [t for t in tasks if (t["carrier"], t["region"]) == (
+        delay["carrier"], delay["region"]) and t["kind"] in ("stale", "past_eta")]
+    assert lane_tasks and all(t["order_id"] and t["message"] for t in lane_tasks)
+    opened = {t["task_id"] for t in tasks if t["status"] == "open"}
+    assert {t["task_id"] for t in tasks if t["status"] == "closed"} <= opened
+    assert len(opened) == len({(t["shipment_id"], t["kind"]) for t in tasks
+                               if t["status"] == "open"}), "a parcel's task opened twice"
+    stale_alert = next(a for a in alerts if a["status"] == "open" and a["kind"] == "shipment_stale"
+                       and (a["carrier"], a["region"]) == (delay["carrier"], delay["region"]))
+    assert "tasks_open" in stale_alert["evidence"]
+
+
+def read_records(settings: Settings, topic: str) -> list[dict[str, Any]]:
+    consumer = KafkaConsumer(
+        settings.topic(topic), bootstrap_servers=settings.bootstrap,
+        auto_offset_reset="earliest", consumer_timeout_ms=2_000,
+    )
+    try:
+        return [json.loads(m.value) for m in sorted(consumer, key=lambda m: (m.partition,
+                                                                              m.offset))]
+    finally:
+        consumer.close()
+
 
 def read_orders(settings: Settings) -> dict[str, list[dict[str, Any]]]:
     """Order id -> every state it was sent in, in order."""
