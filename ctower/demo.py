@@ -261,6 +261,7 @@ def demo(rate: int, batch: int, backfill: int, reserve_rate: float, no_dashboard
         wait_for_http(f"http://127.0.0.1:{settings.worker_web_port}/stats/", children, 120)
         if settings.alert_routes_file is not None:  # alerts to WeChat Work, when routed
             children.start("alerts", "alerts", "deliver")
+        children.start("warehouse", "warehouse")  # answers the rules' transfer orders
         # one simulation for history and live (see the module docstring)
         feeding = children.start(
             "simulator", "feed", "--rate", str(rate), "--batch", str(batch),

@@ -54,7 +54,7 @@ def test_demo_runs_the_pipeline_and_ctrl_c_stops_it(
                 break
         assert any("Ctrl-C stops" in line for line in lines), "".join(lines)
         started = children_of(demo.pid)
-        assert len(started) == 3  # sink, worker, live simulator (the broker is the session's)
+        assert len(started) == 4  # sink, worker, warehouse, simulator (the broker is the session's)
 
         client = open_store(settings, path_fallback=False)
 
