@@ -473,7 +473,9 @@ class CouponLedger:
         )
 
     def _shift_plan(self, camp: _Campaign) -> dict[str, dict[str, int]]:
-        if not camp.policies or not camp.signals:
+        """Worked out at every signal of the campaign: nothing to do (the usual case)
+        unless a policy shifts and a signal is in."""
+        if not camp.signals or not any(p.shift_share for _o, p in camp.policies.values()):
             return {}
         return steering.shift_plan(
             camp.signals, lambda store: camp.policy(store), camp.policy(ALL_STORES),
