@@ -4,6 +4,10 @@ Prints what the candidate would have done differently (alerts added and
 removed per kind, coupon decisions changed, each with its event time on the
 operators' clock), then one summary line. Exit status 0 whether or not
 there is a difference: a difference is the answer, not a failure.
+
+Both files are read as the workers would read them if ``CTOWER_RULES_FILE``
+named them, ``CTOWER_RULE_*`` overrides included: the question is what
+deploying the candidate here would change.
 """
 
 from __future__ import annotations
