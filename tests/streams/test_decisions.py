@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
@@ -28,6 +29,8 @@ from kafka import KafkaConsumer
 from ctower.broker.topics import ensure_topics
 from ctower.schemas.actions import ActionStatus
 from ctower.settings import Settings
+from ctower.simulator.warehouse import Warehouse, WarehouseConfig
+from ctower.simulator.warehouse import run as run_warehouse
 from ctower.streams.actions_command import publish_status
 
 pytestmark = pytest.mark.kafka
@@ -256,6 +259,25 @@ def test_injected_incidents_are_alerted_in_time_and_nothing_else_fires(
                                           status="rejected", by="test", ts=order["created_at"]))
     poll(lambda: read_orders(settings)[order["order_id"]][-1]["status"] == "rejected"
          or None, timeout=20, message="the rejection never reached the rules")
+
+    # the simulated warehouse answers the approved orders; the rules follow it to the end
+    approved = {i for i, h in read_orders(settings).items()
+                if h[-1]["status"] == "approved" and i != order["order_id"]}
+    assert approved, "no order was approved by the rules (all over the auto-approval qty?)"
+    house = Warehouse(WarehouseConfig(seed=5, reject_share=0.3))
+    deadline = time.monotonic() + 30
+    run_warehouse(settings, house.config, sim_rate=1e6, warehouse=house, stop=lambda: (
+        time.monotonic() > deadline or (approved <= set(house.answered) and not house.pending)))
+    planned = {i: house.answered[i]["outcome"] for i in approved}
+    assert "rejected" in planned.values() or len(planned) < 4, planned
+
+    def ended() -> dict[str, str] | None:
+        latest = {i: h[-1]["status"] for i, h in read_orders(settings).items() if i in planned}
+        done = all(latest[i] == ("rejected" if o == "rejected" else "received")
+                   for i, o in planned.items())
+        return latest if done else None
+
+    poll(ended, timeout=30, message=f"the orders never followed the warehouse: {planned}")
 
     # the rushed store's store-pickup coupons were throttled, naming stores of its region
     # with room to send its customers to
