@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -74,7 +75,10 @@ def test_demo_runs_the_pipeline_and_ctrl_c_stops_it(
         demo.send_signal(signal.SIGINT)
         output, _ = demo.communicate(timeout=90)
     finally:
-        if demo.poll() is None:
+        if demo.poll() is None:  # a failed test must not leave the demo's children running
+            for child in children_of(demo.pid):
+                with contextlib.suppress(OSError):
+                    os.kill(child, signal.SIGKILL)
             demo.kill()
     assert demo.returncode == 0, output
     assert "stopped worker" in output and "stopped sink" in output
