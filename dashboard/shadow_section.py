@@ -51,10 +51,13 @@ def shadow_section(ctx: PageContext) -> None:
 
     @live(ctx)
     def section() -> None:
+        compare = feed = signals = None
         with store_guard(ctx):
             compare = ctx.q(shadow_compare, minutes)
             feed = ctx.q(shadow_feed, minutes)
             signals = ctx.q(shadow_signals)
+        if compare is None or feed is None or signals is None:
+            return  # the store did not answer: the page's guard has said so
         configured = ctx.settings.shadow_rules_file
         if configured is None and feed.empty and signals.empty:
             return  # no shadow runs and none ran in the window: the page as it was

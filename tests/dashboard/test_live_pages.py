@@ -138,7 +138,7 @@ def test_pipeline_page_in_chinese_when_nothing_answers(
     assert any("无法连接处理节点" in c.value for c in app.caption)
     assert any("没有死信" in c.value for c in app.caption)
     assert list(app.dataframe[0].value["数据流"]) == ["扫码", "订单", "自提", "物流", "库存",
-                                                   "优惠券"]
+                                                   "优惠券", "客服"]
 
 
 def test_hot_skus_by_scans_and_conversion_per_region(
