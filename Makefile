@@ -18,6 +18,10 @@ TEST_STAMP := $(VENV)/.installed-test
 # tests and screenshots, docker-compose to validate docker-compose.yml
 # without an engine. The demo needs none of them.
 TEST_APT_PACKAGES := chromium fonts-wqy-microhei docker-compose
+# Test processes (pytest-xdist): most tests wait on a broker, a worker or a
+# browser, so two share two cores well. Each has its own broker; a file's
+# tests stay in one process (--dist loadfile) and share its fixtures.
+TEST_WORKERS ?= 2
 # Never put the repository root on sys.path: its tables/ folder must not
 # shadow PyTables (our code is imported as ctower.tables).
 export PYTHONSAFEPATH := 1
@@ -54,7 +58,7 @@ demo: setup
 
 test: setup-test
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup-test
 	$(BIN)/ruff check .
