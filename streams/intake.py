@@ -26,7 +26,7 @@ do not apply to them), and the consumer's fetch loop is overridden
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import faust
@@ -100,6 +100,32 @@ async def fetched(app: faust.App, stream: StreamT, queue: ThrowableQueue) -> Asy
             yield messages
 
 
+async def _hand_over(
+    queue: ThrowableQueue, messages: list[Message], suspended: Callable[[], Awaitable[Any]]
+) -> None:
+    """Put one fetch on its agent's queue, waiting while the queue is full.
+
+    A rebalance starting (the flow suspended) ends the wait, and clearing the
+    queue cancels a waiting put: either way the fetch is dropped, untracked,
+    and read again. Not ``Service.wait_first``: it raises the CancelledError
+    of a put the queue cancelled, which crashed the worker when a second
+    worker joined while the first one's queues were full.
+    """
+    if not queue.full():
+        queue.put_nowait(messages)
+        return
+    put = asyncio.ensure_future(queue.put(messages))
+    stop = asyncio.ensure_future(suspended())
+    try:
+        await asyncio.wait((put, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (put, stop):
+            if not future.done():
+                future.cancel()
+    if put.done() and not put.cancelled() and put.exception() is not None:
+        raise put.exception()  # type: ignore[misc]
+
+
 class IntakeConsumer(AIOKafkaConsumer):
     """Faust's aiokafka consumer whose fetch loop hands registered topics over
     one list per fetch (see the module's docstring)."""
@@ -151,8 +177,7 @@ class IntakeConsumer(AIOKafkaConsumer):
                         await self.wait_first(callback(message), suspended())
                     set_read_offset(tp, offset)
                 for topic, messages in batches.items():
-                    # a rebalance starting drops the rest: not tracked, read again
-                    await self.wait_first(queues[topic].put(messages), suspended())
+                    await _hand_over(queues[topic], messages, suspended)
                 unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
