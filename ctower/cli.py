@@ -6,9 +6,12 @@ called: ``ctower sql`` should not pay for importing Faust and Streamlit.
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import importlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -67,6 +70,31 @@ def settings_or_exit(**overrides: Any) -> Any:
         return load_settings(**overrides)
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@contextlib.contextmanager
+def store_or_exit(settings: Any, hint: str = "") -> Iterator[Any]:
+    """A client of the store, closed after; or a clean exit saying why the store
+    cannot be opened (which folder and port, and what to start), plus ``hint``."""
+    from ctower.store import StoreUnavailable, open_store
+
+    try:
+        client = open_store(settings)
+    except StoreUnavailable as exc:
+        raise click.ClickException(f"{exc}{hint}") from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def operator_name() -> str:
+    """Who runs a command, for the records it writes (``set_by``, ``by``): the
+    OS user, or "cli" where there is none (a container without a passwd entry)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
 
 
 @click.command()

@@ -24,8 +24,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from clickhouse_connect.driver.summary import QuerySummary
 
-from ctower.cli import settings_or_exit
-from ctower.store import StoreUnavailable, open_store
+from ctower.cli import settings_or_exit, store_or_exit
 
 MAX_CELL = 60
 """Table cells longer than this are cut (csv and json print everything)."""
@@ -44,16 +43,11 @@ def sql(statement: str, fmt: str, dsn: str | None) -> None:
     if statement == "-":
         statement = sys.stdin.read()
     settings = settings_or_exit(**({"store_dsn": dsn} if dsn else {}))
-    try:
-        client = open_store(settings)
-    except StoreUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        click.echo(run(client, statement, fmt), nl=False)
-    except ClickHouseError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        client.close()
+    with store_or_exit(settings) as client:
+        try:
+            click.echo(run(client, statement, fmt), nl=False)
+        except ClickHouseError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 def run(client: Client, statement: str, fmt: str) -> str:

@@ -8,7 +8,6 @@ the order. The dashboard's approve and reject buttons write the same record.
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 from typing import Any
@@ -65,13 +64,6 @@ def orders(client: Any, *, open_only: bool = True, limit: int = 500) -> list[dic
     return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
 
-def _who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "cli"
-
-
 @click.group()
 def actions() -> None:
     """Transfer and pre-pack orders of the stock rules: list them, approve or reject one."""
@@ -82,17 +74,10 @@ def actions() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 def list_orders(everything: bool, as_json: bool) -> None:
     """The open orders (proposed, approved, dispatched), soonest due first."""
-    from ctower.cli import settings_or_exit
-    from ctower.store import StoreUnavailable, open_store
+    from ctower.cli import settings_or_exit, store_or_exit
 
-    try:
-        client = open_store(settings_or_exit())
-    except StoreUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
+    with store_or_exit(settings_or_exit()) as client:
         found = orders(client, open_only=not everything)
-    finally:
-        client.close()
     if as_json:
         click.echo(json.dumps(found, default=str, ensure_ascii=False, indent=2))
         return
@@ -107,28 +92,20 @@ def list_orders(everything: bool, as_json: bool) -> None:
 
 
 def _answer(order_id: str, sku: str | None, status: str, by: str | None, note: str) -> None:
-    from ctower.cli import settings_or_exit
+    from ctower.cli import operator_name, settings_or_exit, store_or_exit
 
     settings = settings_or_exit()
     if sku is None:
-        from ctower.store import StoreUnavailable, open_store
-
-        try:
-            client = open_store(settings)
-        except StoreUnavailable as exc:
-            raise click.ClickException(f"{exc} (or give --sku)") from None
-        try:
+        with store_or_exit(settings, hint=" (or give --sku)") as client:
             rows = client.query(
                 "SELECT sku FROM action_orders FINAL WHERE order_id = {id:String}",
                 parameters={"id": order_id},
             ).result_rows
-        finally:
-            client.close()
         if not rows:
             raise click.ClickException(f"no order {order_id} in the store (or give --sku)")
         sku = str(rows[0][0])
     answer = ActionStatus(order_id=order_id, sku=sku, status=status,  # type: ignore[arg-type]
-                          by=by or _who(), ts=int(time.time() * 1000), note=note)
+                          by=by or operator_name(), ts=int(time.time() * 1000), note=note)
     try:
         publish_status(settings, answer)
     except ActionError as exc:

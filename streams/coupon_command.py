@@ -9,7 +9,6 @@ only what it was told to: a resume keeps the cap, a new cap keeps a pause.
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 import urllib.error
@@ -128,18 +127,13 @@ def _when(ms: int) -> str:
 
 def _write(settings: Settings, campaign: str, store: str | None, by: str | None,
            **changes: Any) -> None:
+    from ctower.cli import operator_name
+
     try:
-        policy = change_policy(settings, campaign, store, by or _operator(), **changes)
+        policy = change_policy(settings, campaign, store, by or operator_name(), **changes)
     except (PolicyError, TypeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"written: {_describe(policy)}")
-
-
-def _operator() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "cli"
 
 
 @click.group()

@@ -8,7 +8,6 @@ never open a task twice for the same shipment and kind.
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 from typing import Any
@@ -60,17 +59,10 @@ def tasks_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 def list_tasks(everything: bool, as_json: bool) -> None:
     """The open tasks, oldest first, with the message to send the customer."""
-    from ctower.cli import settings_or_exit
-    from ctower.store import StoreUnavailable, open_store
+    from ctower.cli import settings_or_exit, store_or_exit
 
-    try:
-        client = open_store(settings_or_exit())
-    except StoreUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
+    with store_or_exit(settings_or_exit()) as client:
         found = tasks(client, open_only=not everything)
-    finally:
-        client.close()
     if as_json:
         click.echo(json.dumps(found, default=str, ensure_ascii=False, indent=2))
         return
@@ -88,26 +80,16 @@ def list_tasks(everything: bool, as_json: bool) -> None:
 @click.option("--by", default=None, help="Who handled it (default: the OS user).")
 def handle(task_id: str, by: str | None) -> None:
     """Close a task: the customer was contacted."""
-    from ctower.cli import settings_or_exit
-    from ctower.store import StoreUnavailable, open_store
+    from ctower.cli import operator_name, settings_or_exit, store_or_exit
 
     settings = settings_or_exit()
-    try:
-        client = open_store(settings)
-    except StoreUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
+    with store_or_exit(settings) as client:
         rows = [t for t in tasks(client, open_only=False) if t["task_id"] == task_id]
-    finally:
-        client.close()
     if not rows:
         raise click.ClickException(f"no task {task_id} in the store")
     if rows[0]["status"] != "open":
         raise click.ClickException(f"{task_id} is already closed ({rows[0]['closed_by']})")
-    try:
-        who = by or getpass.getuser()
-    except (KeyError, OSError):
-        who = "cli"
+    who = by or operator_name()
     task = closed_by_person(rows[0], who, int(time.time() * 1000))
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
                              client_id="ctower-tasks")
