@@ -20,7 +20,8 @@ TEST_STAMP := $(VENV)/.installed-test
 TEST_APT_PACKAGES := chromium fonts-wqy-microhei docker-compose
 # Test processes (pytest-xdist): most tests wait on a broker, a worker or a
 # browser, so two share two cores well. Each has its own broker; a file's
-# tests stay in one process (--dist loadfile) and share its fixtures.
+# tests stay in one process (--dist loadfile) and share its fixtures. Tests
+# marked solo (timed in event time against a fast replay) run after, alone.
 TEST_WORKERS ?= 2
 # Never put the repository root on sys.path: its tables/ folder must not
 # shadow PyTables (our code is imported as ctower.tables).
@@ -58,7 +59,8 @@ demo: setup
 
 test: setup-test
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not solo"
+	$(BIN)/pytest -m solo
 
 lint: setup-test
 	$(BIN)/ruff check .
