@@ -33,10 +33,11 @@ from ctower.simulator.warehouse import Warehouse, WarehouseConfig
 from ctower.simulator.warehouse import run as run_warehouse
 from ctower.streams.actions_command import publish_status
 
-# solo: the simulator replays at 8x, and the rules' event clock drops a source
-# silent for 5 s of wall time, so an agent starved for seconds by a second test
-# process sharing the cores moves the rules' judgements by tens of seconds of
-# event time (seen in CI: a stock-out resolved 44 s after the refill)
+# solo: the simulator replays at 8x and the rules judge by an event clock over
+# the streams that feed them; when one stream's agent falls seconds behind the
+# others (starved by a second test process on the cores, or fed whole fetches:
+# see HAND_OVER_EVERY in streams/intake.py) the judgements move by tens of
+# seconds of event time (seen in CI: a stock-out resolved 44 s after the refill)
 pytestmark = [pytest.mark.kafka, pytest.mark.solo]
 
 MIN = 60_000
