@@ -143,13 +143,13 @@ async def _hand_over(
 
 class IntakeConsumer(AIOKafkaConsumer):
     """Faust's aiokafka consumer whose fetch loop hands registered topics over
-    one list per fetch (see the module's docstring)."""
+    ``HAND_OVER_EVERY`` messages at a time (see the module's docstring)."""
 
     intake: Intake
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
-        # Faust's Consumer._drain_messages, with the registered topics collected
-        # per fetch instead of awaited one by one through the callback.
+        # Faust's Consumer._drain_messages, with the registered topics put on
+        # their agents' queues instead of awaited one by one through the callback.
         callback = self.callback
         getmany = self.getmany
         queues = self.intake.queues
