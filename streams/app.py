@@ -254,7 +254,9 @@ def build_app(settings: Settings) -> ControlTower:
             writer.write, tower.outboxes[f"{stream}-agent"],
         )
         tower.pending[stream] = pending
-        order = tower.orders[stream] = _offset_order(app, settings, topic_name, processor.position)
+        order = tower.orders[stream] = _offset_order(
+            app, intake, settings, topic_name, processor.position
+        )
         app.agent(source, name=f"{stream}-agent")(
             _agent_body(app, pending, order, intake.queue(topic_name))
         )
@@ -271,7 +273,7 @@ def build_app(settings: Settings) -> ControlTower:
         )
         tower.pending[name] = rule_pending
         order = tower.orders[name] = _offset_order(
-            app, settings, rule_processor.topic, rule_processor.position
+            app, intake, settings, rule_processor.topic, rule_processor.position
         )
         app.agent(internal, name=f"{name}-agent")(
             _agent_body(app, rule_pending, order, intake.queue(rule_processor.topic))
@@ -358,7 +360,8 @@ def build_app(settings: Settings) -> ControlTower:
 
 
 def _offset_order(
-    app: faust.App, settings: Settings, topic: str, position: Callable[[int], int]
+    app: faust.App, intake: Intake, settings: Settings, topic: str,
+    position: Callable[[int], int],
 ) -> OffsetOrder:
     """The order for one agent's topic, seeking through the app's consumer."""
 
@@ -372,12 +375,10 @@ def _offset_order(
         )
 
     async def seek(tp: TP, offset: int) -> None:
-        # In the consumer's own thread: Faust's Consumer.seek changes aiokafka's
-        # fetcher from the caller's thread, and a fetch under way in the consumer
-        # thread then found its partition gone (KeyError in fetched_records: the
-        # fetcher crashed and took the worker down, seen in CI with a second
-        # worker joining).
-        await app.consumer.seek_wait({tp: offset})
+        # Made by the fetch loop between two fetches (streams/intake.py): made
+        # from here, the loop undid it while still handing over a fetch taken
+        # before it.
+        intake.request_seek(tp, offset)
 
     return OffsetOrder(topic, position, settled, seek, kafka_first_offset(settings.bootstrap))
 

@@ -27,6 +27,7 @@ do not apply to them), and the consumer's fetch loop is overridden
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
@@ -36,6 +37,8 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP, Message, StreamT
 from mode import Service
 from mode.utils.queues import ThrowableQueue
+
+log = logging.getLogger(__name__)
 
 FETCHES_QUEUED = 4
 """Fetches waiting for an agent at most (each up to the consumer's
@@ -61,6 +64,17 @@ class Intake:
     def __init__(self, app: faust.App) -> None:
         self.app = app
         self.queues: dict[str, ThrowableQueue] = {}
+        self.seeks: dict[TP, tuple[int, int]] = {}
+        """Partition -> (offset, consumer generation) of a seek asked for and
+        not made yet."""
+
+    def request_seek(self, tp: TP, offset: int) -> None:
+        """Have the fetch loop seek ``tp`` to ``offset`` before its next fetch.
+
+        Until then the loop hands none of the partition's messages over: they
+        were fetched before the seek and come again after it.
+        """
+        self.seeks[tp] = (offset, self.app.consumer_generation_id)
 
     def queue(self, topic: str) -> ThrowableQueue:
         """Its agent's queue of fetched lists; cleared by Faust's flow control
@@ -153,6 +167,7 @@ class IntakeConsumer(AIOKafkaConsumer):
         callback = self.callback
         getmany = self.getmany
         queues = self.intake.queues
+        seeks = self.intake.seeks
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
         get_read_offset = self._read_offset.__getitem__
@@ -173,6 +188,8 @@ class IntakeConsumer(AIOKafkaConsumer):
                     continue
                 batches: dict[str, list[Message]] = {}
                 async for tp, message in ait:
+                    if seeks and tp in seeks and seeks[tp][1] == message.generation_id:
+                        continue  # fetched before a seek asked for: comes again after it
                     offset = message.offset
                     r_offset = get_read_offset(tp)
                     if r_offset is not None and offset < r_offset:
@@ -199,6 +216,8 @@ class IntakeConsumer(AIOKafkaConsumer):
                     if not messages:
                         continue
                     await _hand_over(queues[topic], messages, suspended)
+                if seeks:
+                    await self._make_seeks()
                 unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -215,3 +234,27 @@ class IntakeConsumer(AIOKafkaConsumer):
             raise
         finally:
             unset_flag(CONSUMER_FETCHING)
+
+    async def _make_seeks(self) -> None:
+        """The seeks asked for, between two fetches: the next fetch brings the
+        sought offsets and no message fetched before can move the read offset
+        past them. One asked before a rebalance is dropped (the recovery seeks
+        every partition to its committed offset, the offset order forgets)."""
+        requests = dict(self.intake.seeks)
+        self.intake.seeks.clear()
+        generation = self.app.consumer_generation_id
+        assigned = self.assignment()
+        due = {
+            tp: offset for tp, (offset, asked_in) in requests.items()
+            if asked_in == generation and tp in assigned
+        }
+        if not due or not self.flow_active:
+            return
+        try:
+            await self.seek_wait(due)
+        except Exception:
+            # asked again before the next fetch, unless a rebalance came
+            # meanwhile (its recovery seeks the partition then)
+            log.warning("could not seek %s; trying again", due, exc_info=True)
+            for tp, offset in due.items():
+                self.intake.seeks.setdefault(tp, (offset, generation))

@@ -13,11 +13,11 @@ never counted.
 
 So a message beyond the next expected offset is not folded and not
 acknowledged; it is let go (Faust forgets it without committing its
-offset) and comes again in order after a seek. A seek can be undone: Faust's
-fetch loop, still draining a batch fetched before it, moves its read offset
-past the sought one and then drops what the seek brings. So while a settled
-worker (no rebalance, recovery done) keeps getting messages ahead of their
-turn, the seek is asked for again every ``RESEEK_SECONDS``. After a few seeks,
+offset) and comes again in order after a seek, which the fetch loop makes
+between two fetches (``streams/intake.py``: made while a fetch taken before it
+was still being handed over, it was undone). While a settled worker (no
+rebalance, recovery done) keeps getting messages ahead of their turn, the
+seek is asked for again every ``RESEEK_SECONDS``. After a few seeks,
 Kafka itself is asked which offset comes first from the expected one: if the
 expected offset is not there (deleted by retention, compacted, a
 transaction marker), the hole is stepped over.

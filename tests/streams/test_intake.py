@@ -1,13 +1,19 @@
 """The fetch hand-over of ``streams/intake.py``, no broker: what a rebalance
-does to a fetch waiting for room on its agent's queue."""
+does to a fetch waiting for room on its agent's queue, and a seek the agent
+asks for while a fetch is being handed over."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
 
+from faust.types import TP, Message
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from ctower.streams.intake import _hand_over
+from ctower.streams.intake import Intake, IntakeConsumer, _hand_over
 
 
 def queue_of(size: int) -> ThrowableQueue:
@@ -63,3 +69,130 @@ def test_a_waiting_fetch_gives_up_when_the_flow_is_suspended_or_takes_the_room_f
         return dropped, [first, queue.get_nowait()]
 
     assert asyncio.run(run()) == (1, [["first"], ["third"]])
+
+
+# ------------------------------------------------------------------ the fetch loop
+TOPIC = "orders"
+PARTITION = TP(TOPIC, 0)
+LOG_END = 30
+"""Offsets 0..29 in the partition's log."""
+
+
+class FetchLoopRig:
+    """What ``IntakeConsumer._drain_messages`` uses of Faust's consumer, over
+    one partition's log: each fetch brings up to ``per_fetch`` messages from
+    the position, as aiokafka does, and a seek moves the position."""
+
+    def __init__(self, intake: Intake, position: int, per_fetch: int = 10) -> None:
+        self.intake = intake
+        self.position = position
+        self.per_fetch = per_fetch
+        self.empty_fetches = 0
+        self._read_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self._stopped = asyncio.Event()
+        self.diag = SimpleNamespace(set_flag=lambda flag: None, unset_flag=lambda flag: None)
+        self._commit_every = None
+        self._n_acked = 0
+        self.app = SimpleNamespace(
+            topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+            consumer_generation_id=1,
+        )
+        self.suspend_flow = asyncio.Event()
+        self.should_stop = False
+        self.flow_active = True
+        self.consumer_stopped_errors = ()
+        self.log = logging.getLogger("fetch-loop-rig")
+
+    async def callback(self, message: Message) -> None:
+        raise AssertionError("every message here is the intake's")
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        first, self.position = self.position, min(LOG_END, self.position + self.per_fetch)
+        if first == LOG_END:
+            self.empty_fetches += 1
+            if self.empty_fetches > 3:
+                self._stopped.set()
+        for offset in range(first, self.position):
+            yield PARTITION, Message(
+                TOPIC, 0, offset, 0.0, 0, [], b"k", b"v", None, generation_id=1,
+            )
+
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        for tp, offset in partitions.items():
+            self.position = offset
+            self._read_offset[tp] = offset
+
+    def assignment(self) -> set[TP]:
+        return {PARTITION}
+
+    async def _add_gap(self, tp: TP, start: int, end: int) -> None:
+        raise AssertionError("the log has no gaps")
+
+    _make_seeks = IntakeConsumer._make_seeks
+
+
+async def fold_in_order(
+    rig: FetchLoopRig, queue: ThrowableQueue, seek: Callable[[int], Awaitable[None]]
+) -> list[int]:
+    """Run the fetch loop and an agent that folds offsets in order and asks
+    once for a seek back when a message comes ahead of its turn."""
+    folded: list[int] = []
+    asked: set[int] = set()
+
+    async def agent() -> None:
+        while True:
+            for message in await queue.get():
+                expected = len(folded)
+                if message.offset == expected:
+                    folded.append(message.offset)
+                elif message.offset > expected and expected not in asked:
+                    asked.add(expected)
+                    await seek(expected)
+
+    task = asyncio.ensure_future(agent())
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+    await asyncio.wait_for(IntakeConsumer._drain_messages(rig, fetcher), 5)  # type: ignore[arg-type]
+    task.cancel()
+    return folded
+
+
+def test_a_seek_the_agent_asks_for_brings_every_message_back_in_order() -> None:
+    """The fetcher had got to offset 5 (a rebalance's recovery sought back to
+    0 under it): the agent lets 5.. go and asks for 0; the rest of that fetch is
+    not handed over, the seek is made before the next fetch, and 0..29 come."""
+
+    async def run() -> list[int]:
+        intake = Intake(SimpleNamespace(consumer_generation_id=1))  # type: ignore[arg-type]
+        queue = intake.queues[TOPIC] = queue_of(4)
+        rig = FetchLoopRig(intake, position=5)
+
+        async def ask(offset: int) -> None:
+            intake.request_seek(PARTITION, offset)
+
+        return await fold_in_order(rig, queue, ask)
+
+    assert asyncio.run(run()) == list(range(LOG_END))
+
+
+def test_a_seek_made_while_a_fetch_is_handed_over_is_undone() -> None:
+    """Why the loop makes the seeks: made from the agent mid-fetch, the loop
+    moved the read offset past the sought one and dropped what the seek
+    brought as read already; with nothing newer to ask again, nothing more
+    was folded (the killed-worker test lost a sixth of its orders so, in CI)."""
+
+    async def run() -> list[int]:
+        intake = Intake(SimpleNamespace(consumer_generation_id=1))  # type: ignore[arg-type]
+        queue = intake.queues[TOPIC] = queue_of(4)
+        rig = FetchLoopRig(intake, position=5)
+
+        async def seek_now(offset: int) -> None:
+            await rig.seek_wait({PARTITION: offset})
+
+        return await fold_in_order(rig, queue, seek_now)
+
+    folded = asyncio.run(run())
+    assert folded != list(range(LOG_END))
+    assert len(folded) < LOG_END
