@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from faust.types import TP, Message
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from ctower.streams.intake import Intake, IntakeConsumer, _hand_over
+from ctower.streams.intake import HAND_OVER_EVERY, Intake, IntakeConsumer, _hand_over
 
 
 def queue_of(size: int) -> ThrowableQueue:
@@ -74,8 +74,8 @@ def test_a_waiting_fetch_gives_up_when_the_flow_is_suspended_or_takes_the_room_f
 # ------------------------------------------------------------------ the fetch loop
 TOPIC = "orders"
 PARTITION = TP(TOPIC, 0)
-LOG_END = 30
-"""Offsets 0..29 in the partition's log."""
+LOG_END = 100
+"""Offsets 0..99 in the partition's log."""
 
 
 class FetchLoopRig:
@@ -83,7 +83,9 @@ class FetchLoopRig:
     one partition's log: each fetch brings up to ``per_fetch`` messages from
     the position, as aiokafka does, and a seek moves the position."""
 
-    def __init__(self, intake: Intake, position: int, per_fetch: int = 10) -> None:
+    def __init__(
+        self, intake: Intake, position: int, per_fetch: int = 3 * HAND_OVER_EVERY
+    ) -> None:
         self.intake = intake
         self.position = position
         self.per_fetch = per_fetch
@@ -162,7 +164,7 @@ async def fold_in_order(
 def test_a_seek_the_agent_asks_for_brings_every_message_back_in_order() -> None:
     """The fetcher had got to offset 5 (a rebalance's recovery sought back to
     0 under it): the agent lets 5.. go and asks for 0; the rest of that fetch is
-    not handed over, the seek is made before the next fetch, and 0..29 come."""
+    not handed over, the seek is made before the next fetch, and 0..99 come."""
 
     async def run() -> list[int]:
         intake = Intake(SimpleNamespace(consumer_generation_id=1))  # type: ignore[arg-type]
