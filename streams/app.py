@@ -451,6 +451,12 @@ class PendingAcks:
             bool(self.events) and time.monotonic() - self.since >= self.max_seconds
         )
 
+    def until_due(self) -> float | None:
+        """Seconds until the batch is due by its age (None: no batch)."""
+        if not self.events:
+            return None
+        return self.max_seconds - (time.monotonic() - self.since)
+
     async def settle(self) -> None:
         events, self.events = self.events, []
         self.since = time.monotonic()
@@ -531,7 +537,11 @@ def _agent_body(
     async def agent(stream: StreamT) -> None:
         pending.consumer = app.consumer
         outbox = pending.outbox
-        async for messages in fetched(app, stream, queue):
+        async for messages in fetched(app, stream, queue, pending.until_due):
+            if not messages:  # nothing came while the batch aged: it goes out now
+                if pending.events:
+                    await pending.settle()
+                continue
             for message in messages:
                 if outbox.blocked and outbox.is_blocked(message.partition):
                     # its dead letters cannot be written: the partition waits, and this

@@ -98,14 +98,20 @@ class Intake:
         )
 
 
-async def fetched(app: faust.App, stream: StreamT, queue: ThrowableQueue) -> AsyncIterator[
-    list[Message]
-]:
+async def fetched(
+    app: faust.App, stream: StreamT, queue: ThrowableQueue,
+    until_due: Callable[[], float | None] = lambda: None,
+) -> AsyncIterator[list[Message]]:
     """The agent's side: its topic's messages, a list at a time, tracked as
     unacknowledged (so a rebalance and a stop wait for their acks, as for a
     stream's messages). A list taken while the flow is suspended is dropped
     untracked, as a stream drops its events then, and so is a message fetched
-    in an earlier generation of the group."""
+    in an earlier generation of the group.
+
+    ``until_due`` says in how many seconds the agent's batch is due (None: no
+    batch). When nothing comes by then, an empty list is yielded so that the
+    agent settles it: a quiet stream's last events wait for the batch's age,
+    not for the next message or the once-a-second timer."""
     # Iterating the channel subscribes the topic through Faust's conductor
     # (what ``async for`` over the stream would have done); its own queue
     # stays empty, since the consumer hands this topic's messages to ``queue``.
@@ -113,7 +119,16 @@ async def fetched(app: faust.App, stream: StreamT, queue: ThrowableQueue) -> Asy
     track = app.consumer.track_message
     flow_active = app.flow_control.is_active
     while True:
-        messages: list[Message] = await queue.get()
+        messages: list[Message]
+        wait = until_due() if queue.empty() else None
+        if wait is None:
+            messages = await queue.get()
+        else:
+            try:
+                messages = await asyncio.wait_for(queue.get(), max(wait, 0.0))
+            except TimeoutError:
+                yield []
+                continue
         if not flow_active():
             continue
         generation = app.consumer_generation_id
