@@ -69,7 +69,7 @@ _FULFILLMENT: dict[str, tuple[tuple[float, str], ...]] = {
     "live_stream": ((0.85, "warehouse_direct"), (1.0, "store_pickup")),
     "guide": ((0.70, "guide_delivery"), (1.0, "store_pickup")),
 }
-"""Per channel, cumulative probability -> fulfillment (domain.md's pairings)."""
+"""Per channel, cumulative probability -> fulfillment (docs/domain.md "Channels and fulfilment")."""
 
 _BUCKET_MS = 60_000
 """Width of the far-future buckets of the event queue (see ``Generator.push``)."""

@@ -331,7 +331,7 @@ def build_app(settings: Settings) -> ControlTower:
     @app.task
     async def drop_monitor() -> None:
         # Faust's Monitor sensor sits on every message's path (about 20% of a
-        # bare agent's time, facts.md); /stats/ below reports what we need.
+        # bare agent's time: 11.3k -> 13.8k messages/s without it); /stats/ reports what we need.
         if app.monitor in app.sensors:
             app.sensors.remove(app.monitor)
 

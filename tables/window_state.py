@@ -3,7 +3,7 @@
 Why not Faust's own ``.tumbling()`` tables: a table update per event costs
 about 180 µs (one changelog record each), updates are refused inside
 ``stream.take()`` batches, and ``on_window_close`` fires once per window
-*time*, not per key, and never again after a restart (facts.md). So the
+*time*, not per key, and never again after a restart (docs/domain.md, "Window families"). So the
 windows are kept here, in plain dicts, and mirrored to a plain Faust table
 (raw bytes, changelog-backed) once per batch, with the partition given
 explicitly.

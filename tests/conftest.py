@@ -237,7 +237,7 @@ WEBHOOK_LIMITS = {"text": 2048, "markdown": 4096, "markdown_v2": 4096}
 
 class FakeWebhook:
     """Answers as ``qyapi.weixin.qq.com/cgi-bin/webhook/send`` is documented to
-    (see /work/shared/notes/facts.md), on 127.0.0.1, in a real server thread.
+    (in WeChat Work's "群机器人配置说明", document 91770), on 127.0.0.1, in a real server thread.
 
     - errcode 0 with HTTP 200 for a good message to a known key;
     - 93000 for an unknown key; 40008 for an unknown msgtype; 44004 for empty

@@ -1,6 +1,6 @@
 """Every threshold of the decision layer, in one typed object.
 
-The defaults are the rules of ``domain.md``; ``tables/rules/rules.toml``
+The defaults are the rules of ``docs/domain.md`` ("The rules"); ``tables/rules/rules.toml``
 documents each one and is what an operator copies and edits. The file named
 by ``CTOWER_RULES_FILE`` is read at start-up and re-read whenever it changes,
 so a threshold can be changed while the workers run; environment variables
