@@ -47,7 +47,8 @@ _DWELL_SAMPLES = 64
 _HOUR = 60 * MINUTE
 MEMBER_HINT = "member"
 """Status of a :class:`LaneEvent` that only says which member a shipment is for
-(sent by the shipping rules, which see the order): not a shipment event."""
+(sent by the shipping rules, which see the order): not a shipment event, and with
+no event time (``ts`` 0), so it moves no clock."""
 
 
 class LaneEvent(Struct, array_like=True):
@@ -176,11 +177,12 @@ class LaneRules(RuleFamily):
         """Whose shipment it is: kept for its tasks, and added to those already open."""
         if not ev.member_id:
             return
+        now = self.state.now(partition)  # a hint carries no event time of its own
         if ev.shipment_id not in lane.done:  # a finished shipment opens no more tasks
-            lane.members[ev.shipment_id] = (ev.member_id, ev.ts)
+            lane.members[ev.shipment_id] = (ev.member_id, now)
             self.state.put(partition, key, lane)
         if self.tasks is not None:
-            self.tasks.add_member(partition, ev.shipment_id, ev.member_id, ev.ts)
+            self.tasks.add_member(partition, ev.shipment_id, ev.member_id, now)
 
     def _task_event(self, partition: int, key: str, lane: Lane, ev: LaneEvent) -> None:
         """Keep what a shipment's task needs (its order, its district), and tell the

@@ -210,7 +210,7 @@ class ShippingRules(RuleFamily):
     def _shipped(self, partition: int, order_id: str, entry: AwaitedOrder, shipment_id: str,
                  carrier: str, region: str, ts: int, here: int) -> None:
         """A shipment for a paid order: it needs nothing more, its member goes to the lane."""
-        self._hint(partition, shipment_id, carrier, region, entry.member_id, order_id, ts, here)
+        self._hint(partition, shipment_id, carrier, region, entry.member_id, order_id, here)
         self.stats["shipped"] += 1
         self._catch_up(partition, order_id, entry, ts)
         self._done(partition, order_id, self.state.get(partition, order_id) or entry, ts,
@@ -224,12 +224,13 @@ class ShippingRules(RuleFamily):
             self._open(partition, order_id, entry, entry.paid_at + window, window)
 
     def _hint(self, partition: int, shipment_id: str, carrier: str, region: str, member: str,
-              order_id: str, ts: int, here: int) -> None:
+              order_id: str, here: int) -> None:
         if self.hint is None or not member:
             return
         self.stats["hints"] += 1
+        # no event time (0): the lane's clock follows its carriers, not this join's pace
         self.hint(f"{carrier}|{region}", [LaneEvent(
-            shipment_id, MEMBER_HINT, ts, None, carrier, region, f"shipping:{partition}", here,
+            shipment_id, MEMBER_HINT, 0, None, carrier, region, f"shipping:{partition}", here,
             order_id, "", member)])
 
     def _done(self, partition: int, order_id: str, entry: AwaitedOrder, now: int, by: str,

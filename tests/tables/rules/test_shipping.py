@@ -162,16 +162,17 @@ def test_lane_tasks_carry_the_member_told_before_or_after_they_open(harness: Any
                                   f"O-{sid}", "", member)])
         lanes.evaluate_touched()
 
-    send("A", "member", T0, "M-A", "shipping:0")  # told before the lane hears of A
+    send("A", "member", 0, "M-A", "shipping:0")  # told before the lane hears of A
     send("A", "created", T0)
     send("B", "created", T0)
     send("A", "failed", T0 + MIN)
     send("B", "failed", T0 + MIN)
     assert {t.shipment_id: t.member_id for t in tasks} == {"A": "M-A", "B": ""}
-    send("B", "member", T0 + 2 * MIN, "M-B", "shipping:0")  # told after B's task opened
+    send("B", "member", 0, "M-B", "shipping:0")  # told after B's task opened
     latest = tasks[-1]
     assert (latest.shipment_id, latest.member_id, latest.status) == ("B", "M-B", "open")
     assert latest.ts > T0 + MIN  # a later version: the store keeps it
+    assert lanes.state.now(0) == T0 + MIN  # hints carry no time: the clock is the carrier's
     lane = lanes.state.get(0, "SF|EAST")
     assert lane is not None and lane.members == {}  # finished shipments: nothing kept
     assert lane.progress == {T0 - T0 % MIN + MIN: 2}  # a hint is not a carrier's update
