@@ -79,6 +79,8 @@ def test_a_paid_order_never_shipped_is_a_task_and_an_alert_until_its_shipment_co
     t0 = start - start % MIN
     producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
     try:
+        # garbage on the internal topic (only a bug writes there): dead-lettered, never fatal
+        producer.send(settings.topic("shipping"), key=b"x", value=b"\xc1 not msgpack")
         for event in story(t0):
             producer.send(settings.topic(event.stream), key=event.partition_key.encode(),
                           value=msgspec.json.encode(event))
@@ -122,3 +124,7 @@ def test_a_paid_order_never_shipped_is_a_task_and_an_alert_until_its_shipment_co
         stats = json.loads(answer.read())
     shipping = stats["decisions"]["not_shipped"]
     assert (shipping["opened"], shipping["shipped"]) == (1, 19)  # A, B, D and the 16 F
+    assert stats["decisions"]["shipping"]["bad_messages"] == 1
+    letters = [d for d in read_topic(settings, "dead-letter")
+               if d.get("source_topic") == settings.topic("shipping")]
+    assert len(letters) == 1, letters
