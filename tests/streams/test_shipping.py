@@ -67,6 +67,17 @@ def story(t0: int) -> list[Event]:
     return events
 
 
+def send(settings: Settings, events: list[Event]) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    try:
+        for event in events:
+            producer.send(settings.topic(event.stream), key=event.partition_key.encode(),
+                          value=msgspec.json.encode(event))
+        producer.flush()
+    finally:
+        producer.close()
+
+
 def test_a_paid_order_never_shipped_is_a_task_and_an_alert_until_its_shipment_comes(
     settings_factory: Callable[..., Settings], ctower_process: Callable[..., Any],
     poll: Callable[..., Any],
@@ -128,3 +139,48 @@ def test_a_paid_order_never_shipped_is_a_task_and_an_alert_until_its_shipment_co
     letters = [d for d in read_topic(settings, "dead-letter")
                if d.get("source_topic") == settings.topic("shipping")]
     assert len(letters) == 1, letters
+
+
+def test_a_worker_killed_after_the_task_opened_neither_loses_nor_doubles_it(
+    settings_factory: Callable[..., Settings], ctower_process: Callable[..., Any],
+    poll: Callable[..., Any],
+) -> None:
+    """SIGKILL right after the task opened (its state not yet in the changelog), then a
+    new worker: what it replays is recognised, the order is still awaited, and its task
+    and alert keep their ids (a re-sent record is the same record) and close once."""
+    settings = settings_factory(topic_partitions=1, language="en")
+    ensure_topics(settings)
+    stats_url = f"http://127.0.0.1:{settings.worker_web_port}/stats/"
+    worker = ctower_process(settings, "worker", "worker")
+    worker.wait_http(stats_url)
+    start = int(time.time() * 1000) - 3 * 3_600_000
+    t0 = start - start % MIN
+    events = story(t0)
+    send(settings, [e for e in events if e.ts <= t0 + 35 * MIN])  # type: ignore[operator]
+
+    def opened() -> bool:
+        assert worker.alive(), worker.log_tail()
+        return any(t["kind"] == "not_shipped" for t in read_topic(settings, "tasks"))
+
+    poll(opened, 90, "the not-shipped task never opened", every=0.2)
+    worker.kill()
+    restarted = ctower_process(settings, "worker-restarted", "worker")
+    restarted.wait_http(stats_url)
+    send(settings, [e for e in events if e.ts > t0 + 35 * MIN])  # type: ignore[operator]
+
+    def closed() -> list[dict[str, Any]] | None:
+        assert restarted.alive(), restarted.log_tail()
+        tasks = [t for t in read_topic(settings, "tasks") if t["kind"] == "not_shipped"]
+        return tasks if any(t["status"] == "closed" for t in tasks) else None
+
+    try:
+        tasks = poll(closed, 180, "the not-shipped task never closed", every=1)
+    except AssertionError:
+        raise AssertionError(f"tasks {read_topic(settings, 'tasks')}; worker log: "
+                             f"{restarted.log_tail(3000)}") from None
+    assert {(t["task_id"], t["order_id"], t["opened_at"]) for t in tasks} == {
+        (tasks[0]["task_id"], "A", t0 + 30 * MIN)}
+    assert [t["closed_at"] for t in tasks if t["status"] == "closed"] == [t0 + 60 * MIN]
+    alerts = [a for a in read_topic(settings, "alerts") if a["kind"] == "order_not_shipped"]
+    assert {a["alert_id"] for a in alerts} == {alerts[0]["alert_id"]}
+    assert [a["resolved_at"] for a in alerts if a["status"] == "resolved"] == [t0 + 60 * MIN]
