@@ -7,7 +7,8 @@ with its settings): it reads the same ``CTOWER_*`` environment.
 - ``worker``: its web server answers ``/stats/`` with JSON (the coupon API and
   the forwarding between workers are served by the same server).
 - ``dashboard``: Streamlit's ``/_stcore/health`` answers.
-- ``sink``, ``alerts``, ``simulator``: they serve nothing over HTTP (bar the
+- ``sink``, ``alerts``, ``simulator``, ``warehouse`` (the simulated warehouse
+  answering action orders): they serve nothing over HTTP (bar the
   sink's front of an embedded store), so each writes a heartbeat,
   ``<data_dir>/health/<role>.json``, from its main loop, at most once a
   second. Healthy means the file was written in the last ``--max-age``
@@ -40,7 +41,7 @@ from ctower.settings import Settings
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_ROLES = ("sink", "alerts", "simulator")
+HEARTBEAT_ROLES = ("sink", "alerts", "simulator", "warehouse")
 """Processes without an HTTP server of their own: they write a heartbeat file."""
 ROLES = ("worker", "dashboard", *HEARTBEAT_ROLES)
 DEFAULT_MAX_AGE = 60.0
@@ -181,7 +182,8 @@ def check(settings: Settings, role: str, max_age: float = DEFAULT_MAX_AGE) -> tu
 @click.command("health")
 @click.argument("role", type=click.Choice(ROLES))
 @click.option("--max-age", type=float, default=DEFAULT_MAX_AGE, show_default=True,
-              help="Oldest heartbeat (seconds) still healthy (sink, alerts, simulator).")
+              help="Oldest heartbeat (seconds) still healthy (sink, alerts, simulator, "
+                   "warehouse).")
 def health(role: str, max_age: float) -> None:
     """Exit 0 if the ROLE process beside this command is healthy, else 1 (compose
     healthchecks): worker and dashboard over HTTP, the others by their heartbeat."""

@@ -47,6 +47,7 @@ CONTROL_TOPICS = (
     "pickup-levels",
     "stock-moves",
     "lanes",
+    "shipping",
     "alert-deliveries",
     "alert-acks",
     "actions",
@@ -56,10 +57,10 @@ CONTROL_TOPICS = (
     "shadow-signals",
 )
 """Control and output topics. ``aggregates`` carries closed windows to the sink;
-``stock-moves`` and ``lanes`` are internal: events re-keyed for the rules (by
-SKU, by carrier and region). ``actions`` carries the rules' transfer and pre-pack
-orders, ``action-status`` the answers to them (keyed by SKU), ``tasks`` the
-customer-service tasks of single shipments. ``shadow-alerts`` and
+``stock-moves``, ``lanes`` and ``shipping`` are internal: events re-keyed for the
+rules (by SKU, by carrier and region, by order). ``actions`` carries the rules'
+transfer and pre-pack orders, ``action-status`` the answers to them (keyed by SKU), ``tasks`` the
+customer-service tasks of single shipments and orders. ``shadow-alerts`` and
 ``shadow-signals`` carry what the shadow (candidate) rules would raise: never delivered."""
 
 

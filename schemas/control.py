@@ -235,6 +235,7 @@ AlertKind = Literal[
     "demand_spike",
     "action_overdue",
     "district_failed",
+    "order_not_shipped",
     "complaint_burst",
     "complaint_sla",
     # the pipeline about itself (streams/watch.py): same record, same routes

@@ -9,6 +9,10 @@ with the shipment, its order, what happened and when, and a message to send
 the customer. In WeChat Work they are only counted, in the lane's alerts.
 A task closes when the shipment recovers (moves again, is delivered) or a
 person handles it (``ctower tasks handle``).
+
+A paid warehouse-direct or guide-delivery order with no shipment at all is
+a task too (``not_shipped``, no shipment id or carrier yet), closed when its
+shipment appears; that one customer is also worth an alert.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Literal
 
 from msgspec import Struct
 
-TaskKind = Literal["past_eta", "stale", "failed"]
+TaskKind = Literal["past_eta", "stale", "failed", "not_shipped"]
 TASK_KINDS: tuple[str, ...] = TaskKind.__args__  # type: ignore[attr-defined]
 
 
@@ -27,9 +31,11 @@ class ShipmentTask(Struct, kw_only=True, omit_defaults=True):
 
     task_id: str
     shipment_id: str
+    """Empty for ``not_shipped``: no shipment exists yet."""
     order_id: str = ""
     member_id: str = ""
-    """Not on the logistics stream; filled where the order is known."""
+    """The order's member, where the rules have seen the order (the shipping rules
+    join orders and shipments); empty when they have not."""
     carrier: str
     region: str
     district: str = ""
@@ -42,6 +48,7 @@ class ShipmentTask(Struct, kw_only=True, omit_defaults=True):
     opened_at: int
     closed_at: int | None = None
     closed_by: str = ""
-    """``recovered`` (the shipment moved or arrived), ``forgotten`` (no news for days)
-    or who handled it."""
+    """``recovered`` (the shipment moved or arrived, or appeared for ``not_shipped``),
+    ``cancelled`` / ``refunded`` (the order, before it shipped), ``forgotten`` (no news
+    for days) or who handled it."""
     ts: int

@@ -26,6 +26,7 @@ import hashlib
 import heapq
 import math
 import random
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,8 @@ SERVICE_MIN_S = 15.0
 
 EVENTS_PER_SESSION = 6.0
 """Prior of events per session (scans, then order, fulfilment, stock, coupons)."""
+DISTRICTS_PER_CITY = 6
+"""Delivery districts (区) of a city; a member lives in one (derived from the id)."""
 LOOKAHEAD_MS = 35_000
 """A session's scans are known when it starts and land over the next minute or
 so: the controller counts them as already sent and compares with the target
@@ -214,6 +217,7 @@ class _Shipment:
 
     __slots__ = (
         "carrier",
+        "district",
         "eta",
         "i",
         "iso",
@@ -226,6 +230,7 @@ class _Shipment:
         "steps",
     )
     carrier: str
+    district: str
     eta: int
     i: int
     """Index of the next step to send."""
@@ -371,6 +376,12 @@ class Generator:
 
     def member_of(self, store: Store) -> str:
         return f"M{store.idx + 1:03d}{self.rr(store.member_pool):05d}"
+
+    @staticmethod
+    def district_of(store: Store, member: str) -> str:
+        """Where a member's parcels go: a district of the store's city, fixed per member
+        (no draw from the generator's RNG, so the other streams stay as they were)."""
+        return f"{store.city}-{zlib.crc32(member.encode()) % DISTRICTS_PER_CITY + 1:02d}"
 
     # --- the loop --------------------------------------------------------------
     def run(self) -> Iterator[Item]:
@@ -833,6 +844,7 @@ class Generator:
         sh.shipment_id = self.next_id("SH")
         sh.order = order
         sh.region = region.region_id
+        sh.district = self.district_of(order.store, order.member)
         sh.i = 0
         if order.fulfillment == "warehouse_direct":
             sh.origin_type = "central_warehouse"
@@ -902,6 +914,7 @@ class Generator:
             region=sh.region,
             status=status,  # type: ignore[arg-type]
             eta=sh.eta,
+            district=sh.district,
         )
         self.out.append(Item("logistics", sh.shipment_id, ts, event, iso=sh.iso))
 

@@ -29,7 +29,7 @@ MIN_SPAN_MS = 30 * 60_000
 """Incidents need room: a baseline before them and a 5-minute spike window."""
 
 KINDS = ("stock_out", "pickup_rush", "carrier_delay", "demand_spike", "late", "malformed",
-         "complaint_burst")
+         "complaint_burst", "district_failed", "not_shipped")
 
 
 class Incident:
@@ -65,11 +65,12 @@ class Incident:
 
 def create(kind: str, gen: Generator) -> Incident:
     from ctower.simulator.service_desk import ComplaintBurst
+    from ctower.simulator.shipping_incidents import DistrictFailed, NotShipped
 
     classes: dict[str, type[Incident]] = {
         cls.kind: cls
         for cls in (StockOut, PickupRush, CarrierDelay, DemandSpike, Late, Malformed,
-                    ComplaintBurst)
+                    ComplaintBurst, DistrictFailed, NotShipped)
     }
     if kind not in classes:
         raise ValueError(f"unknown incident {kind!r}; known: {', '.join(KINDS)}")

@@ -154,11 +154,13 @@ def run(settings: Any, config: WarehouseConfig, sim_rate: float,
     """Answer the orders of ``ct.actions`` until ``stop()``; returns the warehouse."""
     from kafka import KafkaConsumer
 
+    from ctower.health import Heartbeat
     from ctower.producer import EventProducer
     from ctower.streams.actions_command import publish_status
 
     warehouse = warehouse or Warehouse(config)
     clock = EventClock(sim_rate)
+    heartbeat = Heartbeat(settings, "warehouse")  # `ctower health warehouse` (compose)
     consumer = KafkaConsumer(
         settings.topic("actions"), bootstrap_servers=settings.bootstrap,
         group_id=f"{settings.app_id}-warehouse", auto_offset_reset="earliest",
@@ -168,6 +170,7 @@ def run(settings: Any, config: WarehouseConfig, sim_rate: float,
     try:
         changed = False
         while not stop():
+            heartbeat.beat(orders=len(warehouse.answered), pending=len(warehouse.pending))
             for records in consumer.poll(timeout_ms=200).values():
                 for record in records:
                     try:
@@ -190,6 +193,7 @@ def run(settings: Any, config: WarehouseConfig, sim_rate: float,
                     out.write(msgspec.json.encode({"orders": warehouse.truth()}))
                 changed = False
     finally:
+        heartbeat.clear()
         producer.close()
         consumer.close()
     return warehouse

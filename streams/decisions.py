@@ -7,7 +7,10 @@ Three rule families, each on the partitions where its key lives:
 - stock on ``stock-moves``, which the scan, order and inventory agents fill
   with the stock effects of their events, re-keyed by SKU;
 - lanes on ``lanes``, which the logistics agent fills, re-keyed by carrier
-  and region.
+  and region;
+- shipping on ``shipping``: paid orders owing a shipment and shipment events,
+  re-keyed by order id, so an order and its parcels meet (the order and
+  logistics agents fill it).
 
 Every partition number of every topic goes to the same worker (Faust's
 assignor keeps co-partitioned topics together), so one changelog table holds
@@ -57,6 +60,12 @@ from ctower.tables.rules.lanes import Lane, LaneEvent, LaneRules
 from ctower.tables.rules.pickup import PickupQueue, PickupRules
 from ctower.tables.rules.rule_state import FLUSH_INTERVAL_S, FLUSH_MAX_DIRTY, RuleState
 from ctower.tables.rules.service import ServiceItem, ServiceRulesFamily
+from ctower.tables.rules.shipping import (
+    SHIPPED_FULFILMENTS,
+    AwaitedOrder,
+    ShippingEvent,
+    ShippingRules,
+)
 from ctower.tables.rules.stock import StockItem, StockMove, StockRulesEngine
 from ctower.tables.rules.tasks import TaskBook
 
@@ -67,6 +76,7 @@ _CHUNK = 4_000
 
 _stock_moves = msgspec.msgpack.Decoder(list[StockMove])
 _lane_events = msgspec.msgpack.Decoder(list[LaneEvent])
+_shipping_events = msgspec.msgpack.Decoder(list[ShippingEvent])
 _action_status = msgspec.json.Decoder(ActionStatus | list[ActionStatus])
 _pack = msgspec.msgpack.Encoder().encode
 MINUTE = 60_000
@@ -230,6 +240,8 @@ class DecisionLayer:
         self.lanes_topic = raw_topic("lanes")
         self.stock_moves = Forwarder(self.stock_moves_topic, partitions)
         self.lanes = Forwarder(self.lanes_topic, partitions)
+        self.shipping_topic = raw_topic("shipping")
+        self.shipping = Forwarder(self.shipping_topic, partitions)
         self.alerts_sent = 0
         self.on_alert: Callable[[Alert], None] | None = None
         """Sees every alert sent (the event-to-alert histogram of /metrics)."""
@@ -275,6 +287,11 @@ class DecisionLayer:
                                     lambda: self.rules, tasks=self.tasks)
         self.service = ServiceRulesFamily(RuleState(changelog, "service", ServiceItem),
                                           book("service"), lambda: self.rules, self.master)
+        self.shipping_rules = ShippingRules(
+            RuleState(changelog, "shipping", AwaitedOrder), book("shipping"),
+            lambda: self.rules, self.master, self.publish_task, self._member_hint,
+            settings.language,
+        )
         self.processors = {
             "stock-moves": RuleProcessor(
                 "stock-moves", settings.topic("stock-moves"), _stock_moves.decode,
@@ -285,6 +302,11 @@ class DecisionLayer:
                 "lanes", settings.topic("lanes"), _lane_events.decode,
                 self.lane_rules.apply, self.lane_rules.evaluate_touched, self.lane_rules.state,
                 self.persist,
+            ),
+            "shipping": RuleProcessor(
+                "shipping", settings.topic("shipping"), _shipping_events.decode,
+                self.shipping_rules.apply, self._evaluate_shipping,
+                self.shipping_rules.state, self.persist,
             ),
             # answers to the orders, keyed by SKU: beside the stock rules that issued them
             "action-status": RuleProcessor(
@@ -302,11 +324,14 @@ class DecisionLayer:
     def rules(self) -> Rules:
         return self.watcher.rules
 
+    def families(
+        self,
+    ) -> tuple[PickupRules, StockRulesEngine, LaneRules, ServiceRulesFamily, ShippingRules]:
+        return (self.pickup, self.stock, self.lane_rules, self.service, self.shipping_rules)
+
     def states(self) -> list[RuleState[Any]]:
-        return [
-            family.state for family in (self.pickup, self.stock, self.lane_rules, self.service)
-        ] + [family.book.state
-             for family in (self.pickup, self.stock, self.lane_rules, self.service)] + [
+        return [family.state for family in self.families()] + [
+            family.book.state for family in self.families()] + [
             self.actions.state, self.tasks.state
         ]
 
@@ -335,6 +360,15 @@ class DecisionLayer:
 
     def publish_task(self, task: ShipmentTask) -> None:
         self._publish(self.tasks_topic, task.task_id, control_encoder.encode(task))
+
+    def _member_hint(self, lane: str, items: list[LaneEvent]) -> None:
+        """Which member a shipment is for, from the shipping rules to its lane's rules."""
+        self.lanes.add(lane, (-1, items[0].offset), items)
+
+    def _evaluate_shipping(self) -> None:
+        """After a shipping batch: judge, and send the members found to the lanes."""
+        self.shipping_rules.evaluate_touched()
+        self.lanes.flush()
 
     def publish_signal(self, signal: CouponSignal) -> None:
         self.signals_sent += 1
@@ -402,10 +436,12 @@ class DecisionLayer:
         }.get(stream)
 
     def after_flush(self, stream: str) -> Callable[[], bool | None] | None:
-        if stream in ("scan", "order", "inventory"):
+        if stream in ("scan", "inventory"):
             return self.stock_moves.flush
+        if stream == "order":
+            return self._flush_orders
         if stream == "logistics":
-            return self.lanes.flush
+            return self._flush_logistics
         if stream == "pickup":
             return self._flush_pickup
         if stream == "service":
@@ -430,11 +466,24 @@ class DecisionLayer:
         for sku, moves in by_sku.items():
             self.stock_moves.add(sku, (partition, offset), moves)
 
+    def _flush_orders(self) -> None:
+        self.stock_moves.flush()
+        self.shipping.flush()
+
+    def _flush_logistics(self) -> None:
+        self.lanes.flush()
+        self.shipping.flush()
+
     def _orders(self, partition: int, offset: int, events: list[Event]) -> None:
         source = f"order:{partition}"
         by_sku: dict[str, list[StockMove]] = defaultdict(list)
+        by_order: dict[str, list[ShippingEvent]] = defaultdict(list)
         for ev in events:
             assert isinstance(ev, Order)
+            if ev.status != "created" and ev.fulfillment in SHIPPED_FULFILMENTS:
+                by_order[ev.order_id].append(ShippingEvent(
+                    ev.order_id, ev.status, ev.ts, source, offset, ev.member_id,  # type: ignore[arg-type]
+                    ev.store_id, ev.fulfillment))
             if ev.status != "paid":
                 continue
             location = ev.stock_location
@@ -444,6 +493,8 @@ class DecisionLayer:
                 )
         for sku, moves in by_sku.items():
             self.stock_moves.add(sku, (partition, offset), moves)
+        for order_id, items in by_order.items():
+            self.shipping.add(order_id, (partition, offset), items)
 
     def _inventory(self, partition: int, offset: int, events: list[Event]) -> None:
         source = f"inventory:{partition}"
@@ -459,6 +510,7 @@ class DecisionLayer:
     def _logistics(self, partition: int, offset: int, events: list[Event]) -> None:
         source = f"logistics:{partition}"
         by_lane: dict[str, list[LaneEvent]] = defaultdict(list)
+        by_order: dict[str, list[ShippingEvent]] = defaultdict(list)
         for ev in events:
             assert isinstance(ev, Logistics)
             lane = f"{ev.carrier}|{ev.region}"
@@ -466,8 +518,13 @@ class DecisionLayer:
                 LaneEvent(ev.shipment_id, ev.status, ev.ts, ev.eta, ev.carrier, ev.region,  # type: ignore[arg-type]
                           source, offset, ev.order_id, ev.district or "")
             )
+            by_order[ev.order_id].append(ShippingEvent(
+                ev.order_id, "shipment", ev.ts, source, offset, shipment_id=ev.shipment_id,  # type: ignore[arg-type]
+                status=ev.status, carrier=ev.carrier, region=ev.region))
         for lane, items in by_lane.items():
             self.lanes.add(lane, (partition, offset), items)
+        for order_id, items in by_order.items():
+            self.shipping.add(order_id, (partition, offset), items)
 
     def _pickups(self, partition: int, offset: int, events: list[Event]) -> None:
         pickups: Iterable[Pickup] = events  # type: ignore[assignment]
@@ -499,7 +556,7 @@ class DecisionLayer:
     def tick(self) -> None:
         """Every second: re-read the rules if changed, let time pass, persist."""
         self.watcher.check()
-        for family in (self.pickup, self.stock, self.lane_rules, self.service):
+        for family in self.families():
             family.tick()
         if self.shadow is not None:
             self.shadow.tick()
@@ -515,6 +572,7 @@ class DecisionLayer:
             state.drop(partition)
         self.actions.forget(partition)
         self.tasks.forget(partition)
+        self.shipping_rules.forget(partition)
         if self.shadow is not None:
             self.shadow.drop(partition)
 
@@ -530,6 +588,9 @@ class DecisionLayer:
             "move_records": self.stock_moves.records,
             "lane_events_forwarded": self.lanes.sent,
             "lane_records": self.lanes.records,
+            "shipping_events_forwarded": self.shipping.sent,
+            "shipping_records": self.shipping.records,
+            "not_shipped": dict(self.shipping_rules.stats),
             "stock_judgements": self.stock.judgements,
             "actions": dict(self.actions.stats),
             "tasks": dict(self.tasks.stats),

@@ -112,6 +112,7 @@ class ShadowRules:
         for name, family_apply in (
             ("stock-moves", self.engine.apply_moves),
             ("lanes", self.engine.apply_lane_events),
+            ("shipping", self.engine.apply_shipping),
         ):
             processor = processors.get(name)
             if processor is None:

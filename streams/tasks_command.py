@@ -49,9 +49,20 @@ def closed_by_person(row: dict[str, Any], by: str, now_ms: int) -> ShipmentTask:
     )
 
 
+def describe(t: dict[str, Any]) -> str:
+    """One task as ``ctower tasks list`` prints it: what, whose, where, since, and the
+    message (a not-shipped order has no shipment or carrier yet: ``-``)."""
+    where = f"{t['carrier']} {t['region']}".strip() + (
+        f"/{t['district']}" if t["district"] else "")
+    return (f"{t['task_id']}  {t['kind']:<11} {t['status']:<6} shipment "
+            f"{t['shipment_id'] or '-'} order {t['order_id'] or '-'} member "
+            f"{t['member_id'] or '-'}  {where or '-'}  since {t['opened_at']:%m-%d %H:%M}\n"
+            f"    {t['message']}")
+
+
 @click.group("tasks")
 def tasks_group() -> None:
-    """Customer-service tasks: late, stale and failed parcels."""
+    """Customer-service tasks: late, stale and failed parcels, paid orders never shipped."""
 
 
 @tasks_group.command("list")
@@ -69,10 +80,7 @@ def list_tasks(everything: bool, as_json: bool) -> None:
     if not found:
         click.echo("no open tasks" if not everything else "no tasks")
     for t in found:
-        where = f"{t['carrier']} {t['region']}" + (f"/{t['district']}" if t["district"] else "")
-        click.echo(f"{t['task_id']}  {t['kind']:<8} {t['status']:<6} shipment {t['shipment_id']}"
-                   f" order {t['order_id'] or '-'}  {where}  since {t['opened_at']:%m-%d %H:%M}")
-        click.echo(f"    {t['message']}")
+        click.echo(describe(t))
 
 
 @tasks_group.command()

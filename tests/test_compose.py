@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SERVICES = {"kafka", "clickhouse", "topics", "worker-1", "worker-2", "sink", "dashboard",
-            "simulator", "alerts", "prometheus", "grafana"}
+            "simulator", "warehouse", "alerts", "prometheus", "grafana"}
 OBSERVABILITY = {"prometheus", "grafana"}
 CTOWER_SERVICES = SERVICES - {"kafka", "clickhouse"} - OBSERVABILITY
 LONG_RUNNING = SERVICES - {"topics"}
@@ -79,11 +79,12 @@ def test_services_and_profile(config: dict[str, Any]) -> None:
     services = config["services"]
     assert set(services) == SERVICES
     assert services["simulator"]["profiles"] == ["simulator"]
+    assert services["warehouse"]["profiles"] == ["simulator"]  # it answers simulated orders
     assert services["alerts"]["profiles"] == ["alerts"]
     for name in OBSERVABILITY:
         assert services[name]["profiles"] == ["observability"]
     assert sorted(name for name, svc in services.items() if svc.get("profiles")) == [
-        "alerts", "grafana", "prometheus", "simulator"]
+        "alerts", "grafana", "prometheus", "simulator", "warehouse"]
     profiles = _run("--profiles")
     assert profiles.returncode == 0 and sorted(profiles.stdout.split()) == [
         "alerts", "observability", "simulator"]
@@ -101,6 +102,7 @@ def test_images_commands_and_replicas(config: dict[str, Any]) -> None:
     assert services["sink"]["command"] == ["ctower", "sink"]
     assert services["dashboard"]["command"] == ["ctower", "dashboard"]
     assert services["simulator"]["command"][:4] == ["ctower", "simulate", "--rate", "200"]
+    assert services["warehouse"]["command"][:2] == ["ctower", "warehouse"]
     assert services["alerts"]["command"] == ["ctower", "alerts", "deliver"]
     assert {"published": 8501, "target": 8501} in services["dashboard"]["ports"]
     for name in CTOWER_SERVICES:
@@ -144,7 +146,8 @@ def test_healthchecks_restarts_limits_and_start_order(config: dict[str, Any]) ->
     assert "kafka-broker-api-versions" in " ".join(services["kafka"]["healthcheck"]["test"])
     assert "http://localhost:8123/ping" in services["clickhouse"]["healthcheck"]["test"]
     roles = {"worker-1": "worker", "worker-2": "worker", "sink": "sink",
-             "dashboard": "dashboard", "alerts": "alerts", "simulator": "simulator"}
+             "dashboard": "dashboard", "alerts": "alerts", "simulator": "simulator",
+             "warehouse": "warehouse"}
     for name, role in roles.items():
         assert services[name]["healthcheck"]["test"] == ["CMD", "ctower", "health", role], name
     for name in LONG_RUNNING:
@@ -157,7 +160,8 @@ def test_healthchecks_restarts_limits_and_start_order(config: dict[str, Any]) ->
         image = svc["image"]
         assert ":" in image and not image.endswith((":latest", ":")), f"{name}: {image}"
     healthy = {"condition": "service_healthy"}
-    for name in ("worker-1", "worker-2", "sink", "dashboard", "alerts", "simulator"):
+    for name in ("worker-1", "worker-2", "sink", "dashboard", "alerts", "simulator",
+                 "warehouse"):
         assert services[name]["depends_on"]["kafka"] == healthy
         assert services[name]["depends_on"]["topics"] == {
             "condition": "service_completed_successfully"}

@@ -252,7 +252,7 @@ def test_every_feature_finds_its_settings_in_compose(tmp_path: Path) -> None:
     topology = local_services(config, "127.0.0.1:9092", tmp_path / "run")
     services = topology.services
     assert set(services) == {"topics", "worker-1", "worker-2", "sink", "dashboard", "alerts",
-                             "simulator"}
+                             "simulator", "warehouse"}
 
     def settings_of(name: str) -> Any:
         with environment(services[name].env):
@@ -308,6 +308,10 @@ def test_every_feature_finds_its_settings_in_compose(tmp_path: Path) -> None:
     command = raw["simulator"]["command"]
     seed = int(command[command.index("--seed") + 1])
     assert json.loads((ROOT / "deploy" / "master_data.json").read_text())["seed"] == seed
+    # the warehouse answers the workers' action orders on the same broker and topics
+    warehouse = settings_of("warehouse")
+    assert (warehouse.bootstrap, warehouse.topic("actions")) == (
+        settings_of("worker-1").bootstrap, settings_of("worker-1").topic("actions"))
 
     # Prometheus scrapes each process where it serves /metrics
     scrape = _yaml((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
@@ -444,7 +448,8 @@ def test_the_compose_topology_runs_every_feature(
         done = subprocess.run(topics.command, env=topics.env, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
-        for name in ("sink", "worker-1", "worker-2", "alerts", "dashboard", "simulator"):
+        for name in ("sink", "worker-1", "worker-2", "alerts", "dashboard", "simulator",
+                     "warehouse"):
             procs.start(services[name])
 
         # every healthcheck command passes (as compose would run it, beside the process)
@@ -581,6 +586,6 @@ def test_the_compose_topology_runs_every_feature(
     finally:
         procs.stop()
     # a stopped process is no longer healthy
-    for name in ("sink", "alerts", "simulator"):
+    for name in ("sink", "alerts", "simulator", "warehouse"):
         result = _health(services[name])
         assert result.returncode == 1 and "unhealthy" in result.stderr, (name, result.stderr)

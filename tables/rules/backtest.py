@@ -27,6 +27,7 @@ from typing import Any
 from ctower.schemas.control import Alert, CouponSignal
 from ctower.schemas.events import Event
 from ctower.schemas.master_data import MasterData
+from ctower.schemas.tasks import ShipmentTask
 from ctower.simulator.jsonl import read_jsonl
 from ctower.tables.rules.config import Rules
 from ctower.tables.rules.engine import MemoryTable, RuleEngine
@@ -137,6 +138,7 @@ class Outcome:
 
     alerts: list[Alert] = field(default_factory=list)
     signals: list[CouponSignal] = field(default_factory=list)
+    tasks: list[ShipmentTask] = field(default_factory=list)
 
     def opened(self) -> list[Alert]:
         return [a for a in self.alerts if a.status == "open"]
@@ -224,6 +226,7 @@ def run_backtest(
         engines.append(RuleEngine(
             MemoryTable(), (lambda r=rules: r), master, language,  # type: ignore[misc]
             alert=outcome.alerts.append, signal=outcome.signals.append, clock=clock,
+            task=outcome.tasks.append, member_hints=True,
         ))
     feed: Any = _feed_class()()
     feed.shadow = None
@@ -231,6 +234,8 @@ def run_backtest(
         lambda p, items: [e.apply_moves(p, items) for e in engines]
     )
     feed.lanes = lanes = _Forward(lambda p, items: [e.apply_lane_events(p, items) for e in engines])
+    feed.shipping = shipping = _Forward(lambda p, items: [e.apply_shipping(p, items)
+                                                          for e in engines])
     feed.pickup = _Direct(engines, "pickup")
     feed.service = _Direct(engines, "service")
     seen = _Seen(dedup_horizon_ms)
@@ -259,6 +264,7 @@ def run_backtest(
             evaluated = clock.ms
             moves.flush()
             lanes.flush()
+            shipping.flush()
             for engine in engines:
                 engine.evaluate_touched()
         if clock.ms - ticked >= tick_ms:
@@ -267,6 +273,7 @@ def run_backtest(
                 engine.tick()
     moves.flush()
     lanes.flush()
+    shipping.flush()
     for engine in engines:
         engine.evaluate_touched()
     result.duplicates = seen.duplicates

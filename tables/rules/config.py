@@ -104,6 +104,7 @@ class LogisticsRules(_Section):
     on_time_min_deliveries: int = Field(20, ge=1)
     confidence: float = Field(0.99, ge=0.5, lt=1)
     district_failed_min: int = Field(3, ge=1)
+    not_shipped_minutes: float = Field(30.0, gt=0)
 
 
 class ServiceRules(_Section):

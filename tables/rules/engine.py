@@ -20,13 +20,16 @@ from typing import Any
 
 from ctower.schemas.control import Alert, CouponSignal, PickupLevel, StockLevel
 from ctower.schemas.master_data import MasterData
+from ctower.schemas.tasks import ShipmentTask
 from ctower.tables.rules.alert_book import AlertBook, AlertEntry
 from ctower.tables.rules.config import Rules
 from ctower.tables.rules.lanes import Lane, LaneEvent, LaneRules
 from ctower.tables.rules.pickup import PickupQueue, PickupRules
 from ctower.tables.rules.rule_state import RuleState
 from ctower.tables.rules.service import ServiceItem, ServiceRulesFamily
+from ctower.tables.rules.shipping import AwaitedOrder, ShippingEvent, ShippingRules
 from ctower.tables.rules.stock import StockItem, StockMove, StockRulesEngine
+from ctower.tables.rules.tasks import TaskBook
 
 MINUTE = 60_000
 
@@ -46,8 +49,10 @@ def _drop(_: Any) -> None:
 
 
 class RuleEngine:
-    """Pickup, stock, lane and service rules sharing one table, one clock and one set
-    of outputs. What only the live rules do (action orders) is left out."""
+    """Pickup, stock, lane, service and shipping rules sharing one table, one clock and
+    one set of outputs. What only the live rules do (action orders) is left out; the
+    customer-service tasks are kept (the lanes' district flags and the not-shipped
+    alerts come with them) and go to ``task``."""
 
     def __init__(
         self,
@@ -62,9 +67,14 @@ class RuleEngine:
         pickup_level: Callable[[PickupLevel], None] = _drop,
         clock: Callable[[], float] = time.time,
         prefix: str = "",
+        task: Callable[[ShipmentTask], None] = _drop,
+        member_hints: bool = False,
     ) -> None:
         """``prefix`` names the families' keys in the table (a shadow beside the
-        live rules on one table must not overwrite them)."""
+        live rules on one table must not overwrite them). ``member_hints``: the
+        shipping rules tell this engine's lane rules (partition 0) whose shipment
+        it is, as the worker's do through the ``lanes`` topic (a backtest; a shadow
+        gets the live rules' hints with the lane events)."""
         self.rules = rules
 
         def state(family: str, entity: type[Any]) -> RuleState[Any]:
@@ -82,25 +92,43 @@ class RuleEngine:
         self.stock = StockRulesEngine(
             state("stock", StockItem), book("stock"), rules, master, signal, stock_level,
         )
-        self.lane_rules = LaneRules(state("lanes", Lane), book("lanes"), rules)
+        self.tasks = TaskBook(state("tasks", ShipmentTask), task, language)
+        self.lane_rules = LaneRules(state("lanes", Lane), book("lanes"), rules, tasks=self.tasks)
         self.service = ServiceRulesFamily(
             state("service", ServiceItem), book("service"), rules, master,
         )
+        self.shipping = ShippingRules(
+            state("shipping", AwaitedOrder), book("shipping"), rules, master, task,
+            (lambda _, items: self._hints.extend(items)) if member_hints else None,
+            language,
+        )
+        self._shipping_arrays = 0
+        self._hints: list[LaneEvent] = []
 
     def families(
         self,
-    ) -> tuple[PickupRules, StockRulesEngine, LaneRules, ServiceRulesFamily]:
-        return (self.pickup, self.stock, self.lane_rules, self.service)
+    ) -> tuple[PickupRules, StockRulesEngine, LaneRules, ServiceRulesFamily, ShippingRules]:
+        return (self.pickup, self.stock, self.lane_rules, self.service, self.shipping)
 
     def states(self) -> list[RuleState[Any]]:
         families = self.families()
-        return [f.state for f in families] + [f.book.state for f in families]
+        return [f.state for f in families] + [f.book.state for f in families] + [
+            self.tasks.state]
 
     def apply_moves(self, partition: int, moves: list[StockMove]) -> None:
         self.stock.apply(partition, moves)
 
     def apply_lane_events(self, partition: int, events: list[LaneEvent]) -> None:
         self.lane_rules.apply(partition, events)
+
+    def apply_shipping(self, partition: int, events: list[ShippingEvent]) -> None:
+        if self.shipping.hint is not None:  # no topic here: number the arrays as one would
+            self._shipping_arrays += 1
+            self.shipping.state.read(partition, self._shipping_arrays)
+        self.shipping.apply(partition, events)
+        if self._hints:  # one array, as the worker's forwarder sends them
+            hints, self._hints = self._hints, []
+            self.lane_rules.apply(0, hints)
 
     def evaluate_touched(self) -> None:
         for family in self.families():
@@ -117,3 +145,5 @@ class RuleEngine:
     def drop(self, partition: int) -> None:
         for state in self.states():
             state.drop(partition)
+        self.tasks.forget(partition)
+        self.shipping.forget(partition)

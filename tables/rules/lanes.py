@@ -45,6 +45,10 @@ _FORGET_MS = 3 * 86_400_000
 _DWELL_SAMPLES = 64
 """Dwell times kept per stage: recent enough to follow the carrier, enough for a tail."""
 _HOUR = 60 * MINUTE
+MEMBER_HINT = "member"
+"""Status of a :class:`LaneEvent` that only says which member a shipment is for
+(sent by the shipping rules, which see the order): not a shipment event, and with
+no event time (``ts`` 0), so it moves no clock."""
 
 
 class LaneEvent(Struct, array_like=True):
@@ -58,6 +62,7 @@ class LaneEvent(Struct, array_like=True):
     offset: int
     order_id: str = ""
     district: str = ""
+    member_id: str = ""
 
 
 class Lane(Struct, kw_only=True, array_like=True):
@@ -79,6 +84,9 @@ class Lane(Struct, kw_only=True, array_like=True):
     """Open shipment -> (order id, district), for their customer-service tasks."""
     district_failed: dict[str, list[int]] = {}
     """District -> times of its failed or returned deliveries in the failed window."""
+    members: dict[str, tuple[str, int]] = {}
+    """Shipment -> (member, when told), for its customer-service tasks: told by the
+    shipping rules, possibly before the lane hears of the shipment."""
 
 
 class LaneRules(RuleFamily):
@@ -101,6 +109,9 @@ class LaneRules(RuleFamily):
         for ev in state.fresh_items(partition, events, evaluate):
             key = f"{ev.carrier}|{ev.region}"
             lane = state.get(partition, key) or Lane()
+            if ev.status == MEMBER_HINT:
+                self._member(partition, key, lane, ev)
+                continue
             finished = ev.shipment_id in lane.done
             self._event(lane, ev)
             if self.tasks is not None and not finished:
@@ -162,6 +173,17 @@ class LaneRules(RuleFamily):
         else:
             lane.open[sid] = (status, ts, eta or (before[2] if before else 0))
 
+    def _member(self, partition: int, key: str, lane: Lane, ev: LaneEvent) -> None:
+        """Whose shipment it is: kept for its tasks, and added to those already open."""
+        if not ev.member_id:
+            return
+        now = self.state.now(partition)  # a hint carries no event time of its own
+        if ev.shipment_id not in lane.done:  # a finished shipment opens no more tasks
+            lane.members[ev.shipment_id] = (ev.member_id, now)
+            self.state.put(partition, key, lane)
+        if self.tasks is not None:
+            self.tasks.add_member(partition, ev.shipment_id, ev.member_id, now)
+
     def _task_event(self, partition: int, key: str, lane: Lane, ev: LaneEvent) -> None:
         """Keep what a shipment's task needs (its order, its district), and tell the
         task book; a failed delivery in a district is counted for the district
@@ -170,14 +192,16 @@ class LaneRules(RuleFamily):
         sid = ev.shipment_id
         order_id, district = lane.orders.get(sid, ("", ""))
         order_id, district = ev.order_id or order_id, ev.district or district
+        member = lane.members.get(sid, ("", 0))[0]
         if sid in lane.open:
             if (order_id or district) and lane.orders.get(sid) != (order_id, district):
                 lane.orders[sid] = (order_id, district)
         else:
             lane.orders.pop(sid, None)
+            lane.members.pop(sid, None)
         if ev.status in ("failed", "returned") and district:
             lane.district_failed.setdefault(district, []).append(ev.ts)
-        self.tasks.on_event(partition, key, sid, ev.status, ev.ts, order_id, district)
+        self.tasks.on_event(partition, key, sid, ev.status, ev.ts, order_id, district, member)
 
     def forget(self, partition: int) -> None:
         super().forget(partition)
@@ -239,7 +263,7 @@ class LaneRules(RuleFamily):
             partition, key, now,
             [(sid, lane.open[sid][0], last) for last, sid in stale],
             [(sid, eta) for sid, (_, _, eta) in lane.open.items() if eta and eta < overdue],
-            lane.orders,
+            lane.orders, lane.members,
         )
         since = now - int(rules.failed_window_minutes * MINUTE)
         for district, times in list(lane.district_failed.items()):
@@ -279,7 +303,12 @@ class LaneRules(RuleFamily):
         for sid in forgotten:
             del lane.open[sid]
             lane.orders.pop(sid, None)
-        return changed or bool(old) or bool(forgotten)
+        # members told of shipments the lane never heard of (or no longer holds)
+        unheard = [s for s, (_, told) in lane.members.items()
+                   if s not in lane.open and told < now - _HOUR]
+        for sid in unheard:
+            del lane.members[sid]
+        return changed or bool(old) or bool(forgotten) or bool(unheard)
 
     @staticmethod
     def _silence(lane: Lane, heard: int, rules: LogisticsRules) -> tuple[int, float]:

@@ -83,6 +83,8 @@ class EventClock:
     """The newest event time before a restart, until a source speaks again."""
 
     def observe(self, source: str, ts: int, wall: float) -> None:
+        if ts <= 0:
+            return  # items without an event time (member hints) say nothing of "now"
         seen = self.sources.get(source)
         if seen is None or ts > seen[0]:
             self.sources[source] = (ts, wall)

@@ -26,6 +26,8 @@ from ctower.tables.rules.rule_state import RuleState
 FORGET_MS = 3 * 86_400_000
 """A task open this long with no news of its shipment is closed as forgotten (the
 lane rules drop such a shipment too)."""
+LANE_KINDS: tuple[TaskKind, ...] = ("past_eta", "stale", "failed")
+"""The kinds this book opens (``not_shipped`` is the shipping rules')."""
 KEEP_CLOSED_MS = 86_400_000
 """A closed task is kept this long (so it is not opened again), then forgotten."""
 
@@ -78,7 +80,7 @@ class TaskBook:
 
     def open(
         self, partition: int, lane: str, shipment_id: str, kind: TaskKind, now: int,
-        detail: dict[str, object], order_id: str = "", district: str = "",
+        detail: dict[str, object], order_id: str = "", district: str = "", member_id: str = "",
     ) -> ShipmentTask | None:
         """Open the task unless one of this kind was opened for the shipment before."""
         key = f"{shipment_id}:{kind}"
@@ -89,7 +91,8 @@ class TaskBook:
         values = {"order_id": order_id or shipment_id, "carrier": carrier,
                   "stage": detail.get("stage", "")}
         task = ShipmentTask(
-            task_id=f"T-{digest}", shipment_id=shipment_id, order_id=order_id, carrier=carrier,
+            task_id=f"T-{digest}", shipment_id=shipment_id, order_id=order_id,
+            member_id=member_id, carrier=carrier,
             region=region, district=district, kind=kind, status="open", detail=detail,
             message=MESSAGES[self.language][kind].format_map(values), opened_at=now, ts=now,
         )
@@ -113,14 +116,26 @@ class TaskBook:
             lane.discard(key)
         self.publish(closed)
 
+    def add_member(self, partition: int, shipment_id: str, member_id: str, ts: int) -> None:
+        """The shipment's member became known: its open tasks are sent again with it."""
+        for kind in LANE_KINDS:
+            key = f"{shipment_id}:{kind}"
+            task = self.state.get(partition, key)
+            if task is None or task.status != "open" or task.member_id:
+                continue
+            # a later ts: the store keeps the latest version of an open task
+            task = msgspec.structs.replace(task, member_id=member_id, ts=max(ts, task.ts + 1))
+            self.state.put(partition, key, task)
+            self.publish(task)
+
     def on_event(self, partition: int, lane: str, shipment_id: str, status: str, ts: int,
-                 order_id: str, district: str) -> None:
+                 order_id: str, district: str, member_id: str = "") -> None:
         """A shipment event: a failure opens a task, progress closes what it answers."""
         if status in ("failed", "returned"):
             for kind in ("stale", "past_eta"):
                 self.close(partition, f"{shipment_id}:{kind}", ts, "failed")
             self.open(partition, lane, shipment_id, "failed", ts, {"status": status},
-                      order_id, district)
+                      order_id, district, member_id)
             return
         if status == "created":
             return
@@ -134,17 +149,20 @@ class TaskBook:
     def sync(
         self, partition: int, lane: str, now: int,
         stale: Iterable[tuple[str, str, int]], past_eta: Iterable[tuple[str, int]],
-        orders: dict[str, tuple[str, str]],
+        orders: dict[str, tuple[str, str]], members: dict[str, tuple[str, int]] | None = None,
     ) -> None:
         """Open tasks for the lane's stale (shipment, stage, since) and overdue
-        (shipment, eta) shipments; ``orders`` maps a shipment to (order, district)."""
+        (shipment, eta) shipments; ``orders`` maps a shipment to (order, district),
+        ``members`` to (member, when told)."""
+        members = members or {}
         for sid, stage, since in stale:
             order_id, district = orders.get(sid, ("", ""))
             self.open(partition, lane, sid, "stale", now, {"stage": stage, "since": since},
-                      order_id, district)
+                      order_id, district, members.get(sid, ("", 0))[0])
         for sid, eta in past_eta:
             order_id, district = orders.get(sid, ("", ""))
-            self.open(partition, lane, sid, "past_eta", now, {"eta": eta}, order_id, district)
+            self.open(partition, lane, sid, "past_eta", now, {"eta": eta}, order_id, district,
+                      members.get(sid, ("", 0))[0])
 
     def tick(self, partition: int, now: int) -> None:
         """Close tasks of shipments nobody heard of for days; forget old closed ones."""

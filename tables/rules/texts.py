@@ -41,6 +41,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "到期 {late_min} 分钟后仍未签收（状态 {status}）",
         "district_failed": "片区派送失败：{carrier} 在 {region} 的 {district} "
         "近 {window_minutes} 分钟 {failed} 单派送失败或退回",
+        "order_not_shipped": "付款未发货：{store_id} 的订单 {order_id}（{fulfillment}）"
+        "付款 {minutes} 分钟后仍未创建运单（时限 {threshold_minutes} 分钟）",
         "complaint_burst": "投诉激增：{sku} 近 {window_minutes} 分钟 {complaints} 起投诉"
         "（{stores} 家门店），主要问题：{topics_text}",
         "complaint_sla": "投诉即将超时：{ticket_id}（{topic}，{store_id}）已 {age_h} 小时未处理，"
@@ -68,6 +70,9 @@ MESSAGES: dict[str, dict[str, str]] = {
         "{destination}) not received {late_min} min after its due time (status {status})",
         "district_failed": "Failing district: {failed} deliveries of {carrier} in {district} "
         "({region}) failed or came back in {window_minutes} min",
+        "order_not_shipped": "Paid, not shipped: order {order_id} of {store_id} "
+        "({fulfillment}) has no shipment {minutes} min after payment (limit "
+        "{threshold_minutes} min)",
         "complaint_burst": "Complaint burst: {complaints} complaints about {sku} in "
         "{window_minutes} min ({stores} stores); top topics: {topics_text}",
         "complaint_sla": "Complaint SLA running out: {ticket_id} ({topic}, {store_id}) open "
@@ -84,6 +89,7 @@ ACTIONS: dict[str, dict[str, str]] = {
         "chase": "请联系 {source} 核实调拨单进度",
         "pickup": "建议增派自提人手；店内自提券已限流",
         "lane": "请联系承运商 {carrier} 核实 {region} 的运单状态",
+        "ship": "请联系发货仓或导购核实订单 {order_id} 的发货情况，客服任务 {task_id} 已创建",
     },
     "en": {
         "warehouse": "Transfer {qty} from the central warehouse {source}",
@@ -93,6 +99,8 @@ ACTIONS: dict[str, dict[str, str]] = {
         "chase": "Ask {source} where the order is",
         "pickup": "Add pickup staff; store-pickup coupons are throttled here",
         "lane": "Ask carrier {carrier} about its shipments in {region}",
+        "ship": "Ask the shipping warehouse or guide about order {order_id}; customer-service "
+        "task {task_id} is open",
     },
 }
 

@@ -268,23 +268,26 @@ def test_inventory_shows_the_open_orders_at_their_furthest_state(
 def test_logistics_lists_the_open_customer_service_tasks(
     dash_store: Any, run_page: Callable[..., AppTest], minute0: datetime
 ) -> None:
-    def task(task_id: str, kind: str, status: str, version: int) -> dict:
+    def task(task_id: str, kind: str, status: str, version: int, member: str = "") -> dict:
         return {"task_id": task_id, "shipment_id": f"SH-{task_id}", "order_id": f"O-{task_id}",
-                "member_id": "", "carrier": "SF", "region": "east", "district": "",
+                "member_id": member, "carrier": "SF", "region": "east", "district": "",
                 "kind": kind, "status": status, "detail": "{}", "message": f"msg {task_id}",
                 "opened_at": minute0, "closed_at": None, "closed_by": "", "ts": minute0,
                 "version": version}
 
     dash_store.insert("shipment_tasks", [
-        task("T-1", "past_eta", "open", 1), task("T-2", "failed", "open", 1),
+        task("T-1", "past_eta", "open", 1, "M-1"), task("T-2", "failed", "open", 1),
         task("T-3", "stale", "open", 1), task("T-3", "stale", "closed", 10**13 + 1),
+        task("T-4", "not_shipped", "open", 1, "M-4"),
     ])
     app = run_page("logistics")
     shown = metrics(app)
-    assert (shown["Past ETA"], shown["Stuck"], shown["Failed"]) == ("1", "0", "1")
+    assert (shown["Past ETA"], shown["Stuck"], shown["Failed"], shown["Not shipped"]) == (
+        "1", "0", "1", "1")
     tasks = app.dataframe[-1].value
-    assert list(tasks["Task"]) == ["T-1", "T-2"]
-    assert list(tasks["Message to the customer"]) == ["msg T-1", "msg T-2"]
+    assert list(tasks["Task"]) == ["T-1", "T-2", "T-4"]
+    assert list(tasks["Member"]) == ["M-1", "", "M-4"]
+    assert list(tasks["Message to the customer"]) == ["msg T-1", "msg T-2", "msg T-4"]
 
 
 def test_pickup_shows_each_store_s_latest_queue(

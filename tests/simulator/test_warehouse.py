@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from ctower.broker.topics import ensure_topics
+from ctower.health import check
 from ctower.schemas.actions import ActionOrder, ActionStatus
 from ctower.schemas.control import encoder
 from ctower.schemas.events import Inventory
@@ -82,8 +83,15 @@ def test_the_loop_answers_an_order_from_the_topic(settings: Settings) -> None:
     producer.close()
     house = Warehouse(WarehouseConfig(reject_share=0.0, late_share=0.0))
     deadline = time.monotonic() + 30
-    run(settings, house.config, sim_rate=1e6, warehouse=house,
-        stop=lambda: time.monotonic() > deadline or bool(house.answered and not house.pending))
+    verdicts: list[tuple[bool, str]] = []
+
+    def stop() -> bool:
+        verdicts.append(check(settings, "warehouse"))  # compose's healthcheck, while it runs
+        return time.monotonic() > deadline or bool(house.answered and not house.pending)
+
+    run(settings, house.config, sim_rate=1e6, warehouse=house, stop=stop)
+    assert verdicts[-1][0] and "orders" in verdicts[-1][1], verdicts[-1]
+    assert not check(settings, "warehouse")[0]  # a stopped warehouse is not healthy
 
     def read(topic: str) -> list[Any]:
         consumer = KafkaConsumer(settings.topic(topic), bootstrap_servers=settings.bootstrap,

@@ -67,6 +67,16 @@ def test_english_labels(make_alert: Callable[..., Alert]) -> None:
     assert not re.search(r"[\u4e00-\u9fff]", content.replace(alert.action or "", ""))
 
 
+def test_the_fulfilment_kinds_have_their_own_titles(make_alert: Callable[..., Alert]) -> None:
+    alert = make_alert(kind="order_not_shipped", key="order_not_shipped:OD-1", sku=None,
+                       message="付款未发货：S001 的订单 OD-1")
+    assert "付款未发货 S001" in render_alert(alert, lang="zh", dashboard=DASH,
+                                         delivery_id="d1").content
+    district = make_alert(kind="district_failed", store_id=None, sku=None, carrier="SF")
+    assert "Failing district" in render_alert(district, lang="en", dashboard=DASH,
+                                              delivery_id="d2").content
+
+
 def test_a_resolution_is_green_and_says_when(make_alert: Callable[..., Alert]) -> None:
     alert = make_alert(status="resolved", resolved_at=1_700_000_000_000)
     content = render_alert(alert, lang="zh", dashboard=DASH, delivery_id="d1").content
