@@ -1,4 +1,4 @@
-"""``ctower simulate``: the seeded retail chain and its six event streams.
+"""``ctower simulate``: the seeded retail chain and its seven event streams.
 
 Programmatic use (tests, the benchmark)::
 

@@ -1,4 +1,4 @@
-"""``ctower simulate``: generate (or replay) the six streams into Kafka and files.
+"""``ctower simulate``: generate (or replay) the seven streams into Kafka and files.
 
 Examples::
 

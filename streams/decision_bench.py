@@ -16,7 +16,7 @@ so a store is probed again only once its queue is empty (reusing a store
 needs the worker's alert cooldown at 0, which ``ctower bench decisions``
 sets; with a cooldown, probe at most once per probed store).
 
-The background is the simulator's six streams sent at exactly ``rate``
+The background is the simulator's seven streams sent at exactly ``rate``
 events/s by a process of its own (as a real producer would be), each event
 re-timed to the wall clock as it leaves (``eta`` and ``slot_start`` moved by
 the same amount). Why not ``ctower simulate --rate N``: its live mode starts

@@ -1,6 +1,6 @@
 """The ClickHouse sink: every topic of the control tower, written to the store.
 
-One process consumes the six raw event topics and the output topics
+One process consumes the seven raw event topics and the output topics
 (closed windows and late events on ``aggregates``, dead letters, alerts,
 alert deliveries, coupon decisions and policies) and inserts them into the tables of
 ``schemas/ddl``.

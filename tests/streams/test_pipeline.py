@@ -41,7 +41,7 @@ def start_simulator(
     env: dict[str, str], seed: int, truth_path: Path, rate: str = "max",
     events: int = 60_000, sim_rate: int = 10, *extra: str,
 ) -> subprocess.Popen[bytes]:
-    """Simulated history (all six streams, 60k events by default), as fast as
+    """Simulated history (all seven streams, 60k events by default), as fast as
     possible by default; ``extra`` options go to ``ctower simulate`` as they are."""
     return subprocess.Popen(
         [sys.executable, "-m", "ctower", "simulate", "--quiet", "--seed", str(seed),

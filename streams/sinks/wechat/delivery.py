@@ -1,6 +1,6 @@
 """``ctower alerts deliver``: alerts from ``ct.alerts`` to WeChat Work robots.
 
-Three loops share one process:
+Four loops share one process:
 
 - **intake** reads ``ct.alerts`` (consumer group ``<app_id>-alerts``),
   routes each alert and writes one outbox item per (route, robot); only
