@@ -295,6 +295,7 @@ def build_app(settings: Settings) -> ControlTower:
             await pending.retry_dead_letters()
             for partition in pending.outbox.take_resumed():
                 await tower.orders[name].rewind(partition)
+            await tower.orders[name].retry()
         for stream, processor in tower.processors.items():
             if recovered:
                 owned = recovery.actives_for_table.get(tower.window_tables[stream], ())

@@ -138,6 +138,29 @@ class OffsetOrder:
         )
         return waiting
 
+    async def retry(self) -> None:
+        """Once a second: seek again for a partition still waiting for its
+        expected offset. A seek is otherwise asked for only when a message
+        comes ahead of its turn; if the last ones came while a seek could not
+        be made (the recovery not quite done) or while one was under way and
+        then dropped, nothing more would come to ask, and the partition would
+        wait for good."""
+        now = self.clock()
+        for partition, waiting in list(self._waiting.items()):
+            if now - waiting.sought_at < RESEEK_SECONDS:
+                continue
+            tp = TP(self.topic, partition)
+            if not self.settled(tp):
+                continue
+            try:
+                await self.seek(tp, waiting.expected)
+            except Exception:
+                log.warning("could not seek %s to %d", tp, waiting.expected, exc_info=True)
+                continue
+            self.seeks += 1
+            waiting.seeks += 1
+            waiting.sought_at = now
+
     async def rewind(self, partition: int) -> None:
         """Seek the partition back to its next offset: messages let go for a
         reason of ours (a dead letter Kafka would not take) come again even if

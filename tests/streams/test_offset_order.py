@@ -162,6 +162,38 @@ def test_a_settled_worker_seeks_back_and_again_while_the_seek_is_undone(
     assert consumer.probes == []  # two seeks, then Kafka would have been asked
 
 
+def test_a_partition_whose_last_messages_came_before_a_seek_could_be_made_is_sought_by_the_timer(
+    memory_table: Any,
+) -> None:
+    """The last messages came ahead of their turn while no seek could be made
+    (the recovery not quite done): nothing more comes to ask for one, so the
+    once-a-second retry does, once the worker is settled, and again while the
+    expected offset does not come."""
+    proc = processor(memory_table)
+    consumer = Consumer(settled=False)
+    order = consumer.order(proc)
+    deliver(order, proc, scans(range(10)))
+    deliver(order, proc, scans(range(14, 18)))  # 10..13 went missing, and no seek yet
+    assert consumer.seeks == []
+
+    asyncio.run(order.retry())
+    assert consumer.seeks == []  # still not settled: the recovery seeks itself
+    consumer.is_settled = True
+    asyncio.run(order.retry())
+    assert consumer.seeks == [(0, 10)]
+    asyncio.run(order.retry())
+    assert consumer.seeks == [(0, 10)]  # not again within RESEEK_SECONDS
+    consumer.now += RESEEK_SECONDS
+    asyncio.run(order.retry())
+    assert consumer.seeks == [(0, 10), (0, 10)]
+
+    deliver(order, proc, scans(range(10, 18)))  # what the seek brings
+    assert scans_counted(proc) == 18
+    consumer.now += RESEEK_SECONDS
+    asyncio.run(order.retry())
+    assert consumer.seeks == [(0, 10), (0, 10)]  # nothing waits any more
+
+
 def test_an_offset_kafka_does_not_hold_is_stepped_over_after_asking_it(
     memory_table: Any,
 ) -> None:
