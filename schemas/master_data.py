@@ -7,7 +7,8 @@ does the dashboard (regions for drill-down). The file is JSON, the shape
 ``ctower simulate --chain PATH`` writes; a real chain exports the same from
 its ERP. ``CTOWER_MASTER_DATA_FILE`` names it; without one the rules fall
 back to their configured defaults (a default pickup capacity, no campaign
-scopes, the warehouse named ``WH-<region>``).
+scopes) and cannot name a transfer's source: a restock then says the source
+is unknown ("?") and no transfer order is issued.
 """
 
 from __future__ import annotations
