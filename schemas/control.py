@@ -237,6 +237,8 @@ AlertKind = Literal[
     "district_failed",
     "complaint_burst",
     "complaint_sla",
+    "guide_capacity",
+    "guide_late",
     # the pipeline about itself (streams/watch.py): same record, same routes
     "system_stream_silent",
     "system_lag_growing",

@@ -53,6 +53,7 @@ from ctower.streams.shadow import ShadowRules
 from ctower.tables.rules.actions import ActionBook
 from ctower.tables.rules.alert_book import AlertBook, AlertEntry
 from ctower.tables.rules.config import Rules, RulesError, RulesWatcher
+from ctower.tables.rules.guides import GuideRulesFamily, GuideStore
 from ctower.tables.rules.lanes import Lane, LaneEvent, LaneRules
 from ctower.tables.rules.pickup import PickupQueue, PickupRules
 from ctower.tables.rules.rule_state import FLUSH_INTERVAL_S, FLUSH_MAX_DIRTY, RuleState
@@ -275,6 +276,9 @@ class DecisionLayer:
                                     lambda: self.rules, tasks=self.tasks)
         self.service = ServiceRulesFamily(RuleState(changelog, "service", ServiceItem),
                                           book("service"), lambda: self.rules, self.master)
+        # guide deliveries travel on the GUIDE lanes: the guide rules take the same arrays
+        self.guides = GuideRulesFamily(RuleState(changelog, "guides", GuideStore),
+                                       book("guides"), lambda: self.rules, self.master)
         self.processors = {
             "stock-moves": RuleProcessor(
                 "stock-moves", settings.topic("stock-moves"), _stock_moves.decode,
@@ -283,7 +287,7 @@ class DecisionLayer:
             ),
             "lanes": RuleProcessor(
                 "lanes", settings.topic("lanes"), _lane_events.decode,
-                self.lane_rules.apply, self.lane_rules.evaluate_touched, self.lane_rules.state,
+                self._apply_lane_events, self._evaluate_lanes, self.lane_rules.state,
                 self.persist,
             ),
             # answers to the orders, keyed by SKU: beside the stock rules that issued them
@@ -302,13 +306,21 @@ class DecisionLayer:
     def rules(self) -> Rules:
         return self.watcher.rules
 
+    def families(self) -> tuple[Any, ...]:
+        return (self.pickup, self.stock, self.lane_rules, self.service, self.guides)
+
     def states(self) -> list[RuleState[Any]]:
-        return [
-            family.state for family in (self.pickup, self.stock, self.lane_rules, self.service)
-        ] + [family.book.state
-             for family in (self.pickup, self.stock, self.lane_rules, self.service)] + [
-            self.actions.state, self.tasks.state
-        ]
+        families = self.families()
+        return [family.state for family in families] + [
+            family.book.state for family in families] + [self.actions.state, self.tasks.state]
+
+    def _apply_lane_events(self, partition: int, events: list[LaneEvent]) -> None:
+        self.lane_rules.apply(partition, events)
+        self.guides.apply(partition, events)
+
+    def _evaluate_lanes(self) -> None:
+        self.lane_rules.evaluate_touched()
+        self.guides.evaluate_touched()
 
     # -------------------------------------------------------------- outputs
     def publish_alert(self, alert: Alert) -> None:
@@ -457,7 +469,8 @@ class DecisionLayer:
             lane = f"{ev.carrier}|{ev.region}"
             by_lane[lane].append(
                 LaneEvent(ev.shipment_id, ev.status, ev.ts, ev.eta, ev.carrier, ev.region,  # type: ignore[arg-type]
-                          source, offset, ev.order_id, ev.district or "")
+                          source, offset, ev.order_id, ev.district or "", ev.guide_id or "",
+                          ev.origin_id if ev.origin_type == "guide" else "")
             )
         for lane, items in by_lane.items():
             self.lanes.add(lane, (partition, offset), items)
@@ -492,7 +505,7 @@ class DecisionLayer:
     def tick(self) -> None:
         """Every second: re-read the rules if changed, let time pass, persist."""
         self.watcher.check()
-        for family in (self.pickup, self.stock, self.lane_rules, self.service):
+        for family in self.families():
             family.tick()
         if self.shadow is not None:
             self.shadow.tick()

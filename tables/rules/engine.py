@@ -22,6 +22,7 @@ from ctower.schemas.control import Alert, CouponSignal, PickupLevel, StockLevel
 from ctower.schemas.master_data import MasterData
 from ctower.tables.rules.alert_book import AlertBook, AlertEntry
 from ctower.tables.rules.config import Rules
+from ctower.tables.rules.guides import GuideRulesFamily, GuideStore
 from ctower.tables.rules.lanes import Lane, LaneEvent, LaneRules
 from ctower.tables.rules.pickup import PickupQueue, PickupRules
 from ctower.tables.rules.rule_state import RuleState
@@ -46,7 +47,7 @@ def _drop(_: Any) -> None:
 
 
 class RuleEngine:
-    """Pickup, stock, lane and service rules sharing one table, one clock and one set
+    """Pickup, stock, lane, service and guide rules sharing one table, one clock and one set
     of outputs. What only the live rules do (action orders) is left out."""
 
     def __init__(
@@ -86,11 +87,12 @@ class RuleEngine:
         self.service = ServiceRulesFamily(
             state("service", ServiceItem), book("service"), rules, master,
         )
+        self.guides = GuideRulesFamily(state("guides", GuideStore), book("guides"), rules, master)
 
     def families(
         self,
-    ) -> tuple[PickupRules, StockRulesEngine, LaneRules, ServiceRulesFamily]:
-        return (self.pickup, self.stock, self.lane_rules, self.service)
+    ) -> tuple[PickupRules, StockRulesEngine, LaneRules, ServiceRulesFamily, GuideRulesFamily]:
+        return (self.pickup, self.stock, self.lane_rules, self.service, self.guides)
 
     def states(self) -> list[RuleState[Any]]:
         families = self.families()
@@ -100,7 +102,9 @@ class RuleEngine:
         self.stock.apply(partition, moves)
 
     def apply_lane_events(self, partition: int, events: list[LaneEvent]) -> None:
+        """Lanes, and the guide deliveries riding on the GUIDE lanes."""
         self.lane_rules.apply(partition, events)
+        self.guides.apply(partition, events)
 
     def evaluate_touched(self) -> None:
         for family in self.families():

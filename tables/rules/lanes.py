@@ -58,6 +58,9 @@ class LaneEvent(Struct, array_like=True):
     offset: int
     order_id: str = ""
     district: str = ""
+    guide_id: str = ""
+    store: str = ""
+    """The store of a guide delivery (its ``origin_id``); empty for any other shipment."""
 
 
 class Lane(Struct, kw_only=True, array_like=True):
