@@ -29,7 +29,7 @@ MIN_SPAN_MS = 30 * 60_000
 """Incidents need room: a baseline before them and a 5-minute spike window."""
 
 KINDS = ("stock_out", "pickup_rush", "carrier_delay", "demand_spike", "late", "malformed",
-         "complaint_burst")
+         "complaint_burst", "complaint_sla", "guide_capacity", "guide_late")
 
 
 class Incident:
@@ -64,12 +64,13 @@ class Incident:
 
 
 def create(kind: str, gen: Generator) -> Incident:
-    from ctower.simulator.service_desk import ComplaintBurst
+    from ctower.simulator.guides import GuideCapacity, GuideLate
+    from ctower.simulator.service_desk import ComplaintBurst, ComplaintSla
 
     classes: dict[str, type[Incident]] = {
         cls.kind: cls
         for cls in (StockOut, PickupRush, CarrierDelay, DemandSpike, Late, Malformed,
-                    ComplaintBurst)
+                    ComplaintBurst, ComplaintSla, GuideCapacity, GuideLate)
     }
     if kind not in classes:
         raise ValueError(f"unknown incident {kind!r}; known: {', '.join(KINDS)}")

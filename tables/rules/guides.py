@@ -164,6 +164,28 @@ class GuideRulesFamily(RuleFamily):
             day = store.guides[guide] = GuideDay(today, late_times=late_times)
         return day
 
+    def pending(self) -> Iterable[int]:
+        """Every partition held: a wait crosses its threshold without an event."""
+        return sorted(set(super().pending()) | set(self.state.partitions()))
+
+    def due(self, partition: int, now: int) -> set[str]:
+        """The stores touched, and those where time alone may have made an order wait
+        too long or a delivery run late: judged at the second it happens, not at the
+        next tick (a replay moves event time by minutes between two ticks)."""
+        keys = super().due(partition, now)
+        rules = self.rules().guides
+        limit = int(rules.wait_minutes * MINUTE)
+        grace = int(rules.late_grace_minutes * MINUTE)
+        for key, store in self.state.items(partition):
+            if key in keys:
+                continue
+            for guide, status, created, eta, _ in store.open.values():
+                if (status == "created" and now - created > limit) or (
+                        guide and eta and now > eta + grace):
+                    keys.add(key)
+                    break
+        return keys
+
     def tick(self) -> None:
         """Waits grow and deliveries run late with time alone: look at every store."""
         for partition in self.state.partitions():

@@ -26,6 +26,9 @@ def test_every_requested_incident_has_truth(incident_run):
         "late",
         "malformed",
         "complaint_burst",
+        "complaint_sla",
+        "guide_capacity",
+        "guide_late",
     }
     for incident in incident_run.truth["incidents"]:
         assert incident["start_ts"] < incident["end_ts"]
