@@ -5,7 +5,7 @@
 ALTER TABLE logistics_events ADD COLUMN IF NOT EXISTS guide_id Nullable(String);
 
 -- One row per guide delivery, from its raw events: who delivers it for which
--- store, when it was created (the order starts waiting for a guide), picked up
+-- store, when it was created (first seen: the order starts waiting for a guide), picked up
 -- (a guide took it), finished, and how. Read with the guide's daily cap from
 -- the master data and the rules' grace: both can change at run time.
 CREATE VIEW IF NOT EXISTS guide_deliveries_v AS
@@ -16,7 +16,7 @@ SELECT
     anyIf(guide_id, guide_id IS NOT NULL)                  AS guide_id,
     any(region)                                            AS region,
     max(eta)                                               AS eta,
-    minIf(ts, status = 'created')                          AS created_at,
+    min(ts)                                                AS created_at,
     minIfOrNull(ts, status = 'picked_up')                  AS picked_up_at,
     minIfOrNull(ts, status IN ('delivered', 'failed'))     AS finished_at,
     argMaxIf(toString(status), ts, status IN ('delivered', 'failed')) AS outcome,
