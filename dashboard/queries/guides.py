@@ -18,7 +18,7 @@ DAY_COLUMNS = ["guide_id", "store_id", "delivered", "on_time", "late", "failed"]
 STORE_COLUMNS = ["store_id", "open", "waiting", "waiting_over", "oldest_wait_min", "guides_out"]
 OPEN_COLUMNS = ["guide_id", "store_id", "open"]
 
-_ANCHOR = "WITH (SELECT max(ts) FROM logistics_events WHERE origin_type = 'guide') AS anchor "
+_ANCHOR = "WITH (SELECT max(last_ts) FROM guide_deliveries) AS anchor "
 _FORGET = "created_at >= anchor - toIntervalDay(1)"
 """An open delivery without news for a day is lost, as the rules forget it."""
 
@@ -27,8 +27,7 @@ def anchor(client: Client) -> int | None:
     """Epoch ms of the newest guide-delivery event, or None when there is none."""
     found = row(
         client,
-        "SELECT toUnixTimestamp64Milli(max(ts)), count() FROM logistics_events "
-        "WHERE origin_type = 'guide'",
+        "SELECT toUnixTimestamp64Milli(max(last_ts)), count() FROM guide_deliveries",
         optional=True,
     )
     return int(found[0]) if found and found[1] else None
