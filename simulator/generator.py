@@ -611,6 +611,8 @@ class Generator:
         rng = self.rng
         store = session.store
         fulfillment = session.fulfillment
+        if fulfillment == "guide_delivery" and not self.guides.offer(ts, store):
+            fulfillment = "warehouse_direct"  # no guide can take it today: a carrier delivers
         if fulfillment == "warehouse_direct":
             loc = WH_BASE + self.store_region[store.idx]
             ship_from: str | None = self.regions[loc - WH_BASE].warehouse_id
@@ -641,6 +643,8 @@ class Generator:
             lines,
             session.coupon,
         )
+        if fulfillment == "guide_delivery":
+            self.guides.promise(order)
         self._emit_order(ts, order, "created")
         paid_p = 0.97 if fulfillment == "in_store" else 0.92
         if rng.random() < paid_p:
@@ -726,6 +730,7 @@ class Generator:
             self.push(ts + self.ri(120_000, 900_000), self._ship_create, order)
 
     def _order_cancel(self, ts: int, order: _Order) -> None:
+        self.guides.release(order)
         for sku, qty in order.units:
             self.avail[order.loc * _SKU_SLOTS + sku] += qty
         self._emit_order(ts, order, "cancelled")
@@ -852,6 +857,7 @@ class Generator:
             sh.origin_type = "guide"
             sh.origin_id = order.store.store_id
             sh.carrier = GUIDE_CARRIER
+            self.guides.release(order)
             guide = self.guides.assign(ts, order, self.ri(1, order.store.guides))
             pick = ts + self.ri(180_000, 600_000)
             eta = ts + self.ri(1_800_000, 4_500_000)
@@ -859,6 +865,9 @@ class Generator:
             if guide is None:  # no guide can take it now: it waits, promised as ordered
                 sh.eta = eta - eta % MINUTE_MS + MINUTE_MS
                 sh.iso = False
+                # the draws of the steps it would have had: the rest of the run is the
+                # same whether or not a guide could take it (the guide who does plans anew)
+                self._plan_steps(sh, pick, sh.eta, ofd_lead, rng)
                 self._emit_shipment(ts, sh, "created")
                 self.guides.wait(ts, sh, first=True)
                 return
@@ -880,22 +889,18 @@ class Generator:
 
     def _plan_steps(self, sh: _Shipment, pick: int, eta: int, ofd_lead: tuple[int, int],
                     rng: random.Random) -> None:
-        """The shipment's steps from its pick-up: hub scans, out for delivery, the outcome.
-
-        A guide delivers within a few kilometres: when late, by 5 to 20 minutes, not an hour.
-        """
+        """The shipment's steps from its pick-up: hub scans, out for delivery, the outcome."""
         ri = self.ri if rng is self.rng else rng.randint
         x = rng.random()
-        late_by = (300_000, 1_200_000) if sh.guide_id else (300_000, 3_600_000)
         if x < 0.025:
             deliver, final = pick + (eta - pick) * rng.uniform(0.6, 1.0), "failed"
         elif x < 0.10:
-            deliver, final = eta + ri(*late_by), "delivered"
+            deliver, final = eta + ri(300_000, 3_600_000), "delivered"
         else:
             deliver, final = eta - (eta - pick) * rng.uniform(0.0, 0.3), "delivered"
         slow = self.guides.slow.get(sh.guide_id) if sh.guide_id else None
         if slow is not None:
-            late = slow.late(pick, sh, eta)
+            late = slow.late(pick, eta)
             if late is not None:
                 deliver, final = late, "delivered"
         deliver_ms = int(deliver)
@@ -909,6 +914,8 @@ class Generator:
         steps.append((max(deliver_ms, ofd + 60_000), final))
         if final == "failed":
             steps.append((steps[-1][0] + ri(3_600_000, 10_800_000), "returned"))
+        if slow is not None:
+            slow.record(sh, eta, steps[-1][0] if final == "delivered" else 0, final)
         sh.steps = steps
 
     def _ship_step(self, ts: int, sh: _Shipment) -> None:

@@ -1,25 +1,29 @@
 """Shopping guides (导购) in the simulation: who takes a guide delivery, and when.
 
-A guide delivery waits until one of the store's guides can take it: on
-shift (``chain.Guide`` hours), not away (a drop-out), and under the daily
-cap. Until then the shipment is ``created`` and nothing more: what the
-``guide_capacity`` rule looks for. Orders placed after the last shift wait
-for the morning. A guide who takes an order sets a new ETA if it waited.
+A guide delivery is taken by one of the store's guides who can: on shift
+(``chain.Guide`` hours), not away (a drop-out), and under the daily cap. A
+store whose guides are off shift or full does not offer guide delivery (the
+order goes by carrier, as the mini-program would offer it). An order that
+finds no guide when it ships (the last before a shift ends or a cap is
+reached, or an incident's) waits: the shipment is ``created`` and nothing
+more, what the ``guide_capacity`` rule looks for. A guide who takes an order
+that waited sets a new ETA.
 
 Background drop-outs: a guide of a store with at least ``_DROP_MIN_GUIDES``
 guides now and then leaves before the end of the shift (the others carry
 on), so a drop-out alone never leaves a store without guides; the
 incidents below do that on purpose.
 
-The desk has its own RNG: orders that never wait draw exactly what they
-drew before guides were modelled.
+The desk has its own RNG: as long as every guide order finds a guide, the
+streams are the ones the seed made before guides were modelled (with a guide
+id, and the store as ``origin_id``).
 
 Incidents:
 
 - :class:`GuideCapacity`: at a busy store's peak every guide is called away
   for ``AWAY_MS`` while guide orders keep coming (a group-buy with delivery).
 - :class:`GuideLate`: one guide's deliveries arrive 25 to 50 minutes after
-  their ETA for an hour (a guide new to the area, a broken scooter).
+  their ETA for an hour and a half (a guide new to the area, a broken scooter).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ WAITING_MIN = 3
 LATE_GRACE_MS = 15 * MINUTE_MS
 """rules.toml [guides] late_grace_minutes."""
 LATE_WINDOW_MS = 120 * MINUTE_MS
-LATE_MIN = 3
+LATE_MIN = 4
 
 
 class _GuideDay:
@@ -79,6 +83,8 @@ class GuideDesk:
         """Guide -> the incident that makes its deliveries late."""
         self.pinned: dict[str, str] = {}
         """Order -> the guide an incident gives it to."""
+        self.promised: list[set[str]] = [set() for _ in gen.chain.stores]
+        """Per store: guide-delivery orders placed and not shipped yet (nor cancelled)."""
         self.wait_watch: dict[int, Any] = {}
         """Store -> the incident told when a delivery starts waiting and when it is taken."""
 
@@ -109,6 +115,20 @@ class GuideDesk:
             ):
                 found.append(state)
         return found
+
+    def offer(self, ts: int, store: Store) -> bool:
+        """Whether the store offers guide delivery now: its guides on shift have room
+        today for one more order beyond those placed and not shipped yet. A store
+        whose guides are off shift or full offers a carrier instead, as the
+        mini-program would; only incidents place guide orders nobody can take."""
+        room = sum(s.guide.daily_cap - s.assigned for s in self.available(ts, store))
+        return room > len(self.promised[store.idx])
+
+    def promise(self, order: _Order) -> None:
+        self.promised[order.store.idx].add(order.order_id)
+
+    def release(self, order: _Order) -> None:
+        self.promised[order.store.idx].discard(order.order_id)
 
     def assign(self, ts: int, order: _Order, first: int) -> Guide | None:
         """The guide who takes the order now, or None: the least busy today, the
@@ -163,6 +183,18 @@ def daytime(incident: Incident, fraction: float, hours: tuple[int, int] = (10, 2
     return incident.at(fraction)
 
 
+def stock_up(incident: Incident, store: Store, sku: int, qty: int, ts: int) -> None:
+    """The incident's goods arrive at the store before its orders (a receipt)."""
+    gen = incident.gen
+
+    def receive(at: int, _: Any) -> None:
+        if gen.stock_key(store.idx, sku) not in gen.avail:
+            gen.snapshot(at, store.idx, sku)
+        gen.receive(at, store.idx, sku, qty, "receipt")
+
+    gen.push(ts, receive)
+
+
 def guide_order(incident: Incident, store: Store, sku: int, ts: int, guide: str | None) -> None:
     """A customer a guide serves orders for delivery: views the SKU, adds it to the cart,
     orders and pays, as in a session (given to ``guide`` when not None)."""
@@ -195,7 +227,7 @@ class GuideCapacity(Incident):
 
     kind = "guide_capacity"
     AWAY_MS = 50 * MINUTE_MS
-    ORDERS = 6
+    ORDERS = 8
 
     def install(self) -> None:
         gen = self.gen
@@ -212,6 +244,7 @@ class GuideCapacity(Incident):
         self.waits: dict[str, list[int]] = {}
         gen.guides.wait_watch[self.store.idx] = self
         self.deal = gen.top_skus[self.rng.randrange(0, 20)]
+        stock_up(self, self.store, self.deal, 2 * self.ORDERS, self.t0 - 10 * MINUTE_MS)
         for n in range(self.ORDERS):
             gen.push(self.t0 - 4 * MINUTE_MS + n * 2 * MINUTE_MS, self._order)
 
@@ -255,12 +288,12 @@ class GuideCapacity(Incident):
 
 
 class GuideLate(Incident):
-    """One guide's deliveries arrive 25 to 50 minutes after their ETA for an hour,
-    with a few guide orders of the store given to that guide."""
+    """One guide's deliveries arrive 25 to 50 minutes after their ETA for an hour and a
+    half, with a few guide orders of the store given to that guide."""
 
     kind = "guide_late"
-    LENGTH_MS = 60 * MINUTE_MS
-    ORDERS = 4
+    LENGTH_MS = 90 * MINUTE_MS
+    ORDERS = 6
 
     def install(self) -> None:
         gen = self.gen
@@ -280,21 +313,26 @@ class GuideLate(Incident):
                           gen.chain.guides[0])
         gen.guides.slow[self.guide.guide_id] = self
         self.deliveries: list[tuple[str, int, int]] = []
-        """(shipment, eta, delivered at) of the guide's deliveries made late."""
+        """(shipment, eta, delivered at) of the guide's deliveries more than the grace
+        late, the incident's and any other (the rule does not tell them apart)."""
         self.deal = gen.top_skus[self.rng.randrange(0, 20)]
+        stock_up(self, self.store, self.deal, 2 * self.ORDERS, self.t0 - 20 * MINUTE_MS)
         for n in range(self.ORDERS):
             gen.push(self.t0 - 10 * MINUTE_MS + n * 5 * MINUTE_MS, self._order)
 
     def _order(self, ts: int, _: Any) -> None:
         guide_order(self, self.store, self.deal, ts, self.guide.guide_id)
 
-    def late(self, ts: int, sh: _Shipment, eta: int) -> int | None:
-        """When a delivery the guide takes at ``ts`` arrives: late in the hour, else None."""
+    def late(self, ts: int, eta: int) -> int | None:
+        """When a delivery the guide takes at ``ts`` arrives: late in the incident, else None."""
         if not self.t0 <= ts < self.t1:
             return None
-        done = eta + self.rng.randint(25 * MINUTE_MS, 50 * MINUTE_MS)
-        self.deliveries.append((sh.shipment_id, eta, done))
-        return done
+        return eta + self.rng.randint(25 * MINUTE_MS, 50 * MINUTE_MS)
+
+    def record(self, sh: _Shipment, eta: int, done: int, final: str) -> None:
+        """Every delivery of the guide, in the incident or not: the rule counts them all."""
+        if final == "delivered" and done > eta + LATE_GRACE_MS:
+            self.deliveries.append((sh.shipment_id, eta, done))
 
     def truth(self) -> dict[str, Any]:
         end = self.gen.now

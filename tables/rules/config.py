@@ -130,7 +130,7 @@ class GuideRules(_Section):
     hours_end: int = Field(22, ge=1, le=24)
     late_grace_minutes: float = Field(15.0, ge=0)
     late_window_minutes: float = Field(120.0, gt=0)
-    late_min: int = Field(3, ge=1)
+    late_min: int = Field(4, ge=1)
     default_daily_cap: int = Field(20, ge=1)
 
     @model_validator(mode="after")

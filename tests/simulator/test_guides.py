@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from ctower.schemas.events import Logistics, Service
+from ctower.schemas.events import Logistics, Order, Service
 from ctower.schemas.master_data import load_master_data
 from ctower.simulator.chain import build_chain
 from ctower.simulator.clock import CHINA_TZ, local_hour
@@ -69,14 +69,17 @@ def test_guide_deliveries_name_a_guide_of_their_store_once_one_takes_them(
 
 def test_a_day_of_guides_keeps_shifts_caps_and_drop_outs() -> None:
     """A whole simulated day: nobody takes a delivery off shift, after dropping out or
-    beyond the cap; night orders wait for the morning shift."""
+    beyond the cap; at night no guide delivery is offered."""
     start = datetime.combine(datetime.now(CHINA_TZ).date() - timedelta(days=3),
                              dt_time(6, 0), tzinfo=CHINA_TZ)
     sim = Simulator(SimConfig(seed=11, events=60_000, sim_rate=0.7,
                               start_ms=int(start.timestamp() * 1000)))
     created: dict[str, int] = {}
     picked: list[tuple[str, int, int]] = []
+    orders: list[Order] = []
     for stream, ev in sim.events():
+        if isinstance(ev, Order) and ev.status == "created":
+            orders.append(ev)
         if stream == "logistics" and ev.origin_type == "guide":  # type: ignore[attr-defined]
             if ev.status == "created":  # type: ignore[attr-defined]
                 created[ev.shipment_id] = ev.ts  # type: ignore[attr-defined, assignment]
@@ -88,16 +91,43 @@ def test_a_day_of_guides_keeps_shifts_caps_and_drop_outs() -> None:
                if s.dropped_at}
     assert dropped, "some guide drops out in a day"
     taken_at: Counter[str] = Counter()
-    waited_for_morning = 0
-    for guide_id, made, pick in picked:
+    for guide_id, _, pick in picked:
         taken = pick - 600_000  # picked up 3 to 10 minutes after a guide takes it
         assert guides[guide_id].on_shift(local_hour(taken)) or guides[guide_id].on_shift(
             local_hour(pick))
         assert not (guide_id in dropped and taken > dropped[guide_id])
         taken_at[guide_id] += 1
-        waited_for_morning += local_hour(made) >= 22 or local_hour(made) < 8
-    assert waited_for_morning >= 1
     assert all(taken_at[g] <= guides[g].daily_cap for g in taken_at)
+    # no guide works at night: the stores offer a carrier then
+    night = [ev for ev in orders if not 8 <= local_hour(ev.ts) < 22]  # type: ignore[arg-type]
+    assert night and not [ev for ev in night if ev.fulfillment == "guide_delivery"]
+    assert any(ev.fulfillment == "guide_delivery" for ev in orders)
+
+
+def test_guides_at_their_cap_leave_the_orders_to_a_carrier_instead_of_a_queue() -> None:
+    """A busy morning at 150 events per simulated second: guides reach their caps within
+    the hour; the stores then stop offering guide delivery, so orders do not pile up
+    waiting for a guide who will never come today."""
+    start = datetime.combine(datetime.now(CHINA_TZ).date() - timedelta(days=3),
+                             dt_time(9, 0), tzinfo=CHINA_TZ)
+    sim = Simulator(SimConfig(seed=5, events=400_000, sim_rate=150,
+                              start_ms=int(start.timestamp() * 1000)))
+    created: dict[str, int] = {}
+    waits: list[int] = []
+    for stream, ev in sim.events():
+        if stream == "logistics" and ev.origin_type == "guide":  # type: ignore[attr-defined]
+            if ev.status == "created":  # type: ignore[attr-defined]
+                created[ev.shipment_id] = ev.ts  # type: ignore[attr-defined, assignment]
+            elif ev.status == "picked_up":  # type: ignore[attr-defined]
+                waits.append(ev.ts - created[ev.shipment_id])  # type: ignore[attr-defined, operator]
+    desk = sim.generator.guides  # type: ignore[union-attr]
+    states = [s for store in desk.by_store for s in store]
+    full = [s for s in states if s.assigned == s.guide.daily_cap]
+    assert len(full) >= len(states) // 3  # the late shift starts at 13:00
+    assert all(s.assigned <= s.guide.daily_cap for s in states)
+    # picked up 3-10 minutes after a guide took it: a longer gap is a wait for a guide
+    waited = [w for w in waits if w > 10 * 60_000]
+    assert len(waits) > 1_000 and len(waited) <= len(waits) // 100
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ def events(t0: int) -> list[Logistics]:
     out = []
     for n in range(3):  # S1: three orders no guide takes
         out.append(shipment(t0 + n * MINUTE, f"W{n}", "created", "S1", None, t0 + 90 * MINUTE))
-    for n in range(3):  # G1: three deliveries due at t0+40 that arrive at t0+60
+    for n in range(4):  # G1: four deliveries due at t0+40 that arrive at t0+60
         eta = t0 + 40 * MINUTE
         out.append(shipment(t0, f"L{n}", "created", "S1", None, eta))
         out.append(shipment(t0 + 5 * MINUTE, f"L{n}", "picked_up", "S1", "G1", eta))
@@ -111,9 +111,9 @@ def test_a_store_short_of_guides_and_a_late_guide_alert_at_their_event_time(
     assert (capacity["store_id"], capacity["opened_at"]) == ("S1", t0 + 22 * MINUTE + 500)
     assert capacity["evidence"]["waiting"] == 3 and capacity["region"] == "EAST"
     assert "导购运力不足" in capacity["message"] and "S1" in capacity["message"]
-    # G1's three deliveries run 15 minutes past their ETA at t0+55 min, still out
+    # G1's four deliveries run 15 minutes past their ETA at t0+55 min, still out
     assert (late["key"], late["opened_at"]) == ("guide_late:G1", t0 + 55 * MINUTE + 500)
-    assert late["evidence"]["still_out"] == 3 and "G1" in late["message"]
+    assert late["evidence"]["still_out"] == 4 and "G1" in late["message"]
     assert not [a for a in read_alerts(settings) if a.get("store_id") == "S2"]
 
     client = open_store(settings)
@@ -125,7 +125,7 @@ def test_a_store_short_of_guides_and_a_late_guide_alert_at_their_event_time(
         return rows if rows else None
 
     rows = poll(stored, 60, "the sink did not store the guide deliveries", every=1)
-    assert [tuple(r) for r in rows] == [("G1", 3, 0, 3)]
+    assert [tuple(r) for r in rows] == [("G1", 4, 0, 4)]
     waiting = client.query("SELECT count() FROM guide_deliveries_v "
                            "WHERE store_id = 'S1' AND picked_up_at IS NULL").result_rows
     assert waiting == [(3,)]

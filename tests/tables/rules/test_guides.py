@@ -129,12 +129,13 @@ def test_a_guide_whose_deliveries_run_late_is_named_and_the_others_are_not(
     harness: Any,
 ) -> None:
     feed = Feed(harness)
+    feed.delivery(T0 - MIN, "a0", "G1", late_min=35)
     feed.delivery(T0, "a1", "G1", late_min=30)
     feed.delivery(T0 + 2 * MIN, "b1", "G2", late_min=30)  # G2: two late, under the threshold
     feed.delivery(T0 + 4 * MIN, "a2", "G1", late_min=25)
     feed.delivery(T0 + 6 * MIN, "b2", "G2", late_min=20)
     feed.delivery(T0 + 8 * MIN, "c1", "G2", late_min=10)  # late, but within the 15 min grace
-    # G1's third delivery is out, 16 min past its ETA: running late before it arrives
+    # G1's fourth delivery is out, 16 min past its ETA: running late before it arrives
     eta = T0 + 30 * MIN + HOUR
     feed.planned += [(T0 + 30 * MIN, "a3", "created", "", "S1", eta),
                      (T0 + 35 * MIN, "a3", "out_for_delivery", "G1", "S1", eta)]
@@ -146,8 +147,8 @@ def test_a_guide_whose_deliveries_run_late_is_named_and_the_others_are_not(
     (alert,) = feed.alerts("guide_late")
     assert (alert.key, alert.store_id, alert.opened_at) == ("guide_late:G1", "S1", eta + 16 * MIN)
     ev = alert.evidence
-    assert (ev["guide_id"], ev["late"], ev["arrived_late"], ev["still_out"]) == ("G1", 3, 2, 1)
-    assert ev["examples"] == ["a3"] and ev["daily_cap"] == 3 and ev["deliveries"] == 2
+    assert (ev["guide_id"], ev["late"], ev["arrived_late"], ev["still_out"]) == ("G1", 4, 3, 1)
+    assert ev["examples"] == ["a3"] and ev["daily_cap"] == 3 and ev["deliveries"] == 3
     assert ev["on_time_pct"] == 0.0
     assert "G1" in alert.message
     # two hours after the late arrivals only the one still out is left: resolved
@@ -221,7 +222,7 @@ def test_both_alerts_read_whole_in_chinese(harness: Any) -> None:
     from ctower.tables.rules.texts import render
 
     feed = Feed(harness)
-    for n in range(3):
+    for n in range(4):
         feed.send(T0 + n, f"w{n}", "created", eta=T0 + HOUR)
         feed.delivery(T0 + n, f"l{n}", "G1", late_min=40)
     feed.play()
