@@ -7,7 +7,8 @@ Three rule families, each on the partitions where its key lives:
 - stock on ``stock-moves``, which the scan, order and inventory agents fill
   with the stock effects of their events, re-keyed by SKU;
 - lanes on ``lanes``, which the logistics agent fills, re-keyed by carrier
-  and region.
+  and region; the guide rules take the same arrays (guide deliveries travel
+  on their region's ``GUIDE`` lane).
 
 Every partition number of every topic goes to the same worker (Faust's
 assignor keeps co-partitioned topics together), so one changelog table holds
