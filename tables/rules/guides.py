@@ -128,9 +128,7 @@ class GuideRulesFamily(RuleFamily):
         if status == "created":
             if before is not None:
                 return False
-            store.open[sid] = ("", status, ts, eta, ts)
-            if guide:
-                store.open[sid] = (guide, status, ts, eta, ts)
+            store.open[sid] = (guide, status, ts, eta, ts)
             return True
         if before is not None and before[1] == status and before[4] == ts:
             return False  # the same update twice (at-least-once producers)
