@@ -27,7 +27,7 @@ from ctower.settings import Settings
 from ctower.store import StoreUnavailable, open_store
 
 SESSION_KEY = "ctower_page_context"
-PAGES = ("overview", "stores", "skus", "inventory", "pickup", "logistics", "coupons",
+PAGES = ("overview", "stores", "skus", "inventory", "pickup", "logistics", "guides", "coupons",
          "service", "alerts", "pipeline")
 """The pages in navigation order: each is views/<name>.py at /<name>."""
 RANGES_MINUTES = (15, 30, 60, 180, 720, 1440)

@@ -196,6 +196,10 @@ _SENTENCES: dict[str, dict[str, str]] = {
         "eta": "{past_eta} 单超过预计送达 ≥ {threshold}（占在途 {share_pct}%）",
         "on_time": "准时率 {on_time_pct}%（置信上限 {on_time_high_pct}%）< {threshold_pct}%，"
             "{deliveries} 单",
+        "guides_short": "{waiting} 单等待导购超过 {wait_minutes} 分钟 ≥ {threshold}（最久 "
+            "{oldest_wait_min} 分钟；可接单导购 {available}/{guides}，待配送 {open} 单）",
+        "guide_late": "导购 {guide_id} 超时 {late} 单 ≥ {threshold}（已送达 {arrived_late}，"
+            "配送中 {still_out}；超过预计送达 {grace_minutes} 分钟）",
         "policy_paused": "{set_by} 于 {set_at} 暂停（{scope}）",
         "policy_set": "{set_by} 于 {set_at} 设置（{scope}）",
         "policy_removed": "策略已撤销（{scope}）",
@@ -226,6 +230,11 @@ _SENTENCES: dict[str, dict[str, str]] = {
         "eta": "{past_eta} shipments past their ETA ≥ {threshold} ({share_pct}% of open)",
         "on_time": "on time {on_time_pct}% (upper bound {on_time_high_pct}%) < {threshold_pct}%, "
             "{deliveries} deliveries",
+        "guides_short": "{waiting} orders waited for a guide over {wait_minutes} min ≥ "
+            "{threshold} (longest {oldest_wait_min} min; {available} of {guides} guides can "
+            "take one, {open} open)",
+        "guide_late": "guide {guide_id}: {late} deliveries late ≥ {threshold} ({arrived_late} "
+            "arrived, {still_out} still out; over {grace_minutes} min past the ETA)",
         "policy_paused": "paused by {set_by} at {set_at} ({scope})",
         "policy_set": "set by {set_by} at {set_at} ({scope})",
         "policy_removed": "policy removed ({scope})",
@@ -374,6 +383,10 @@ def _sentence(kind: str, evidence: Mapping[str, Any], lang: str, tz: str) -> str
         return words["eta"].format_map(f)
     if kind == "carrier_on_time":
         return words["on_time"].format_map(f) + window
+    if kind == "guide_capacity":
+        return words["guides_short"].format_map(f) + window
+    if kind == "guide_late":
+        return words["guide_late"].format_map(f) + window
     if kind in ("policy_paused", "policy_resumed", "policy_removed"):
         scope = evidence.get("scope")
         f["scope"] = words["all_stores"] if scope in (None, "", "*") else str(scope)

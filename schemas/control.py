@@ -238,6 +238,8 @@ AlertKind = Literal[
     "order_not_shipped",
     "complaint_burst",
     "complaint_sla",
+    "guide_capacity",
+    "guide_late",
     # the pipeline about itself (streams/watch.py): same record, same routes
     "system_stream_silent",
     "system_lag_growing",

@@ -190,6 +190,10 @@ class Logistics(Event, kw_only=True, omit_defaults=True):
     district: Id | None = None
     """The delivery district (区), when the carrier says: districts with repeated
     failed deliveries are flagged."""
+    guide_id: Id | None = None
+    """The shopping guide (导购) delivering it, for a guide delivery (``origin_type``
+    ``guide``, ``origin_id`` the store the guide serves): guides have a daily cap
+    and an on-time rate of their own, which the carrier's lane hides."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

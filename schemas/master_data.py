@@ -54,11 +54,29 @@ class CampaignInfo(Struct, kw_only=True, frozen=True):
     """Regions where it runs; empty means everywhere."""
 
 
+DEFAULT_GUIDE_DAILY_CAP = 20
+"""Deliveries a shopping guide makes in a day when the master data names no cap."""
+
+
+class GuideInfo(Struct, kw_only=True, frozen=True):
+    """A shopping guide (导购): a last-mile delivery node of one store (about 3 km
+    around it) with a daily cap of deliveries."""
+
+    guide_id: str
+    store_id: str
+    daily_cap: int = DEFAULT_GUIDE_DAILY_CAP
+    shift_start_hour: int = 0
+    """Local hour (Asia/Shanghai) the guide's shift starts."""
+    shift_end_hour: int = 24
+    """Local hour the shift ends (exclusive)."""
+
+
 class MasterData(Struct, kw_only=True, dict=True):
     regions: list[RegionInfo] = []
     stores: list[StoreInfo] = []
     skus: list[SkuInfo] = []
     campaigns: list[CampaignInfo] = []
+    guides: list[GuideInfo] = []
 
     @cached_property
     def store_by_id(self) -> dict[str, StoreInfo]:
@@ -71,6 +89,20 @@ class MasterData(Struct, kw_only=True, dict=True):
     @cached_property
     def campaign_by_id(self) -> dict[str, CampaignInfo]:
         return {c.campaign_id: c for c in self.campaigns}
+
+    @cached_property
+    def guide_by_id(self) -> dict[str, GuideInfo]:
+        return {g.guide_id: g for g in self.guides}
+
+    @cached_property
+    def guides_by_store(self) -> dict[str, list[GuideInfo]]:
+        found: dict[str, list[GuideInfo]] = {}
+        for guide in self.guides:
+            found.setdefault(guide.store_id, []).append(guide)
+        return found
+
+    def guides_at(self, store_id: str) -> list[GuideInfo]:
+        return self.guides_by_store.get(store_id, [])
 
     @cached_property
     def warehouses(self) -> frozenset[str]:

@@ -97,6 +97,48 @@ class Store:
 
 
 @dataclass(frozen=True, slots=True)
+class Guide:
+    """A shopping guide (导购): delivers the store's nearby orders in a shift,
+    up to ``daily_cap`` a day."""
+
+    guide_id: str
+    store_id: str
+    daily_cap: int
+    shift_start_hour: int
+    """Local hour (UTC+8) the shift starts, inclusive."""
+    shift_end_hour: int
+    """Local hour the shift ends, exclusive."""
+
+    def on_shift(self, hour: int) -> bool:
+        return self.shift_start_hour <= hour < self.shift_end_hour
+
+
+GUIDE_HOURS = (8, 22)
+"""Local hours guide deliveries are made in: an order placed outside waits for
+the first shift of the next morning."""
+
+
+def store_guides(seed: int, stores: list[Store]) -> list[Guide]:
+    """The guides of every store: early (08-17) and late (13-22) shifts taking
+    turns, one guide covering the whole day alone; most caps the default 20.
+
+    Own RNG: adding guides to the master data moves nothing else of the chain.
+    """
+    rng = random.Random(f"guides:{seed}")
+    guides: list[Guide] = []
+    for store in stores:
+        for k in range(store.guides):
+            if store.guides == 1:
+                shift = GUIDE_HOURS
+            else:
+                shift = (GUIDE_HOURS[0], 17) if k % 2 == 0 else (13, GUIDE_HOURS[1])
+            x = rng.random()
+            cap = 15 if x < 0.1 else 25 if x > 0.9 else 20
+            guides.append(Guide(f"G-{store.store_id}-{k + 1}", store.store_id, cap, *shift))
+    return guides
+
+
+@dataclass(frozen=True, slots=True)
 class Sku:
     idx: int
     sku: str
@@ -135,8 +177,11 @@ class Chain:
     campaigns: list[Campaign]
     store_cum_weights: list[float] = field(default_factory=list)
     sku_cum_weights: list[float] = field(default_factory=list)
+    guides: list[Guide] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if not self.guides:
+            self.guides = store_guides(self.seed, self.stores)
         self.store_cum_weights = list(itertools.accumulate(s.weight for s in self.stores))
         self.sku_cum_weights = list(itertools.accumulate(s.popularity for s in self.skus))
 
@@ -192,6 +237,7 @@ class Chain:
                 {**asdict(c), "skus": [self.skus[i].sku for i in c.sku_idx]} for c in self.campaigns
             ],
             "carriers": self.carriers,
+            "guides": [asdict(g) for g in self.guides],
         }
 
     def write(self, path: Path) -> Path:

@@ -219,6 +219,7 @@ class _Shipment:
         "carrier",
         "district",
         "eta",
+        "guide_id",
         "i",
         "iso",
         "last_ts",
@@ -232,6 +233,8 @@ class _Shipment:
     carrier: str
     district: str
     eta: int
+    guide_id: str
+    """The guide delivering it ("" until one takes it, and for carriers)."""
     i: int
     """Index of the next step to send."""
     iso: bool
@@ -313,9 +316,11 @@ class Generator:
         self.carrier_delay: dict[tuple[str, str], Any] = {}
         self.incident_stores: list[int] = []
         self._campaign_cache: tuple[int, list[list[Campaign]]] = (-1, [])
+        from ctower.simulator.guides import GuideDesk
         from ctower.simulator.service_desk import ServiceDesk
 
         self.service_desk = ServiceDesk(self)
+        self.guides = GuideDesk(self)
         self.incidents: list[incident_kinds.Incident] = []
         for kind in config.incidents:
             self.incidents.append(incident_kinds.create(kind, self))
@@ -617,6 +622,8 @@ class Generator:
         rng = self.rng
         store = session.store
         fulfillment = session.fulfillment
+        if fulfillment == "guide_delivery" and not self.guides.offer(ts, store):
+            fulfillment = "warehouse_direct"  # no guide can take it today: a carrier delivers
         if fulfillment == "warehouse_direct":
             loc = WH_BASE + self.store_region[store.idx]
             ship_from: str | None = self.regions[loc - WH_BASE].warehouse_id
@@ -647,6 +654,8 @@ class Generator:
             lines,
             session.coupon,
         )
+        if fulfillment == "guide_delivery":
+            self.guides.promise(order)
         self._emit_order(ts, order, "created")
         paid_p = 0.97 if fulfillment == "in_store" else 0.92
         if rng.random() < paid_p:
@@ -732,6 +741,7 @@ class Generator:
             self.push(ts + self.ri(120_000, 900_000), self._ship_create, order)
 
     def _order_cancel(self, ts: int, order: _Order) -> None:
+        self.guides.release(order)
         for sku, qty in order.units:
             self.avail[order.loc * _SKU_SLOTS + sku] += qty
         self._emit_order(ts, order, "cancelled")
@@ -846,6 +856,7 @@ class Generator:
         sh.region = region.region_id
         sh.district = self.district_of(order.store, order.member)
         sh.i = 0
+        sh.guide_id = ""
         if order.fulfillment == "warehouse_direct":
             sh.origin_type = "central_warehouse"
             sh.origin_id = region.warehouse_id
@@ -856,34 +867,68 @@ class Generator:
             ofd_lead = (1_200_000, 3_600_000)
         else:
             sh.origin_type = "guide"
-            sh.origin_id = f"G-{order.store.store_id}-{self.ri(1, order.store.guides)}"
+            sh.origin_id = order.store.store_id
             sh.carrier = GUIDE_CARRIER
+            self.guides.release(order)
+            guide = self.guides.assign(ts, order, self.ri(1, order.store.guides))
             pick = ts + self.ri(180_000, 600_000)
             eta = ts + self.ri(1_800_000, 4_500_000)
             ofd_lead = (180_000, 600_000)
+            if guide is None:  # no guide can take it now: it waits, promised as ordered
+                sh.eta = eta - eta % MINUTE_MS + MINUTE_MS
+                sh.iso = False
+                # the draws of the steps it would have had: the rest of the run is the
+                # same whether or not a guide could take it (the guide who does plans anew)
+                self._plan_steps(sh, pick, sh.eta, ofd_lead, rng)
+                self._emit_shipment(ts, sh, "created")
+                self.guides.wait(ts, sh, first=True)
+                return
+            sh.guide_id = guide.guide_id
         sh.eta = eta = eta - eta % MINUTE_MS + MINUTE_MS
         sh.iso = sh.carrier in ISO_CARRIERS
+        self._plan_steps(sh, pick, eta, ofd_lead, rng)
+        self._emit_shipment(ts, sh, "created")
+        self.push(sh.steps[0][0], self._ship_step, sh)
+
+    def guide_takes(self, ts: int, sh: _Shipment, guide: Any, rng: random.Random) -> None:
+        """A guide takes a delivery that waited: picked up shortly, with a new ETA."""
+        sh.guide_id = guide.guide_id
+        pick = ts + rng.randint(180_000, 600_000)
+        eta = ts + rng.randint(1_800_000, 4_500_000)
+        sh.eta = eta - eta % MINUTE_MS + MINUTE_MS
+        self._plan_steps(sh, pick, sh.eta, (180_000, 600_000), rng)
+        self.push(sh.steps[0][0], self._ship_step, sh)
+
+    def _plan_steps(self, sh: _Shipment, pick: int, eta: int, ofd_lead: tuple[int, int],
+                    rng: random.Random) -> None:
+        """The shipment's steps from its pick-up: hub scans, out for delivery, the outcome."""
+        ri = self.ri if rng is self.rng else rng.randint
         x = rng.random()
         if x < 0.025:
             deliver, final = pick + (eta - pick) * rng.uniform(0.6, 1.0), "failed"
         elif x < 0.10:
-            deliver, final = eta + self.ri(300_000, 3_600_000), "delivered"
+            deliver, final = eta + ri(300_000, 3_600_000), "delivered"
         else:
             deliver, final = eta - (eta - pick) * rng.uniform(0.0, 0.3), "delivered"
+        slow = self.guides.slow.get(sh.guide_id) if sh.guide_id else None
+        if slow is not None:
+            late = slow.late(pick, eta)
+            if late is not None:
+                deliver, final = late, "delivered"
         deliver_ms = int(deliver)
-        ofd = max(pick + 60_000, deliver_ms - self.ri(*ofd_lead))
+        ofd = max(pick + 60_000, deliver_ms - ri(*ofd_lead))
         steps: list[tuple[int, str]] = [(pick, "picked_up")]
-        t = pick + self.ri(180_000, 900_000)
+        t = pick + ri(180_000, 900_000)
         while t < ofd - 60_000:  # hub scans, roughly hourly
             steps.append((t, "in_transit"))
-            t += self.ri(2_400_000, 4_200_000)
+            t += ri(2_400_000, 4_200_000)
         steps.append((ofd, "out_for_delivery"))
         steps.append((max(deliver_ms, ofd + 60_000), final))
         if final == "failed":
-            steps.append((steps[-1][0] + self.ri(3_600_000, 10_800_000), "returned"))
+            steps.append((steps[-1][0] + ri(3_600_000, 10_800_000), "returned"))
+        if slow is not None:
+            slow.record(sh, eta, steps[-1][0] if final == "delivered" else 0, final)
         sh.steps = steps
-        self._emit_shipment(ts, sh, "created")
-        self.push(steps[0][0], self._ship_step, sh)
 
     def _ship_step(self, ts: int, sh: _Shipment) -> None:
         delay = self.carrier_delay.get((sh.carrier, sh.region))
@@ -915,6 +960,7 @@ class Generator:
             status=status,  # type: ignore[arg-type]
             eta=sh.eta,
             district=sh.district,
+            guide_id=sh.guide_id or None,
         )
         self.out.append(Item("logistics", sh.shipment_id, ts, event, iso=sh.iso))
 

@@ -29,7 +29,8 @@ MIN_SPAN_MS = 30 * 60_000
 """Incidents need room: a baseline before them and a 5-minute spike window."""
 
 KINDS = ("stock_out", "pickup_rush", "carrier_delay", "demand_spike", "late", "malformed",
-         "complaint_burst", "district_failed", "not_shipped")
+         "complaint_burst", "complaint_sla", "district_failed", "not_shipped",
+         "guide_capacity", "guide_late")
 
 
 class Incident:
@@ -64,13 +65,15 @@ class Incident:
 
 
 def create(kind: str, gen: Generator) -> Incident:
-    from ctower.simulator.service_desk import ComplaintBurst
+    from ctower.simulator.guides import GuideCapacity, GuideLate
+    from ctower.simulator.service_desk import ComplaintBurst, ComplaintSla
     from ctower.simulator.shipping_incidents import DistrictFailed, NotShipped
 
     classes: dict[str, type[Incident]] = {
         cls.kind: cls
         for cls in (StockOut, PickupRush, CarrierDelay, DemandSpike, Late, Malformed,
-                    ComplaintBurst, DistrictFailed, NotShipped)
+                    ComplaintBurst, ComplaintSla, DistrictFailed, NotShipped,
+                    GuideCapacity, GuideLate)
     }
     if kind not in classes:
         raise ValueError(f"unknown incident {kind!r}; known: {', '.join(KINDS)}")

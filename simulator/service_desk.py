@@ -10,8 +10,9 @@ The desk has its own RNG and its own ticket numbers: switching customer
 service on does not change a single byte of the other streams' events for a
 seed (only how many events a ``--events`` budget leaves for them).
 
-:class:`ComplaintBurst` is the incident: a bad batch of one SKU, about which
-complaints come in from several stores within the hour.
+:class:`ComplaintBurst` is an incident: a bad batch of one SKU, about which
+complaints come in from several stores within the hour. :class:`ComplaintSla`
+another: a complaint nobody answers for more than a day.
 """
 
 from __future__ import annotations
@@ -75,6 +76,18 @@ class ServiceDesk:
             answer = int(rng.lognormvariate(0, 1) * 2 * HOUR_MS) + 5 * 60_000
             answer = min(answer, 20 * HOUR_MS)
         self.gen.push(ts + answer, self._close, ticket)
+        return str(ticket["ticket_id"])
+
+    def open_unanswered(self, ts: int, store: Store, kind: str, topic: str,
+                        answer_ms: int) -> str:
+        """Open a ticket now that is answered ``answer_ms`` later, whatever the desk's pace."""
+        self.tickets += 1
+        ticket = {
+            "ticket_id": f"TK-{self.gen.tag}-{self.tickets}", "channel": self._channel(),
+            "kind": kind, "topic": topic, "store_id": store.store_id,
+        }
+        self._emit(ts, ticket, "opened")
+        self.gen.push(ts + answer_ms, self._close, ticket)
         return str(ticket["ticket_id"])
 
     def _close(self, ts: int, ticket: dict[str, Any]) -> None:
@@ -151,5 +164,55 @@ class ComplaintBurst(Incident):
                 "detectable_ts": times[threshold - 1] if len(times) >= threshold else None,
                 "top_topic": "quality",
                 "stores": sorted({s for _, _, s in self.sent}),
+            },
+        }
+
+
+SLA_HOURS = 24
+SLA_WARN_HOURS = 2
+"""rules.toml [service] sla_hours and sla_warn_hours: the truth says when the rule warns."""
+
+
+class ComplaintSla(Incident):
+    """A complaint left unanswered past its 24 h SLA: answered after 25 hours.
+
+    Only a run of more than a simulated day shows the warning: with ``--rate
+    max`` a low ``--sim-rate`` stretches the run (about 90k events make a day
+    at ``--sim-rate 1``). In a shorter run the complaint is still sent, and the
+    truth says the warning falls after the run's end (``detectable_ts`` null).
+    """
+
+    kind = "complaint_sla"
+    ANSWER_MS = 25 * HOUR_MS
+
+    def install(self) -> None:
+        self.t0 = self.at(0.04)
+        self.ticket = ""
+        self.store_id = ""
+        self.gen.push(self.t0, self._complain)
+
+    def _complain(self, ts: int, _: Any) -> None:
+        gen = self.gen
+        store = gen.chain.stores[self.rng.randrange(len(gen.chain.stores))]
+        self.store_id = store.store_id
+        # no SKU: a refund complaint, keyed (and judged) by its ticket
+        self.ticket = gen.service_desk.open_unanswered(ts, store, "complaint", "refund",
+                                                       self.ANSWER_MS)
+
+    def truth(self) -> dict[str, Any]:
+        end = self.gen.now
+        warn = self.t0 + (SLA_HOURS - SLA_WARN_HOURS) * HOUR_MS
+        return {
+            "kind": self.kind,
+            "scope": {"store_id": self.store_id, "ticket_id": self.ticket, "region": None},
+            "start_ts": self.t0,
+            "end_ts": self.t0 + self.ANSWER_MS,
+            "expect": {
+                "rule": "complaint SLA: warned sla_warn_hours before sla_hours run out",
+                "opened_at": self.t0,
+                "warn_ts": warn,
+                "deadline_ts": self.t0 + SLA_HOURS * HOUR_MS,
+                "answered_ts": self.t0 + self.ANSWER_MS,
+                "detectable_ts": warn if warn <= end else None,
             },
         }

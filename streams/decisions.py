@@ -7,7 +7,8 @@ Three rule families, each on the partitions where its key lives:
 - stock on ``stock-moves``, which the scan, order and inventory agents fill
   with the stock effects of their events, re-keyed by SKU;
 - lanes on ``lanes``, which the logistics agent fills, re-keyed by carrier
-  and region;
+  and region; the guide rules take the same arrays (guide deliveries travel
+  on their region's ``GUIDE`` lane).
 - shipping on ``shipping``: paid orders owing a shipment and shipment events,
   re-keyed by order id, so an order and its parcels meet (the order and
   logistics agents fill it).
@@ -56,6 +57,7 @@ from ctower.streams.shadow import ShadowRules
 from ctower.tables.rules.actions import ActionBook
 from ctower.tables.rules.alert_book import AlertBook, AlertEntry
 from ctower.tables.rules.config import Rules, RulesError, RulesWatcher
+from ctower.tables.rules.guides import GuideRulesFamily, GuideStore
 from ctower.tables.rules.lanes import Lane, LaneEvent, LaneRules
 from ctower.tables.rules.pickup import PickupQueue, PickupRules
 from ctower.tables.rules.rule_state import FLUSH_INTERVAL_S, FLUSH_MAX_DIRTY, RuleState
@@ -292,6 +294,9 @@ class DecisionLayer:
             lambda: self.rules, self.master, self.publish_task, self._member_hint,
             settings.language,
         )
+        # guide deliveries travel on the GUIDE lanes: the guide rules take the same arrays
+        self.guides = GuideRulesFamily(RuleState(changelog, "guides", GuideStore),
+                                       book("guides"), lambda: self.rules, self.master)
         self.processors = {
             "stock-moves": RuleProcessor(
                 "stock-moves", settings.topic("stock-moves"), _stock_moves.decode,
@@ -300,7 +305,7 @@ class DecisionLayer:
             ),
             "lanes": RuleProcessor(
                 "lanes", settings.topic("lanes"), _lane_events.decode,
-                self.lane_rules.apply, self.lane_rules.evaluate_touched, self.lane_rules.state,
+                self._apply_lane_events, self._evaluate_lanes, self.lane_rules.state,
                 self.persist,
             ),
             "shipping": RuleProcessor(
@@ -324,16 +329,24 @@ class DecisionLayer:
     def rules(self) -> Rules:
         return self.watcher.rules
 
-    def families(
-        self,
-    ) -> tuple[PickupRules, StockRulesEngine, LaneRules, ServiceRulesFamily, ShippingRules]:
-        return (self.pickup, self.stock, self.lane_rules, self.service, self.shipping_rules)
+    def families(self) -> tuple[Any, ...]:
+        return (
+            self.pickup, self.stock, self.lane_rules, self.service, self.shipping_rules,
+            self.guides,
+        )
 
     def states(self) -> list[RuleState[Any]]:
-        return [family.state for family in self.families()] + [
-            family.book.state for family in self.families()] + [
-            self.actions.state, self.tasks.state
-        ]
+        families = self.families()
+        return [family.state for family in families] + [
+            family.book.state for family in families] + [self.actions.state, self.tasks.state]
+
+    def _apply_lane_events(self, partition: int, events: list[LaneEvent]) -> None:
+        self.lane_rules.apply(partition, events)
+        self.guides.apply(partition, events)
+
+    def _evaluate_lanes(self) -> None:
+        self.lane_rules.evaluate_touched()
+        self.guides.evaluate_touched()
 
     # -------------------------------------------------------------- outputs
     def _publish(self, topic: faust.TopicT, key: str, value: bytes) -> None:
@@ -516,7 +529,8 @@ class DecisionLayer:
             lane = f"{ev.carrier}|{ev.region}"
             by_lane[lane].append(
                 LaneEvent(ev.shipment_id, ev.status, ev.ts, ev.eta, ev.carrier, ev.region,  # type: ignore[arg-type]
-                          source, offset, ev.order_id, ev.district or "")
+                          source, offset, ev.order_id, ev.district or "", ev.guide_id or "",
+                          ev.origin_id if ev.origin_type == "guide" else "")
             )
             by_order[ev.order_id].append(ShippingEvent(
                 ev.order_id, "shipment", ev.ts, source, offset, shipment_id=ev.shipment_id,  # type: ignore[arg-type]

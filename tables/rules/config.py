@@ -124,6 +124,23 @@ class ServiceRules(_Section):
         return self
 
 
+class GuideRules(_Section):
+    wait_minutes: float = Field(20.0, gt=0)
+    waiting_min: int = Field(3, ge=1)
+    hours_start: int = Field(8, ge=0, le=23)
+    hours_end: int = Field(22, ge=1, le=24)
+    late_grace_minutes: float = Field(15.0, ge=0)
+    late_window_minutes: float = Field(120.0, gt=0)
+    late_min: int = Field(4, ge=1)
+    default_daily_cap: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _hours(self) -> GuideRules:
+        if self.hours_end <= self.hours_start:
+            raise ValueError("hours_end must be after hours_start")
+        return self
+
+
 class AlertRules(_Section):
     cooldown_minutes: float = Field(10.0, ge=0)
 
@@ -134,6 +151,7 @@ class Rules(_Section):
     demand: DemandRules = DemandRules()
     logistics: LogisticsRules = LogisticsRules()
     service: ServiceRules = ServiceRules()
+    guides: GuideRules = GuideRules()
     alerts: AlertRules = AlertRules()
 
 

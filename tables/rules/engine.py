@@ -23,6 +23,7 @@ from ctower.schemas.master_data import MasterData
 from ctower.schemas.tasks import ShipmentTask
 from ctower.tables.rules.alert_book import AlertBook, AlertEntry
 from ctower.tables.rules.config import Rules
+from ctower.tables.rules.guides import GuideRulesFamily, GuideStore
 from ctower.tables.rules.lanes import Lane, LaneEvent, LaneRules
 from ctower.tables.rules.pickup import PickupQueue, PickupRules
 from ctower.tables.rules.rule_state import RuleState
@@ -49,10 +50,10 @@ def _drop(_: Any) -> None:
 
 
 class RuleEngine:
-    """Pickup, stock, lane, service and shipping rules sharing one table, one clock and
-    one set of outputs. What only the live rules do (action orders) is left out; the
-    customer-service tasks are kept (the lanes' district flags and the not-shipped
-    alerts come with them) and go to ``task``."""
+    """Pickup, stock, lane, service, shipping and guide rules sharing one table, one
+    clock and one set of outputs. What only the live rules do (action orders) is left
+    out; the customer-service tasks are kept (the lanes' district flags and the
+    not-shipped alerts come with them) and go to ``task``."""
 
     def __init__(
         self,
@@ -105,10 +106,12 @@ class RuleEngine:
         self._shipping_arrays = 0
         self._hints: list[LaneEvent] = []
 
-    def families(
-        self,
-    ) -> tuple[PickupRules, StockRulesEngine, LaneRules, ServiceRulesFamily, ShippingRules]:
-        return (self.pickup, self.stock, self.lane_rules, self.service, self.shipping)
+        self.guides = GuideRulesFamily(state("guides", GuideStore), book("guides"), rules, master)
+
+    def families(self) -> tuple[Any, ...]:
+        return (
+            self.pickup, self.stock, self.lane_rules, self.service, self.shipping, self.guides,
+        )
 
     def states(self) -> list[RuleState[Any]]:
         families = self.families()
@@ -119,7 +122,9 @@ class RuleEngine:
         self.stock.apply(partition, moves)
 
     def apply_lane_events(self, partition: int, events: list[LaneEvent]) -> None:
+        """Lanes, and the guide deliveries riding on the GUIDE lanes."""
         self.lane_rules.apply(partition, events)
+        self.guides.apply(partition, events)
 
     def apply_shipping(self, partition: int, events: list[ShippingEvent]) -> None:
         if self.shipping.hint is not None:  # no topic here: number the arrays as one would

@@ -63,6 +63,9 @@ class LaneEvent(Struct, array_like=True):
     order_id: str = ""
     district: str = ""
     member_id: str = ""
+    guide_id: str = ""
+    store: str = ""
+    """The store of a guide delivery (its ``origin_id``); empty for any other shipment."""
 
 
 class Lane(Struct, kw_only=True, array_like=True):

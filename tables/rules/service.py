@@ -16,6 +16,7 @@ holds the recent complaints about the SKU (time, topic, store);
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable
 
@@ -60,11 +61,18 @@ class ServiceRulesFamily(RuleFamily):
         self.book = book
         self.rules = rules
         self.master = master
+        self._sla_due: dict[int, list[tuple[int, str]]] = {}
+        """Partition -> (when the SLA warning is due, ticket key), soonest first: a
+        warning is judged at the second it falls due, not at the next tick (a
+        backtest or a replay moves event time by minutes between two ticks).
+        Not persisted: after a restart :meth:`tick` finds the tickets."""
 
     def apply(self, partition: int, source: str, offset: int, events: Iterable[Service]) -> None:
         state = self.state
         if not state.fresh(partition, source, offset):
             return
+        rules = self.rules().service
+        warn_ms = int((rules.sla_hours - rules.sla_warn_hours) * HOUR)
         max_ts = 0
         for ev in events:
             ts: int = ev.ts  # type: ignore[assignment]
@@ -75,6 +83,7 @@ class ServiceRulesFamily(RuleFamily):
             ticket = state.get(partition, key) or ServiceItem()
             if ev.state == "opened":
                 ticket.opened_at = ts
+                heapq.heappush(self._sla_due.setdefault(partition, []), (ts + warn_ms, key))
                 ticket.store_id, ticket.sku = ev.store_id, ev.sku or ""
                 ticket.topic, ticket.order_id = ev.topic, ev.order_id or ""
                 ticket.channel = ev.channel
@@ -90,6 +99,23 @@ class ServiceRulesFamily(RuleFamily):
             self.touch(partition, key)
         state.applied(partition, source, offset, max_ts)
         self.evaluate_if_time_passed(partition)
+
+    def pending(self) -> Iterable[int]:
+        return sorted(set(super().pending()) | set(self._sla_due))
+
+    def due(self, partition: int, now: int) -> set[str]:
+        """The keys touched, and the open complaints whose SLA warning fell due."""
+        keys = super().due(partition, now)
+        heap = self._sla_due.get(partition)
+        while heap and heap[0][0] <= now:
+            keys.add(heapq.heappop(heap)[1])
+        if heap is not None and not heap:
+            del self._sla_due[partition]
+        return keys
+
+    def forget(self, partition: int) -> None:
+        super().forget(partition)
+        self._sla_due.pop(partition, None)
 
     def tick(self) -> None:
         """Time passes: complaints leave the burst window, SLAs come close."""

@@ -47,6 +47,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "（{stores} 家门店），主要问题：{topics_text}",
         "complaint_sla": "投诉即将超时：{ticket_id}（{topic}，{store_id}）已 {age_h} 小时未处理，"
         "还剩 {hours_left} 小时（时限 {sla_hours} 小时）",
+        "guide_capacity": "导购运力不足：{store_id} 有 {waiting} 单等待导购超过 {wait_minutes} 分钟"
+        "（最久 {oldest_wait_min} 分钟），在班可接单导购 {available}/{guides} 人，待配送 {open} 单",
+        "guide_late": "导购配送延误：{store_id} 的导购 {guide_id} 近 {window_minutes} 分钟"
+        "有 {late} 单超时（超过预计送达 {grace_minutes} 分钟），"
+        "今日已送 {deliveries}/{daily_cap} 单",
     },
     "en": {
         "restock": "Restock: {sku} at {location_id} has {on_hand} on hand, "
@@ -77,6 +82,12 @@ MESSAGES: dict[str, dict[str, str]] = {
         "{window_minutes} min ({stores} stores); top topics: {topics_text}",
         "complaint_sla": "Complaint SLA running out: {ticket_id} ({topic}, {store_id}) open "
         "{age_h} h, {hours_left} h left of {sla_hours} h",
+        "guide_capacity": "Guides short: {waiting} orders at {store_id} waited for a guide over "
+        "{wait_minutes} min (longest {oldest_wait_min} min); {available} of {guides} guides can "
+        "take one, {open} guide deliveries open",
+        "guide_late": "Guide running late: {late} deliveries of guide {guide_id} ({store_id}) "
+        "more than {grace_minutes} min past their ETA in {window_minutes} min; "
+        "{deliveries} of {daily_cap} delivered today",
     },
 }
 
@@ -90,6 +101,8 @@ ACTIONS: dict[str, dict[str, str]] = {
         "pickup": "建议增派自提人手；店内自提券已限流",
         "lane": "请联系承运商 {carrier} 核实 {region} 的运单状态",
         "ship": "请联系发货仓或导购核实订单 {order_id} 的发货情况，客服任务 {task_id} 已创建",
+        "guides": "建议调配附近门店导购支援，或将订单转交快递配送",
+        "guide": "请联系导购 {guide_id} 了解配送情况，必要时转派其他导购",
     },
     "en": {
         "warehouse": "Transfer {qty} from the central warehouse {source}",
@@ -101,6 +114,8 @@ ACTIONS: dict[str, dict[str, str]] = {
         "lane": "Ask carrier {carrier} about its shipments in {region}",
         "ship": "Ask the shipping warehouse or guide about order {order_id}; customer-service "
         "task {task_id} is open",
+        "guides": "Borrow guides from a nearby store, or hand the orders to a carrier",
+        "guide": "Call guide {guide_id} about the deliveries; reassign them if needed",
     },
 }
 

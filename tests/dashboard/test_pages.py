@@ -13,14 +13,15 @@ from zoneinfo import ZoneInfo
 import pytest
 from streamlit.testing.v1 import AppTest
 
-PAGES = ["overview", "stores", "skus", "inventory", "pickup", "logistics", "coupons", "alerts",
-         "pipeline"]
+PAGES = ["overview", "stores", "skus", "inventory", "pickup", "logistics", "guides", "coupons",
+         "alerts", "pipeline"]
 EMPTY = {
     "overview": "No data yet: waiting for the first closed minute.",
     "stores": "No data yet: waiting for the first closed minute.",
     "inventory": "No stock levels yet: the rules have not published any.",
     "pickup": "No pickup queues yet: the rules have not published any levels.",
     "logistics": "No logistics data yet.",
+    "guides": "No guide deliveries yet: no logistics events of guides have come in.",
     "coupons": "No coupon data yet.",
     "alerts": "No alerts.",
     "skus": "No SKU scans yet.",

@@ -125,6 +125,19 @@ WINDOW = {"window_start": NOON_UTC_MS, "window_end": NOON_UTC_MS + 15 * 60_000}
       "threshold_pct": 85.0},
      "准时率 71%（置信上限 80.1%）< 85%，40 单（12:00–12:15）",
      "on time 71% (upper bound 80.1%) < 85%, 40 deliveries (12:00–12:15)"),
+    ("guide_capacity",
+     {"store_id": "S001", "waiting": 4, "waiting_all": 6, "oldest_wait_min": 31.5,
+      "wait_minutes": 20.0, "threshold": 3, "open": 9, "guides": 3, "on_shift": 2, "at_cap": 1,
+      "available": 1, "window_end": NOON_UTC_MS},
+     "4 单等待导购超过 20 分钟 ≥ 3（最久 31.5 分钟；可接单导购 1/3，待配送 9 单）（12:00）",
+     "4 orders waited for a guide over 20 min ≥ 3 (longest 31.5 min; 1 of 3 guides can take "
+     "one, 9 open) (12:00)"),
+    ("guide_late",
+     {**WINDOW, "guide_id": "G-S001-2", "late": 4, "arrived_late": 3, "still_out": 1,
+      "threshold": 4, "grace_minutes": 15.0, "window_minutes": 120.0},
+     "导购 G-S001-2 超时 4 单 ≥ 4（已送达 3，配送中 1；超过预计送达 15 分钟）（12:00–12:15）",
+     "guide G-S001-2: 4 deliveries late ≥ 4 (3 arrived, 1 still out; over 15 min past the "
+     "ETA) (12:00–12:15)"),
 ])
 def test_evidence_reads_as_a_sentence(kind: str, evidence: dict, zh: str, en: str) -> None:
     raw = json.dumps(evidence)

@@ -305,3 +305,40 @@ def test_coupon_policy_current_v_takes_the_latest_even_when_null(migrated: Clien
         "ORDER BY store_id"
     ).result_rows
     assert rows == [("", None, True), ("S1", 5, False)]
+
+
+def test_guide_views_count_each_delivery_once_per_guide_and_local_day(migrated: Client) -> None:
+    base = {"order_id": "O", "origin_type": "guide", "origin_id": "S1", "carrier": "GUIDE",
+            "region": "EAST", "source_topic": "ct.logistics", "partition": 0, "offset": 0}
+    # 15:50 UTC is 23:50 in Shanghai: the late delivery at 16:10 UTC is the next local day
+    day = ms(datetime(2025, 11, 20, 15, 0))
+    eta = day + 60 * MINUTE
+    rows = []
+    for sid, guide, finished, status in (
+        ("A", "G1", day + 50 * MINUTE, "delivered"),   # on time
+        ("B", "G1", day + 70 * MINUTE, "delivered"),   # late, next local day
+        ("C", "G1", day + 55 * MINUTE, "failed"),
+        ("D", "G2", day + 40 * MINUTE, "delivered"),
+        ("E", "G2", 0, ""),                             # still waiting for its guide
+    ):
+        rows.append(base | {"event_key": f"{sid}c", "shipment_id": sid, "guide_id": guide,
+                            "status": "created", "ts": day, "eta": eta})
+        if status:
+            rows.append(base | {"event_key": f"{sid}p", "shipment_id": sid, "guide_id": guide,
+                                "status": "picked_up", "ts": day + 5 * MINUTE, "eta": eta})
+            rows.append(base | {"event_key": f"{sid}f", "shipment_id": sid, "guide_id": guide,
+                                "status": status, "ts": finished, "eta": eta})
+    rows.append(rows[0] | {"offset": 9})  # a replayed event collapses
+    rows.append(base | {"event_key": "W", "shipment_id": "W", "guide_id": None,
+                        "origin_type": "central_warehouse", "status": "delivered",
+                        "ts": day, "eta": eta})
+    insert(migrated, "logistics_events", rows)
+    waiting = migrated.query(
+        "SELECT shipment_id, guide_id, store_id FROM guide_deliveries_v "
+        "WHERE picked_up_at IS NULL").result_rows
+    assert waiting == [("E", "G2", "S1")]
+    days = migrated.query(
+        "SELECT guide_id, toString(day), delivered, on_time, late, failed FROM guide_day_v "
+        "ORDER BY guide_id, day").result_rows
+    assert days == [("G1", "2025-11-20", 1, 1, 0, 1), ("G1", "2025-11-21", 1, 0, 1, 0),
+                    ("G2", "2025-11-20", 1, 1, 0, 0)]

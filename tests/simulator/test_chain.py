@@ -38,3 +38,22 @@ def test_nearest_stores_are_in_region_and_sorted():
 def test_same_seed_same_chain_other_seed_other_chain():
     assert build_chain(5).to_dict() == build_chain(5).to_dict()
     assert build_chain(5).to_dict() != build_chain(6).to_dict()
+
+
+def test_every_store_has_its_guides_in_the_master_data_with_shifts_and_caps(tmp_path):
+    from ctower.schemas.master_data import load_master_data
+    from ctower.simulator.chain import GUIDE_HOURS
+
+    chain = build_chain(3)
+    master = load_master_data(chain.write(tmp_path / "master.json"))
+    assert len(master.guides) == sum(s.guides for s in chain.stores)
+    for store in chain.stores:
+        guides = master.guides_at(store.store_id)
+        assert len(guides) == store.guides
+        assert all(master.guide_by_id[g.guide_id].store_id == store.store_id for g in guides)
+        # the store's guide hours are covered from first to last, by one guide or two shifts
+        assert min(g.shift_start_hour for g in guides) == GUIDE_HOURS[0]
+        assert max(g.shift_end_hour for g in guides) == GUIDE_HOURS[1]
+    caps = [g.daily_cap for g in master.guides]
+    assert max(set(caps), key=caps.count) == 20 and set(caps) <= {15, 20, 25}
+    assert build_chain(3).guides == chain.guides  # stable under the seed

@@ -28,6 +28,9 @@ def test_every_requested_incident_has_truth(incident_run):
         "complaint_burst",
         "district_failed",
         "not_shipped",
+        "complaint_sla",
+        "guide_capacity",
+        "guide_late",
     }
     for incident in incident_run.truth["incidents"]:
         assert incident["start_ts"] < incident["end_ts"]

@@ -92,3 +92,17 @@ def test_a_shorter_sla_from_the_rules_warns_earlier(harness: Any) -> None:
     assert harness.alerts == []
     feed.tick(T0 + 3 * HOUR)
     assert [a.kind for a in harness.alerts] == ["complaint_sla"]
+
+
+def test_a_warning_falls_due_at_its_second_without_waiting_for_a_tick(harness: Any) -> None:
+    """A replay moves event time by minutes between two ticks: the warning is judged
+    with the events that carry the clock past it, not at the next pass over every key."""
+    family = make(harness)
+    feed = Feed(family, harness)
+    feed.send(T0, "slow", sku=None, topic="refund")
+    feed.send(T0 + 22 * HOUR - 1, "ask1", kind="inquiry", sku=None)
+    assert harness.alerts == []
+    feed.send(T0 + 22 * HOUR + 500, "ask2", kind="inquiry", sku=None)  # no tick in between
+    (alert,) = harness.alerts
+    assert (alert.key, alert.opened_at) == ("complaint_sla:slow", T0 + 22 * HOUR + 500)
+    assert family._sla_due == {}  # what fell due is taken off the schedule
