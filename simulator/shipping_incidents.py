@@ -125,6 +125,7 @@ class DistrictFailed(Incident):
         sh.order = order
         sh.region = self.region.region_id
         sh.district = self.district
+        sh.guide_id = ""
         sh.i = 0
         sh.origin_type, sh.origin_id = "central_warehouse", self.region.warehouse_id
         sh.carrier = self.carrier

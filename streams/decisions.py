@@ -529,8 +529,9 @@ class DecisionLayer:
             lane = f"{ev.carrier}|{ev.region}"
             by_lane[lane].append(
                 LaneEvent(ev.shipment_id, ev.status, ev.ts, ev.eta, ev.carrier, ev.region,  # type: ignore[arg-type]
-                          source, offset, ev.order_id, ev.district or "", ev.guide_id or "",
-                          ev.origin_id if ev.origin_type == "guide" else "")
+                          source, offset, ev.order_id, ev.district or "",
+                          guide_id=ev.guide_id or "",
+                          store=ev.origin_id if ev.origin_type == "guide" else "")
             )
             by_order[ev.order_id].append(ShippingEvent(
                 ev.order_id, "shipment", ev.ts, source, offset, shipment_id=ev.shipment_id,  # type: ignore[arg-type]

@@ -47,8 +47,8 @@ class Feed:
             self.offset += 1
             offset = self.offset
         self.harness.wall = ts / 1000
-        events = [LaneEvent(sid, status, ts, eta, "GUIDE", "EAST", "logistics:0", offset, "",
-                            "", guide, store)]
+        events = [LaneEvent(sid, status, ts, eta, "GUIDE", "EAST", "logistics:0", offset,
+                            guide_id=guide, store=store)]
         self.sent.append(events)
         self.family.apply(0, events)
         self.family.evaluate_touched()
