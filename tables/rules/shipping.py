@@ -49,6 +49,9 @@ FORGET_MS = 3 * 86_400_000
 MARKER_MS = 6 * 3_600_000
 """A shipment seen before its order is remembered this long for it: the order
 stream may lag the logistics stream, but not by hours of event time."""
+IDLE_S = 5.0
+"""Wall seconds without a shipment event after which the shipment side no longer
+holds the judging clock back (as the rules' event clock treats a quiet source)."""
 
 MESSAGES: dict[str, str] = {
     "zh": "您好，您的订单 {order_id} 已付款，我们正在催促仓库尽快发货，发货后会第一时间通知您。",
@@ -117,6 +120,10 @@ class ShippingRules(RuleFamily):
         self._window = 0
         self.stats: dict[str, int] = {"opened": 0, "shipped": 0, "cancelled": 0, "forgotten": 0,
                                       "hints": 0}
+        self._shipments: dict[int, tuple[int, float]] = {}
+        """Partition -> (newest shipment event time, wall time it came); not persisted."""
+        self._since: dict[int, float] = {}
+        """Partition -> wall time this worker first applied something to it."""
 
     def window_ms(self) -> int:
         return int(self.rules().logistics.not_shipped_minutes * MINUTE)
@@ -143,10 +150,32 @@ class ShippingRules(RuleFamily):
             heapq.heapify(heap)
         return heap
 
+    def judged_until(self, partition: int, now: int) -> int:
+        """How far a missing shipment means something: ``now``, but no further
+        than the newest shipment event while the shipments flow.
+
+        The order side and the shipment side reach this partition as two
+        streams. Fed a backlog, the orders' array can come before the
+        shipments' one, and the rules' clock (the sources heard from) would
+        then pass every order's deadline before its shipment was read: a task
+        and an alert for orders shipped within minutes (the killed-worker
+        test opened four so). A side that sent nothing for ``IDLE_S`` of wall
+        time, or never did since this worker took the partition, stops holding
+        the clock: orders go on being judged when the shipments stop.
+        """
+        wall = self.state.wall()
+        seen = self._shipments.get(partition)
+        if seen is None:
+            since = self._since.setdefault(partition, wall)
+            return now if wall - since >= IDLE_S else 0
+        ts, at = seen
+        return now if wall - at >= IDLE_S else min(now, ts)
+
     def due(self, partition: int, now: int) -> set[str]:
         keys = super().due(partition, now)
         heap = self._heap(partition)
-        while heap and heap[0][0] <= now:
+        until = self.judged_until(partition, now)
+        while heap and heap[0][0] <= until:
             keys.add(heapq.heappop(heap)[1])
         return keys
 
@@ -156,6 +185,8 @@ class ShippingRules(RuleFamily):
     def forget(self, partition: int) -> None:
         super().forget(partition)
         self._due.pop(partition, None)
+        self._shipments.pop(partition, None)
+        self._since.pop(partition, None)
 
     # --------------------------------------------------------------- input
     def apply(self, partition: int, events: Iterable[ShippingEvent]) -> None:
@@ -164,7 +195,11 @@ class ShippingRules(RuleFamily):
         evaluate = lambda: self.evaluate_if_time_passed(partition)  # noqa: E731
         # the message of our own topic being applied: the hints' source offset
         here = state.position(partition)
+        self._since.setdefault(partition, state.wall())
         for ev in state.fresh_items(partition, events, evaluate):
+            if ev.what == "shipment":
+                seen = self._shipments.get(partition)
+                self._shipments[partition] = (max(ev.ts, seen[0] if seen else 0), state.wall())
             entry = state.get(partition, ev.order_id)
             if ev.what == "paid":
                 self._paid(partition, ev, entry, here)
@@ -251,7 +286,7 @@ class ShippingRules(RuleFamily):
             return
         window = self._window or self.window_ms()
         when = self._when(entry, window)
-        if now < when:  # not yet (the rules changed, or a stale heap entry)
+        if self.judged_until(partition, now) < when:  # not yet (also: a stale heap entry)
             heapq.heappush(self._heap(partition), (when, key))
             return
         if not entry.paid_at:
