@@ -131,11 +131,6 @@ def build_app(settings: Settings) -> ControlTower:
         stream_buffer_maxsize=max(4096, settings.batch_max_messages * 2),
         broker_session_timeout=10.0,  # a killed worker's partitions move on sooner
         producer_linger=0.005,
-        # Everything the worker writes goes over loopback to a broker on the
-        # same cores, where socket writes were 11% of a busy worker's samples;
-        # lz4 (C, in cramjam) costs less than the bytes it saves: 21.3-22.2k
-        # events/s batched against 18.5-21.6k without, back to back.
-        producer_compression_type="lz4",
     )
     writer = BatchWriter(lambda: faust_producer(app))
     intake = Intake(app)
