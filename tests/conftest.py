@@ -209,6 +209,26 @@ def wait_until(
     raise AssertionError(f"{message} (last: {last!r})")
 
 
+def read_topic_records(settings: Settings, name: str) -> list[dict[str, Any]]:
+    """Every JSON record a control topic holds now, from the start (1.5 s idle ends it)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        settings.topic(name), bootstrap_servers=settings.bootstrap,
+        auto_offset_reset="earliest", consumer_timeout_ms=1_500,
+    )
+    try:
+        return [json.loads(message.value) for message in consumer]
+    finally:
+        consumer.close()
+
+
+@pytest.fixture
+def read_topic() -> Callable[[Settings, str], list[dict[str, Any]]]:
+    """``read_topic_records`` for tests (conftest is not importable in importlib mode)."""
+    return read_topic_records
+
+
 @pytest.fixture
 def poll() -> Callable[..., Any]:
     """``wait_until`` for tests (conftest is not importable in importlib mode)."""

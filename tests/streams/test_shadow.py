@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 
 from ctower.broker.topics import ensure_topics
 from ctower.schemas.events import Pickup, Service
@@ -37,17 +37,6 @@ MASTER = MasterData(
     stores=[StoreInfo(store_id=s, region_id="EAST", pickup_capacity=10) for s in ("S1", "S2")],
     campaigns=[CampaignInfo(campaign_id="PICK", kind="store_pickup", skus=["K1"])],
 )
-
-
-def read_topic(settings: Settings, name: str) -> list[dict[str, Any]]:
-    consumer = KafkaConsumer(
-        settings.topic(name), bootstrap_servers=settings.bootstrap,
-        auto_offset_reset="earliest", consumer_timeout_ms=1_500,
-    )
-    try:
-        return [json.loads(message.value) for message in consumer]
-    finally:
-        consumer.close()
 
 
 def pickups(t0: int) -> list[Pickup]:
@@ -74,6 +63,7 @@ def complaints(t0: int) -> list[Service]:
 
 def test_shadow_alerts_go_to_the_shadow_tables_and_never_reach_the_webhook(
     settings_factory: Callable[..., Settings], ctower_process: Callable[..., Any],
+    read_topic: Callable[..., list[dict[str, Any]]],
     webhook_server: Any, poll: Callable[..., Any], tmp_path: Path,
 ) -> None:
     master = tmp_path / "master.json"

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 
 from ctower.broker.topics import ensure_topics
 from ctower.schemas.events import Event, Logistics, Order, OrderLine
@@ -25,17 +25,6 @@ from ctower.settings import Settings
 pytestmark = pytest.mark.kafka
 
 MIN = 60_000
-
-
-def read_topic(settings: Settings, name: str) -> list[dict[str, Any]]:
-    consumer = KafkaConsumer(
-        settings.topic(name), bootstrap_servers=settings.bootstrap,
-        auto_offset_reset="earliest", consumer_timeout_ms=1_500,
-    )
-    try:
-        return [json.loads(message.value) for message in consumer]
-    finally:
-        consumer.close()
 
 
 def order(ts: int, order_id: str, fulfillment: str, status: str = "paid") -> Order:
@@ -80,6 +69,7 @@ def send(settings: Settings, events: list[Event]) -> None:
 
 def test_a_paid_order_never_shipped_is_a_task_and_an_alert_until_its_shipment_comes(
     settings_factory: Callable[..., Settings], ctower_process: Callable[..., Any],
+    read_topic: Callable[..., list[dict[str, Any]]],
     poll: Callable[..., Any],
 ) -> None:
     settings = settings_factory(topic_partitions=1, language="en")
@@ -143,6 +133,7 @@ def test_a_paid_order_never_shipped_is_a_task_and_an_alert_until_its_shipment_co
 
 def test_a_worker_killed_after_the_task_opened_neither_loses_nor_doubles_it(
     settings_factory: Callable[..., Settings], ctower_process: Callable[..., Any],
+    read_topic: Callable[..., list[dict[str, Any]]],
     poll: Callable[..., Any],
 ) -> None:
     """SIGKILL right after the task opened (its state not yet in the changelog), then a
