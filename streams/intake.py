@@ -38,6 +38,8 @@ from faust.types import TP, Message, StreamT
 from mode import Service
 from mode.utils.queues import ThrowableQueue
 
+from ctower.streams.sent_soon import SentSoon
+
 log = logging.getLogger(__name__)
 
 FETCHES_QUEUED = 4
@@ -70,6 +72,9 @@ class Intake:
         self.seeks: dict[TP, tuple[int, int]] = {}
         """Partition -> (offset, consumer generation) of a seek asked for and
         not made yet."""
+        self.sent: SentSoon | None = None
+        """The producer's ``send_soon`` records, delivered before each commit (set by
+        :meth:`install`)."""
 
     def request_seek(self, tp: TP, offset: int) -> None:
         """Have the fetch loop seek ``tp`` to ``offset`` before its next fetch.
@@ -92,6 +97,7 @@ class Intake:
     def install(self) -> None:
         """Make the app's consumer hand these topics over in lists; before the
         consumer is first used."""
+        self.sent = SentSoon(self.app.producer)
         transport: Any = self.app.transport
         transport.Consumer = type(
             "IntakeConsumer", (IntakeConsumer,), {"intake": self},
@@ -178,6 +184,19 @@ class IntakeConsumer(AIOKafkaConsumer):
     ``HAND_OVER_EVERY`` messages at a time (see the module's docstring)."""
 
     intake: Intake
+
+    async def _commit_offsets(
+        self, offsets: Any, start_new_transaction: bool = True
+    ) -> bool:
+        """Faust's commit, once Kafka has every record sent with ``send_soon``
+        (Faust's own flush gives up after 0.1 s: ``streams/sent_soon.py``)."""
+        sent = self.intake.sent
+        if sent is not None and not await sent.delivered():
+            return False
+        committed: bool = await super()._commit_offsets(
+            offsets, start_new_transaction=start_new_transaction
+        )
+        return committed
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
         # Faust's Consumer._drain_messages, with the registered topics put on
