@@ -29,6 +29,7 @@ import heapq
 import math
 from bisect import insort
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 
 from msgspec import Struct
 
@@ -52,6 +53,8 @@ to the changelog with all of them (500 made both the rules' largest costs)."""
 _FOLD_AGE_MS = _KEEP_MINUTES * MINUTE
 """Only movements this far behind the clock are folded: the clock never goes back that far."""
 _MAX_SCAN_MARKS = 2_000
+
+_qty = itemgetter(1)
 
 INBOUND = frozenset({"receipt", "transfer_in", "adjustment"})
 OUTBOUND = frozenset({"transfer_out", "sale"})
@@ -97,9 +100,12 @@ class StockItem(Struct, kw_only=True, array_like=True):
 
     def on_hand(self, at: int | None = None) -> int:
         """On hand as of event time ``at`` (None: with every movement received)."""
-        if at is None:
-            return self.base + sum(q for _, q in self.deltas)
-        return self.base + sum(q for ts, q in self.deltas if ts <= at)
+        deltas = self.deltas
+        if not deltas:
+            return self.base
+        if at is None or deltas[-1][0] <= at:  # sorted: none ahead of ``at`` (the usual case)
+            return self.base + sum(map(_qty, deltas))
+        return self.base + sum(q for ts, q in deltas if ts <= at)
 
     def known_at(self, at: int) -> bool:
         return self.known and self.base_ts <= at
@@ -174,6 +180,10 @@ class StockRulesEngine(RuleFamily):
         key's state, so after a restart they count from the key's next evaluation."""
         self._trimmed: dict[str, int] = {}
         """Key -> the event minute it was last trimmed at (see :meth:`_trim`)."""
+        self._units: dict[str, tuple[int, int, int]] = {}
+        """Key -> (hop end, velocity window, units sold in it): the velocity changes
+        only when the hop does (about every 5 minutes of event time) or a sale
+        from before the hop's end comes late, not with each judgement."""
         self.judgements = 0
         self._campaigns_by_sku: dict[str, list[str]] = {}
         if master is not None:
@@ -202,6 +212,10 @@ class StockRulesEngine(RuleFamily):
                 deltas=[], sales={}, scans={}, scan_marks=[]
             )
             self._move(item, move)
+            if move.kind == "sale":
+                units = self._units.get(key)
+                if units is not None and move.ts - move.ts % MINUTE < units[0]:
+                    del self._units[key]  # a late sale inside the velocity window
             state.put(partition, key, item)
             # looked up each time: an evaluation between two messages takes the set away
             if move.ts > now:
@@ -246,6 +260,7 @@ class StockRulesEngine(RuleFamily):
         super().forget(partition)
         self._ahead.pop(partition, None)
         self._trimmed.clear()  # only saves work: rebuilt as keys are judged
+        self._units.clear()
         if self.actions is not None:
             self.actions.forget(partition)
 
@@ -295,12 +310,18 @@ class StockRulesEngine(RuleFamily):
             self.book.expire(partition, now)
 
     def measures(
-        self, item: StockItem, now: int, rules: StockRules
+        self, key: str, item: StockItem, now: int, rules: StockRules
     ) -> tuple[int, float, float | None]:
         """(on hand, velocity per hour, cover hours or None), as of ``now``."""
         hop_end = now - now % HOP
-        start = hop_end - rules.velocity_window_minutes * MINUTE
-        units = sum(u for m, u in item.sales.items() if start <= m < hop_end)
+        window = rules.velocity_window_minutes
+        cached = self._units.get(key)
+        if cached is not None and cached[0] == hop_end and cached[1] == window:
+            units = cached[2]
+        else:
+            start = hop_end - window * MINUTE
+            units = sum(u for m, u in item.sales.items() if start <= m < hop_end)
+            self._units[key] = (hop_end, window, units)
         velocity = units * 60 / rules.velocity_window_minutes
         on_hand = item.on_hand(now)
         cover = None
@@ -328,7 +349,7 @@ class StockRulesEngine(RuleFamily):
         self._trim(key, item, now, scan_window)
         item.fold(now - _FOLD_AGE_MS)
         known = item.known_at(now)
-        on_hand, velocity, cover = self.measures(item, now, rules)
+        on_hand, velocity, cover = self.measures(key, item, now, rules)
         master = self.master
         is_store = master is None or location_id in master.store_by_id
         region = master.region_of(location_id) if master else None
@@ -475,7 +496,12 @@ class StockRulesEngine(RuleFamily):
         marks_from = now - scan_window
         marks = item.scan_marks
         if marks and marks[0][0] < marks_from:
-            item.scan_marks = [m for m in marks if m[0] >= marks_from]
+            # the old ones at the front (marks come nearly in order): a late one
+            # behind a newer mark goes when the front reaches it
+            cut, n = 1, len(marks)
+            while cut < n and marks[cut][0] < marks_from:
+                cut += 1
+            del marks[:cut]
 
     def _demand(
         self,
@@ -645,7 +671,9 @@ class StockRulesEngine(RuleFamily):
             other = self.state.get(partition, f"{store_id}|{sku}")
             if other is None or not other.known_at(now):
                 continue
-            have, other_velocity, other_cover = self.measures(other, now, rules)
+            have, other_velocity, other_cover = self.measures(
+                f"{store_id}|{sku}", other, now, rules
+            )
             surplus_cover = rules.surplus_factor * rules.lead_time_hours
             spare = have - math.ceil(other_velocity * surplus_cover)
             if (other_cover is None or other_cover > surplus_cover) and spare >= need:
