@@ -75,31 +75,37 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
 }
 
+RUNBOOKS = "docs/operations.md"
+"""Where each kind's runbook is: a section named after the kind (the action says so)."""
+
 ACTIONS: dict[str, dict[str, str]] = {
     "zh": {
-        "system_stream_silent": "检查该数据流的生产方与网络（README 运维手册：数据流静默）",
-        "system_lag_growing": "增加 worker 副本或查找慢处理（README 运维手册：消费积压增长）",
+        "system_stream_silent": "检查该数据流的生产方与网络"
+        f"（运维手册 {RUNBOOKS}：system_stream_silent）",
+        "system_lag_growing": "增加 worker 副本或查找慢处理"
+        f"（运维手册 {RUNBOOKS}：system_lag_growing）",
         "system_dead_letter_rate": "按原因查看 dead_letters 表并联系生产方"
-        "（README 运维手册：死信率过高）",
+        f"（运维手册 {RUNBOOKS}：system_dead_letter_rate）",
         "system_partition_stuck": "查看该 worker 日志中的死信与偏移等待"
-        "（README 运维手册：分区停滞）",
-        "system_sink_behind": "检查 sink 日志与存储写入速度（README 运维手册：入库落后）",
+        f"（运维手册 {RUNBOOKS}：system_partition_stuck）",
+        "system_sink_behind": "检查 sink 日志与存储写入速度"
+        f"（运维手册 {RUNBOOKS}：system_sink_behind）",
         "system_store_unreachable": "检查 ClickHouse 是否运行、磁盘与密码"
-        "（README 运维手册：存储不可达）",
+        f"（运维手册 {RUNBOOKS}：system_store_unreachable）",
     },
     "en": {
-        "system_stream_silent": "Check the stream's producers and their network (README "
-        "runbook: stream silent)",
-        "system_lag_growing": "Add a worker replica or find what is slow (README runbook: lag "
-        "growing)",
-        "system_dead_letter_rate": "Read dead_letters by reason and tell the producer (README "
-        "runbook: dead-letter rate)",
+        "system_stream_silent": "Check the stream's producers and their network "
+        f"(runbook: {RUNBOOKS}, system_stream_silent)",
+        "system_lag_growing": "Add a worker replica or find what is slow "
+        f"(runbook: {RUNBOOKS}, system_lag_growing)",
+        "system_dead_letter_rate": "Read dead_letters by reason and tell the producer "
+        f"(runbook: {RUNBOOKS}, system_dead_letter_rate)",
         "system_partition_stuck": "Read the worker's log for dead letters or offsets it waits "
-        "for (README runbook: partition stuck)",
-        "system_sink_behind": "Read the sink's log and the store's insert times (README "
-        "runbook: sink behind)",
+        f"for (runbook: {RUNBOOKS}, system_partition_stuck)",
+        "system_sink_behind": "Read the sink's log and the store's insert times "
+        f"(runbook: {RUNBOOKS}, system_sink_behind)",
         "system_store_unreachable": "Check that ClickHouse runs, its disk and its password "
-        "(README runbook: store unreachable)",
+        f"(runbook: {RUNBOOKS}, system_store_unreachable)",
     },
 }
 
