@@ -27,7 +27,7 @@ the worker's main cost (one changelog record per touched entity per 0.2 s
 batch, one level per change), and both now go out as whole Kafka batches
 (``batch_writer.py``). The batches' source messages stay unacked until the
 write that covers them is in the producer, so a committed offset never runs
-ahead of the state (see ``PendingAcks`` in ``app.py``).
+ahead of the state (see ``PendingAcks`` in ``streams/pending_acks.py``).
 """
 
 from __future__ import annotations

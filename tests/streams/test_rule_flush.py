@@ -19,10 +19,10 @@ from ctower.broker.topics import partition_for
 from ctower.schemas.control import StockLevel
 from ctower.settings import Settings
 from ctower.streams import decisions as decisions_module
-from ctower.streams.app import PendingAcks, _persist_and_release
 from ctower.streams.batch_writer import BatchWriter
 from ctower.streams.dead_letters import DeadLetterOutbox
 from ctower.streams.decisions import DecisionLayer
+from ctower.streams.pending_acks import PendingAcks, persist_and_release
 from ctower.tables.rules.rule_state import FLUSH_INTERVAL_S
 
 
@@ -110,7 +110,7 @@ def test_held_batches_are_acked_only_after_the_timer_has_written_the_state() -> 
         pending.events.extend([7, 8])  # type: ignore[arg-type]
         await pending.settle()
         assert consumer.acked == []
-        await asyncio.gather(_persist_and_release(Tower()), settle_during_the_write())  # type: ignore[arg-type]
+        await asyncio.gather(persist_and_release(Tower()), settle_during_the_write())  # type: ignore[arg-type]
 
     asyncio.run(run())
     # the first settle's write, the timer's persist, then its write before any ack
