@@ -38,8 +38,9 @@ CONTROL_RECORDS: dict[str, tuple[type, str, str]] = {
     "dead_letter": (control.DeadLetter, "dead-letter",
                     "source_topic:partition:offset:index"),
     "closed_window": (control.ClosedWindow, "aggregates",
-                      "aggregate:dims:window_start:source_topic:partition; header kind="
-                      "closed_window; a message holds one record or a JSON array of them"),
+                      "aggregate:window_start:source_topic:partition (every chunk of one "
+                      "window's closed keys); header kind=closed_window; a message holds one "
+                      "record or a JSON array of them (at most 500)"),
     "late_event": (control.LateEvent, "aggregates",
                    "its dedup key; header kind=late_event; one record or a JSON array"),
     "duplicate_event": (control.DuplicateEvent, "aggregates",
