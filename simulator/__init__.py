@@ -7,8 +7,11 @@ Programmatic use (tests, the benchmark)::
     stats = send(settings, sim.items(), batch=100)
     truth = sim.incident_truth()
 
-Modules: ``chain`` (master data), ``clock`` (daily curve, pacing),
-``generator`` (the simulation), ``incidents``, ``items`` (what is sent),
+Modules: ``chain`` (master data), ``world`` (the chain indexed for the run),
+``clock`` (daily curve, pacing), ``generator`` (the event loop), one module
+per event family (``sessions``, ``orders``, ``coupons``, ``pickups``,
+``shipments``, ``stock``, ``service_desk``, ``guides``) over ``state``,
+``hooks`` (where incidents plug in), ``incidents``, ``items`` (what is sent),
 ``truth``, ``jsonl`` (the ``--out`` file), ``producer`` (Kafka), ``replay``,
 ``command`` (the click command).
 """

@@ -37,7 +37,8 @@ from ctower.simulator.incidents import Incident
 
 if TYPE_CHECKING:
     from ctower.simulator.chain import Store
-    from ctower.simulator.generator import Generator, _Order, _Shipment
+    from ctower.simulator.generator import Generator
+    from ctower.simulator.state import OrderState, ShipmentState
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -124,13 +125,13 @@ class GuideDesk:
         room = sum(s.guide.daily_cap - s.assigned for s in self.available(ts, store))
         return room > len(self.promised[store.idx])
 
-    def promise(self, order: _Order) -> None:
+    def promise(self, order: OrderState) -> None:
         self.promised[order.store.idx].add(order.order_id)
 
-    def release(self, order: _Order) -> None:
+    def release(self, order: OrderState) -> None:
         self.promised[order.store.idx].discard(order.order_id)
 
-    def assign(self, ts: int, order: _Order, first: int) -> Guide | None:
+    def assign(self, ts: int, order: OrderState, first: int) -> Guide | None:
         """The guide who takes the order now, or None: the least busy today, the
         rotation starting at ``first`` (1-based) breaking ties."""
         free = self.available(ts, order.store)
@@ -146,7 +147,7 @@ class GuideDesk:
         chosen.assigned += 1
         return chosen.guide
 
-    def wait(self, ts: int, sh: _Shipment, first: bool = False) -> None:
+    def wait(self, ts: int, sh: ShipmentState, first: bool = False) -> None:
         """No guide now: look again later (the next full hour when no shift is on)."""
         store = sh.order.store
         watcher = self.wait_watch.get(store.idx)
@@ -159,7 +160,7 @@ class GuideDesk:
             later = ts - (ts + _LOCAL) % HOUR_MS + HOUR_MS
         self.gen.push(later, self._retry, sh)
 
-    def _retry(self, ts: int, sh: _Shipment) -> None:
+    def _retry(self, ts: int, sh: ShipmentState) -> None:
         guide = self.assign(ts, sh.order, 1)
         if guide is None:
             self.wait(ts, sh)
@@ -167,7 +168,7 @@ class GuideDesk:
         watcher = self.wait_watch.get(sh.order.store.idx)
         if watcher is not None:
             watcher.taken(sh, ts)
-        self.gen.guide_takes(ts, sh, guide, self.rng)
+        self.gen.shipments.guide_takes(ts, sh, guide, self.rng)
 
 
 def daytime(incident: Incident, fraction: float, hours: tuple[int, int] = (10, 20)) -> int:
@@ -188,9 +189,9 @@ def stock_up(incident: Incident, store: Store, sku: int, qty: int, ts: int) -> N
     gen = incident.gen
 
     def receive(at: int, _: Any) -> None:
-        if gen.stock_key(store.idx, sku) not in gen.avail:
-            gen.snapshot(at, store.idx, sku)
-        gen.receive(at, store.idx, sku, qty, "receipt")
+        if gen.world.stock_key(store.idx, sku) not in gen.stock.avail:
+            gen.stock.snapshot(at, store.idx, sku)
+        gen.stock.receive(at, store.idx, sku, qty, "receipt")
 
     gen.push(ts, receive)
 
@@ -200,22 +201,22 @@ def guide_order(incident: Incident, store: Store, sku: int, ts: int, guide: str 
     orders and pays, as in a session (given to ``guide`` when not None)."""
     gen, rng = incident.gen, incident.rng
     member = gen.member_of(store)
-    gen.emit_scan(ts, store, sku, "view", member)
+    gen.sessions.emit_scan(ts, store, sku, "view", member)
 
     def cart(at: int, _: Any) -> None:
-        gen.emit_scan(at, store, sku, "add_to_cart", member)
+        gen.sessions.emit_scan(at, store, sku, "add_to_cart", member)
         gen.push(at + rng.randint(5_000, 20_000), create)
 
     def create(at: int, _: Any) -> None:
-        qty = gen.reserve(at, store.idx, sku, 1)
+        qty = gen.stock.reserve(at, store.idx, sku, 1)
         if not qty:
             return
-        order = gen.new_order(store, member, "guide", "guide_delivery", store.idx, None,
+        order = gen.orders.new_order(store, member, "guide", "guide_delivery", store.idx, None,
                               [(sku, qty)], None)
         if guide is not None:
             gen.guides.pinned[order.order_id] = guide
-        gen._emit_order(at, order, "created")
-        gen.push(at + rng.randint(5_000, 30_000), gen._order_paid, order)
+        gen.orders.emit(at, order, "created")
+        gen.push(at + rng.randint(5_000, 30_000), gen.orders.pay, order)
 
     gen.push(ts + rng.randint(3_000, 10_000), cart)
 
@@ -233,7 +234,7 @@ class GuideCapacity(Incident):
         gen = self.gen
         stores = [s for s in gen.chain.stores if s.guides >= 2]
         busiest = sorted(stores, key=lambda s: (-s.weight, s.idx))[:10]
-        used = gen.incident_stores
+        used = gen.hooks.incident_stores
         free = [s for s in busiest if s.idx not in used] or busiest
         self.store = free[self.rng.randrange(len(free))]
         used.append(self.store.idx)
@@ -243,7 +244,7 @@ class GuideCapacity(Incident):
             gen.guides.away[state.guide.guide_id] = (self.t0, self.t1)
         self.waits: dict[str, list[int]] = {}
         gen.guides.wait_watch[self.store.idx] = self
-        self.deal = gen.top_skus[self.rng.randrange(0, 20)]
+        self.deal = gen.world.top_skus[self.rng.randrange(0, 20)]
         stock_up(self, self.store, self.deal, 2 * self.ORDERS, self.t0 - 10 * MINUTE_MS)
         for n in range(self.ORDERS):
             gen.push(self.t0 - 4 * MINUTE_MS + n * 2 * MINUTE_MS, self._order)
@@ -251,13 +252,13 @@ class GuideCapacity(Incident):
     def _order(self, ts: int, _: Any) -> None:
         guide_order(self, self.store, self.deal, ts, None)
 
-    def waiting(self, sh: _Shipment, ts: int) -> None:
+    def waiting(self, sh: ShipmentState, ts: int) -> None:
         """A delivery of the store found no guide at ``ts`` (its ``created``); those of
         other times (a night order waiting for the morning) are not the incident's."""
         if self.t0 - 30 * MINUTE_MS <= ts < self.t1:
             self.waits.setdefault(sh.shipment_id, [ts, 0])
 
-    def taken(self, sh: _Shipment, ts: int) -> None:
+    def taken(self, sh: ShipmentState, ts: int) -> None:
         if sh.shipment_id in self.waits:
             self.waits[sh.shipment_id][1] = ts
 
@@ -304,7 +305,7 @@ class GuideLate(Incident):
                   if any(g.on_shift(hour) and g.on_shift(local_hour(self.t1))
                          for g in gen.chain.guides if g.store_id == s.store_id)]
         busiest = sorted(stores, key=lambda s: (-s.weight, s.idx))[:10] or gen.chain.stores[:1]
-        used = gen.incident_stores
+        used = gen.hooks.incident_stores
         free = [s for s in busiest if s.idx not in used] or busiest
         self.store = free[self.rng.randrange(len(free))]
         used.append(self.store.idx)
@@ -315,7 +316,7 @@ class GuideLate(Incident):
         self.deliveries: list[tuple[str, int, int]] = []
         """(shipment, eta, delivered at) of the guide's deliveries more than the grace
         late, the incident's and any other (the rule does not tell them apart)."""
-        self.deal = gen.top_skus[self.rng.randrange(0, 20)]
+        self.deal = gen.world.top_skus[self.rng.randrange(0, 20)]
         stock_up(self, self.store, self.deal, 2 * self.ORDERS, self.t0 - 20 * MINUTE_MS)
         for n in range(self.ORDERS):
             gen.push(self.t0 - 10 * MINUTE_MS + n * 5 * MINUTE_MS, self._order)
@@ -329,7 +330,7 @@ class GuideLate(Incident):
             return None
         return eta + self.rng.randint(25 * MINUTE_MS, 50 * MINUTE_MS)
 
-    def record(self, sh: _Shipment, eta: int, done: int, final: str) -> None:
+    def record(self, sh: ShipmentState, eta: int, done: int, final: str) -> None:
         """Every delivery of the guide, in the incident or not: the rule counts them all."""
         if final == "delivered" and done > eta + LATE_GRACE_MS:
             self.deliveries.append((sh.shipment_id, eta, done))

@@ -1,7 +1,8 @@
 """Incidents: things going wrong on purpose, each with its ground truth.
 
 An incident plugs into the running :class:`~ctower.simulator.generator.Generator`
-(its heap, stock and hooks) rather than post-editing the stream, so what it
+(its queue, the event families' public methods and :mod:`~ctower.simulator.hooks`)
+rather than post-editing the stream, so what it
 causes stays consistent across streams: a stock-out blocks sales of the SKU,
 a pickup rush goes through the same counter queue as every other pickup, a
 carrier delay holds the real shipments of that carrier.
@@ -24,6 +25,7 @@ from ctower.simulator.items import Item
 
 if TYPE_CHECKING:
     from ctower.simulator.generator import Generator
+    from ctower.simulator.state import ShipmentState
 
 MIN_SPAN_MS = 30 * 60_000
 """Incidents need room: a baseline before them and a 5-minute spike window."""
@@ -51,7 +53,7 @@ class Incident:
     def pick_store(self, top: int = 20) -> int:
         """A busy store no other incident uses (incidents must not blur each other)."""
         stores = sorted(self.gen.chain.stores, key=lambda s: (-s.weight, s.idx))[:top]
-        used = self.gen.incident_stores
+        used = self.gen.hooks.incident_stores
         free = [s.idx for s in stores if s.idx not in used] or [s.idx for s in stores]
         idx = free[self.rng.randrange(len(free))]
         used.append(idx)
@@ -96,11 +98,11 @@ class StockOut(Incident):
     def install(self) -> None:
         gen = self.gen
         self.store = gen.chain.stores[self.pick_store()]
-        candidates = gen.top_skus[2:12]
+        candidates = gen.world.top_skus[2:12]
         self.rng.shuffle(candidates)
         self.candidates = candidates
         self.sku = candidates[0]
-        self.key = gen.stock_key(self.store.idx, self.sku)
+        self.key = gen.world.stock_key(self.store.idx, self.sku)
         self.planned_end = self.at(0.70)
         self.start_ts = self.end_ts = 0
         self.adjusted = 0
@@ -114,11 +116,11 @@ class StockOut(Incident):
         """No order of it between created and paid and no restock on its way:
         then the on-hand the rules compute is exactly zero after the count."""
         gen = self.gen
-        key = gen.stock_key(self.store.idx, sku)
+        key = gen.world.stock_key(self.store.idx, sku)
         return (
-            key in gen.avail
-            and gen.avail[key] == gen.onhand[key]
-            and key not in gen.pending_restock
+            key in gen.stock.avail
+            and gen.stock.avail[key] == gen.stock.onhand[key]
+            and key not in gen.stock.pending_restock
         )
 
     def _begin(self, ts: int, _: Any) -> None:
@@ -129,21 +131,21 @@ class StockOut(Incident):
             self.tries += 1
             if self.tries >= 20:  # ten minutes without one: count a shelf now, start next second
                 for sku in self.candidates:
-                    if gen.stock_key(loc, sku) not in gen.avail:
-                        gen.snapshot(ts, loc, sku)
+                    if gen.world.stock_key(loc, sku) not in gen.stock.avail:
+                        gen.stock.snapshot(ts, loc, sku)
                         break
             gen.push(ts + (1_000 if self.tries >= 20 else 30_000), self._begin)
             return
         self.sku = quiet[0]
-        self.key = gen.stock_key(loc, self.sku)
+        self.key = gen.world.stock_key(loc, self.sku)
         self.start_ts = ts
-        self.adjusted = gen.onhand[self.key]
-        gen.frozen.add(self.key)
-        gen.pending_restock.add(self.key)
+        self.adjusted = gen.stock.onhand[self.key]
+        gen.stock.frozen.add(self.key)
+        gen.stock.pending_restock.add(self.key)
         if self.adjusted:
-            gen.emit_inventory(ts, loc, self.sku, "adjustment", -self.adjusted)
-        gen.avail[self.key] = gen.onhand[self.key] = 0
-        gen.scan_watch[self.key] = self._on_scan
+            gen.stock.emit(ts, loc, self.sku, "adjustment", -self.adjusted)
+        gen.stock.avail[self.key] = gen.stock.onhand[self.key] = 0
+        gen.hooks.scan_watch[self.key] = self._on_scan
         gen.push(ts + 20_000, self._searcher)
         gen.push((ts + self.planned_end) // 2, self._dispatch)
         gen.push(max(self.planned_end, ts + 600_000), self._end)
@@ -152,18 +154,18 @@ class StockOut(Incident):
         """Shoppers scanning the shelf label of the missing SKU."""
         if self.end_ts or ts >= self.planned_end:
             return
-        self.gen.start_focused_session(ts, self.store, self.sku, "scan_and_go", "in_store", 0.3)
+        self.gen.sessions.start_focused(ts, self.store, self.sku, "scan_and_go", "in_store", 0.3)
         self.gen.push(ts + int(self.rng.expovariate(1 / 30.0) * 1000) + 1, self._searcher)
 
     def _dispatch(self, ts: int, _: Any) -> None:
         """The warehouse ships the replenishment the rule should have asked for."""
         gen = self.gen
-        level, _ = gen.levels(self.store.idx, self.sku)
-        wh = gen.warehouse_loc(self.store.idx)
-        got = gen.reserve(ts, wh, self.sku, level)
+        level, _ = gen.stock.levels(self.store.idx, self.sku)
+        wh = gen.world.warehouse_loc(self.store.idx)
+        got = gen.stock.reserve(ts, wh, self.sku, level)
         if got:
-            gen.onhand[gen.stock_key(wh, self.sku)] -= got
-            gen.emit_inventory(ts, wh, self.sku, "transfer_out", got)
+            gen.stock.onhand[gen.world.stock_key(wh, self.sku)] -= got
+            gen.stock.emit(ts, wh, self.sku, "transfer_out", got)
             self.restock_qty = got
         else:
             self.transfer_kind, self.restock_qty = "receipt", level
@@ -171,9 +173,9 @@ class StockOut(Incident):
     def _end(self, ts: int, _: Any) -> None:
         gen = self.gen
         self.end_ts = ts
-        gen.frozen.discard(self.key)
-        gen.scan_watch.pop(self.key, None)
-        gen.receive(ts, self.store.idx, self.sku, self.restock_qty, self.transfer_kind)
+        gen.stock.frozen.discard(self.key)
+        gen.hooks.scan_watch.pop(self.key, None)
+        gen.stock.receive(ts, self.store.idx, self.sku, self.restock_qty, self.transfer_kind)
 
     def _on_scan(self, ts: int, action: str) -> None:
         if self.start_ts <= ts and not self.end_ts:
@@ -187,7 +189,7 @@ class StockOut(Incident):
             "scope": {
                 "region": self.store.region_id,
                 "store_id": self.store.store_id,
-                "sku": gen.sku_ids[self.sku],
+                "sku": gen.world.sku_ids[self.sku],
             },
             "start_ts": self.start_ts,
             "end_ts": self.end_ts,
@@ -198,7 +200,7 @@ class StockOut(Incident):
                 "adjustment_qty": -self.adjusted,
                 "scans_while_zero": self.scans,
                 "add_to_cart_while_zero": self.carts,
-                "transfer_source": gen.regions[gen.store_region[self.store.idx]].warehouse_id,
+                "transfer_source": gen.world.loc_ids[gen.world.warehouse_loc(self.store.idx)],
                 "nearest_stores": [s for s, _ in gen.chain.nearest_stores(self.store.store_id)],
                 "restocked_by": self.transfer_kind,
                 "restock_qty": self.restock_qty,
@@ -224,7 +226,7 @@ class PickupRush(Incident):
         self.n_orders = math.ceil(
             max(3 * self.store.pickup_capacity, 1.6 * staff * (self.length / 1000) / service_s)
         )
-        self.deal = gen.top_skus[self.rng.randrange(0, 20)]
+        self.deal = gen.world.top_skus[self.rng.randrange(0, 20)]
         self.visits: list[tuple[int, int, int]] = []
         self.rush_orders: set[str] = set()
         times = sorted(
@@ -233,32 +235,32 @@ class PickupRush(Incident):
         gen.push(self.t0 - lead - 60_000, self._delivery)
         for t in times:
             gen.push(t, self._order)
-        gen.pickup_watch[self.store.idx] = self._on_arrival
+        gen.hooks.pickup_watch[self.store.idx] = self._on_arrival
 
     def _delivery(self, ts: int, _: Any) -> None:
         """The group-buy goods arrive at the store before the orders come in."""
         gen = self.gen
-        if gen.stock_key(self.store.idx, self.deal) not in gen.avail:
-            gen.snapshot(ts, self.store.idx, self.deal)
-        gen.receive(ts, self.store.idx, self.deal, 3 * self.n_orders, "receipt")
+        if gen.world.stock_key(self.store.idx, self.deal) not in gen.stock.avail:
+            gen.stock.snapshot(ts, self.store.idx, self.deal)
+        gen.stock.receive(ts, self.store.idx, self.deal, 3 * self.n_orders, "receipt")
 
     def _order(self, ts: int, _: Any) -> None:
         """A group member opens the deal (view, add to cart), then orders."""
         gen = self.gen
         member = gen.member_of(self.store)
-        gen.emit_scan(ts, self.store, self.deal, "view", member)
+        gen.sessions.emit_scan(ts, self.store, self.deal, "view", member)
         gen.push(ts + self.rng.randint(3_000, 10_000), self._cart, member)
 
     def _cart(self, ts: int, member: str) -> None:
-        self.gen.emit_scan(ts, self.store, self.deal, "add_to_cart", member)
+        self.gen.sessions.emit_scan(ts, self.store, self.deal, "add_to_cart", member)
         self.gen.push(ts + self.rng.randint(5_000, 20_000), self._create, member)
 
     def _create(self, ts: int, member: str) -> None:
         gen, rng = self.gen, self.rng
-        qty = gen.reserve(ts, self.store.idx, self.deal, 1 + (rng.random() < 0.3))
+        qty = gen.stock.reserve(ts, self.store.idx, self.deal, 1 + (rng.random() < 0.3))
         if not qty:
             return
-        order = gen.new_order(
+        order = gen.orders.new_order(
             self.store,
             member,
             "community_group",
@@ -277,8 +279,8 @@ class PickupRush(Incident):
         )
         order.pickup_plan = (self.t0, ready, arrival)
         self.rush_orders.add(order.order_id)
-        gen._emit_order(ts, order, "created")
-        gen.push(paid, gen._order_paid, order)
+        gen.orders.emit(ts, order, "created")
+        gen.push(paid, gen.orders.pay, order)
 
     def _on_arrival(self, arrived: int, start: int, done: int, order_id: str) -> None:
         self.visits.append((arrived, done, order_id in self.rush_orders))
@@ -344,16 +346,16 @@ class CarrierDelay(Incident):
 
     def install(self) -> None:
         gen = self.gen
-        busiest = max(range(len(gen.regions)), key=lambda i: (gen.region_share[i], -i))
-        self.region = gen.regions[busiest]
+        busiest = max(range(len(gen.world.regions)), key=lambda i: (gen.world.region_share[i], -i))
+        self.region = gen.world.regions[busiest]
         self.carrier = self.region.carriers[0]
         self.t0 = self.at(0.35)
         self.t1 = self.at(0.90)
         self.held: dict[str, dict[str, Any]] = {}
-        self.shipments: dict[str, Any] = {}
-        gen.carrier_delay[(self.carrier, self.region.region_id)] = self
+        self.shipments: dict[str, ShipmentState] = {}
+        gen.hooks.carrier_delay[(self.carrier, self.region.region_id)] = self
 
-    def intercept(self, ts: int, sh: Any) -> bool:
+    def intercept(self, ts: int, sh: ShipmentState) -> bool:
         """Called before each shipment step of this carrier and region; True = held."""
         if ts < self.t0:
             return False
@@ -367,7 +369,7 @@ class CarrierDelay(Incident):
                     "held_status": sh.steps[sh.i][1],
                 }
                 self.shipments[sh.shipment_id] = sh
-            self.gen.push(self.t1 + self.rng.randint(0, 1_200_000), self.gen._ship_step, sh)
+            self.gen.push(self.t1 + self.rng.randint(0, 1_200_000), self.gen.shipments.step, sh)
             return True
         if record is not None and "resumed_ts" not in record:
             record["resumed_ts"] = ts
@@ -423,26 +425,28 @@ class DemandSpike(Incident):
     def install(self) -> None:
         gen = self.gen
         self.store = gen.chain.stores[self.pick_store()]
-        ranked = gen.top_skus
+        ranked = gen.world.top_skus
         self.sku = ranked[self.rng.randrange(10, len(ranked))]
-        self.key = gen.stock_key(self.store.idx, self.sku)
+        self.key = gen.world.stock_key(self.store.idx, self.sku)
         self.t0 = self.at(0.55)
         self.length = max(6 * 60_000, min(12 * 60_000, self.span // 10))
         # Expected baseline scans/min of this (store, SKU) at the curve's peak.
         sessions_per_min = gen.plan.sim_rate * 2.2 * 60 / 6.0
+        world = gen.world
         baseline = (
-            sessions_per_min * gen.store_share[self.store.idx] * 2.3 * gen.sku_share[self.sku] * 1.5
+            sessions_per_min * world.store_share[self.store.idx] * 2.3
+            * world.sku_share[self.sku] * 1.5
         )
         self.per_min = max(8.0, 20 * baseline)
         self.scan_minutes: dict[int, int] = {}
-        gen.scan_watch[self.key] = self._on_scan
+        gen.hooks.scan_watch[self.key] = self._on_scan
         gen.push(self.t0, self._viewer)
 
     def _viewer(self, ts: int, _: Any) -> None:
         if ts >= self.t0 + self.length:
             return
         fulfillment = "warehouse_direct" if self.rng.random() < 0.8 else "store_pickup"
-        self.gen.start_focused_session(ts, self.store, self.sku, "live_stream", fulfillment, 0.35)
+        self.gen.sessions.start_focused(ts, self.store, self.sku, "live_stream", fulfillment, 0.35)
         gap = int(self.rng.expovariate(self.per_min / 60_000)) + 1
         self.gen.push(ts + gap, self._viewer)
 
@@ -464,7 +468,7 @@ class DemandSpike(Incident):
             "scope": {
                 "region": self.store.region_id,
                 "store_id": self.store.store_id,
-                "sku": self.gen.sku_ids[self.sku],
+                "sku": self.gen.world.sku_ids[self.sku],
             },
             "start_ts": self.t0,
             "end_ts": t1,
@@ -475,7 +479,7 @@ class DemandSpike(Incident):
                 "ratio": round(spike_5 / max(base_5, 1.0), 1),
                 "ratio_floor_used": 1.0,
                 "action": "pre-pack at "
-                + self.gen.regions[self.gen.store_region[self.store.idx]].warehouse_id,
+                + self.gen.world.regions[self.gen.world.store_region[self.store.idx]].warehouse_id,
             },
         }
 
@@ -498,11 +502,11 @@ class Late(Incident):
         store = gen.chain.stores[rng.randrange(len(gen.chain.stores))]
         sku = gen.chain.pick_sku(rng)
         member = gen.member_of(store)
-        gen.emit_scan(ts, store, sku, "view", member)  # the partition's newest ts
+        gen.sessions.emit_scan(ts, store, sku, "view", member)  # the partition's newest ts
         behind = min(rng.randint(90_000, 600_000), ts - self.start)
         if behind <= 60_000:
             return
-        gen.emit_scan(ts - behind, store, sku, "view", member, late_ms=behind)
+        gen.sessions.emit_scan(ts - behind, store, sku, "view", member, late_ms=behind)
         self.sent.append({"store_id": store.store_id, "ts": ts - behind, "behind_ms": behind})
 
     def truth(self) -> dict[str, Any]:
@@ -554,10 +558,9 @@ class Malformed(Incident):
         gen, rng = self.gen, self.rng
         what, stream, reason = case
         store = gen.chain.stores[rng.randrange(len(gen.chain.stores))]
-        sku = gen.sku_ids[gen.chain.pick_sku(rng)]
+        sku = gen.world.sku_ids[gen.chain.pick_sku(rng)]
         enc = msgspec.json.encode
-        gen._ids += 1
-        ident = f"{gen.tag}-{gen._ids}"
+        ident = f"{gen.tag}-{gen.next_serial()}"
         scan = {
             "ts": ts,
             "scan_id": f"SC-{ident}",

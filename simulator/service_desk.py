@@ -65,7 +65,7 @@ class ServiceDesk:
             "topic": topic,
             "store_id": store.store_id,
             "order_id": order_id,
-            "sku": self.gen.sku_ids[sku] if sku is not None else None,
+            "sku": self.gen.world.sku_ids[sku] if sku is not None else None,
         }
         self._emit(ts, ticket, "opened")
         if kind == "inquiry":
@@ -119,7 +119,7 @@ class ServiceDesk:
         if x < P_SESSION_INQUIRY:
             self.open(ts, store, "inquiry", self.rng.choice(BACKGROUND_TOPICS))
         elif x < P_SESSION_INQUIRY + P_SESSION_COMPLAINT:
-            sku = self.rng.randrange(len(self.gen.sku_ids))
+            sku = self.rng.randrange(len(self.gen.world.sku_ids))
             self.open(ts, store, "complaint", self.rng.choice(BACKGROUND_TOPICS), sku=sku)
 
 
@@ -134,7 +134,7 @@ class ComplaintBurst(Incident):
     def install(self) -> None:
         gen = self.gen
         # a SKU in the middle of the range: sold everywhere, not a top seller
-        self.sku = len(gen.sku_ids) // 2 + self.rng.randrange(20)
+        self.sku = len(gen.world.sku_ids) // 2 + self.rng.randrange(20)
         self.t0 = self.at(0.45)
         times = sorted(self.t0 + self.rng.randint(0, 40 * 60_000)
                        for _ in range(self.COMPLAINTS))
@@ -154,7 +154,7 @@ class ComplaintBurst(Incident):
         times = [t for t, _, _ in self.sent]
         return {
             "kind": self.kind,
-            "scope": {"sku": self.gen.sku_ids[self.sku], "region": None},
+            "scope": {"sku": self.gen.world.sku_ids[self.sku], "region": None},
             "start_ts": times[0] if times else self.t0,
             "end_ts": times[-1] if times else self.t0,
             "expect": {

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from ctower.simulator.chain import ISO_CARRIERS
 from ctower.simulator.incidents import Incident
+from ctower.simulator.state import OrderState, ShipmentState
 from ctower.tables.rules.config import LogisticsRules
 
 if TYPE_CHECKING:
     from ctower.simulator.chain import Store
-    from ctower.simulator.generator import _Order
 
 MINUTE = 60_000
 
@@ -28,49 +28,50 @@ def _region_store(incident: Incident, avoid_region: str) -> Store:
     gen = incident.gen
     stores = sorted((s for s in gen.chain.stores if s.region_id != avoid_region),
                     key=lambda s: (-s.weight, s.idx))[:10]
-    free = [s for s in stores if s.idx not in gen.incident_stores] or stores
+    free = [s for s in stores if s.idx not in gen.hooks.incident_stores] or stores
     store = free[incident.rng.randrange(len(free))]
-    gen.incident_stores.append(store.idx)
+    gen.hooks.incident_stores.append(store.idx)
     return store
 
 
 def _busiest_region(incident: Incident) -> str:
     """Where the carrier delay happens (its failures flag districts of their own)."""
     gen = incident.gen
-    busiest = max(range(len(gen.regions)), key=lambda i: (gen.region_share[i], -i))
-    return gen.regions[busiest].region_id
+    busiest = max(range(len(gen.world.regions)), key=lambda i: (gen.world.region_share[i], -i))
+    return gen.world.regions[busiest].region_id
 
 
 def _order(incident: Incident, ts: int, store: Store, member: str, fulfillment: str,
-           then: Callable[[int, _Order], None]) -> None:
+           then: Callable[[int, OrderState], None]) -> None:
     """A member scans a top SKU into the cart, orders one where it ships from and pays
     5-60 s later (``then(paid_ts, order)``), as any shopper's order goes; nothing when
     that location has none of the top SKUs."""
     gen = incident.gen
     if fulfillment == "warehouse_direct":
-        loc = gen.warehouse_loc(store.idx)
-        ship_from: str | None = gen.loc_ids[loc]
+        loc = gen.world.warehouse_loc(store.idx)
+        ship_from: str | None = gen.world.loc_ids[loc]
     else:
         loc, ship_from = store.idx, None
-    for sku in gen.top_skus:
-        key = gen.stock_key(loc, sku)
-        if key not in gen.avail or gen.avail[key] > 0:
+    for sku in gen.world.top_skus:
+        key = gen.world.stock_key(loc, sku)
+        if key not in gen.stock.avail or gen.stock.avail[key] > 0:
             break
-    gen.emit_scan(ts, store, sku, "view", member)
-    gen.push(ts + 2_000, lambda cart, _: gen.emit_scan(cart, store, sku, "add_to_cart", member))
+    emit_scan = gen.sessions.emit_scan
+    emit_scan(ts, store, sku, "view", member)
+    gen.push(ts + 2_000, lambda cart, _: emit_scan(cart, store, sku, "add_to_cart", member))
 
     def create(created: int, _: Any) -> None:
-        got = gen.reserve(created, loc, sku, 1)
+        got = gen.stock.reserve(created, loc, sku, 1)
         if not got:
             return
-        order = gen.new_order(store, member, "mini_program", fulfillment, loc, ship_from,
+        order = gen.orders.new_order(store, member, "mini_program", fulfillment, loc, ship_from,
                               [(sku, got)], None)
-        gen._emit_order(created, order, "created")
+        gen.orders.emit(created, order, "created")
 
         def pay(paid: int, _: Any) -> None:
             for line_sku, qty in order.units:  # what the generator's payment does to stock
-                gen.onhand[gen.stock_key(loc, line_sku)] -= qty
-            gen._emit_order(paid, order, "paid")
+                gen.stock.onhand[gen.world.stock_key(loc, line_sku)] -= qty
+            gen.orders.emit(paid, order, "paid")
             then(paid, order)
 
         gen.push(created + incident.rng.randint(5_000, 60_000), pay)
@@ -88,7 +89,7 @@ class DistrictFailed(Incident):
     def install(self) -> None:
         gen = self.gen
         self.store = _region_store(self, _busiest_region(self))
-        self.region = gen.regions[gen.store_region[self.store.idx]]
+        self.region = gen.world.regions[gen.world.store_region[self.store.idx]]
         self.carrier = self.region.carriers[0]
         # members of the store who live in one district
         self.members: list[str] = []
@@ -96,7 +97,7 @@ class DistrictFailed(Incident):
         target = None
         while len(self.members) < self.FAILURES:
             member = f"M{self.store.idx + 1:03d}{n:05d}"
-            district = gen.district_of(self.store, member)
+            district = gen.world.district_of(self.store, member)
             target = target or district
             if district == target:
                 self.members.append(member)
@@ -116,11 +117,9 @@ class DistrictFailed(Incident):
         _order(self, ts, self.store, member, "warehouse_direct",
                lambda paid, order: self._plan(paid, order, fail))
 
-    def _plan(self, paid: int, order: _Order, fail: int) -> None:
-        from ctower.simulator.generator import _Shipment
-
+    def _plan(self, paid: int, order: OrderState, fail: int) -> None:
         gen = self.gen
-        sh = _Shipment()
+        sh = ShipmentState()
         sh.shipment_id = gen.next_id("SH")
         sh.order = order
         sh.region = self.region.region_id
@@ -139,12 +138,12 @@ class DistrictFailed(Incident):
                     (fail, "failed"), (fail + self.rng.randint(60, 180) * MINUTE, "returned")]
         gen.push(created, self._step, sh)
 
-    def _step(self, ts: int, sh: Any) -> None:
+    def _step(self, ts: int, sh: ShipmentState) -> None:
         """The shipment's next step as the generator sends one (a failure also brings
         the customer's ticket, the return a refund)."""
         gen = self.gen
         _, status = sh.steps[sh.i]
-        gen._emit_shipment(ts, sh, status)
+        gen.shipments.emit(ts, sh, status)
         if status == "failed":
             self.failed_at.append(sh.last_ts)
             self.shipments.append(sh.shipment_id)
@@ -153,7 +152,7 @@ class DistrictFailed(Incident):
         if sh.i < len(sh.steps):
             gen.push(sh.steps[sh.i][0], self._step, sh)
         else:
-            gen.push(ts + self.rng.randint(600_000, 7_200_000), gen._order_refund, sh.order)
+            gen.push(ts + self.rng.randint(600_000, 7_200_000), gen.orders.refund, sh.order)
 
     def truth(self) -> dict[str, Any]:
         threshold = LogisticsRules().district_failed_min

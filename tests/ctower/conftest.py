@@ -13,8 +13,9 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import clickhouse_connect
 import pytest
@@ -50,13 +51,29 @@ def front(store_settings: Settings) -> Iterator[StoreHttpServer]:
 
 
 @pytest.fixture
-def http_client(front: StoreHttpServer) -> Iterator[Client]:
-    """clickhouse-connect's HTTP client with its defaults (lz4 both ways, a session)."""
-    client = clickhouse_connect.get_client(host="127.0.0.1", port=_port(front.url))
+def connect(front: StoreHttpServer) -> Iterator[Callable[..., Client]]:
+    """New clickhouse-connect HTTP clients of the front, as ``open_store`` makes them
+    (no compression, no session) unless options say otherwise; closed after the test."""
+    made: list[Client] = []
+
+    def make(**options: Any) -> Client:
+        client = clickhouse_connect.get_client(
+            host="127.0.0.1", port=_port(front.url),
+            **{"compress": False, "autogenerate_session_id": False, **options},
+        )
+        made.append(client)
+        return client
+
     try:
-        yield client
+        yield make
     finally:
-        client.close()
+        for client in made:
+            client.close()
+
+
+@pytest.fixture
+def http_client(connect: Callable[..., Client]) -> Client:
+    return connect()
 
 
 def _port(url: str) -> int:
