@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from ctower.errors import CtowerError
 from ctower.settings import SettingsError, load_settings
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -111,9 +112,17 @@ def show_settings() -> None:
     click.echo(json.dumps(settings_or_exit().public_dict(), indent=2, ensure_ascii=False))
 
 
+SETTINGS_EXIT_CODE = 2
+"""Exit code of a bad setting found past the command's own check (as click's usage errors)."""
+ERROR_EXIT_CODE = 1
+"""Exit code of any other :class:`CtowerError` (as click's own ``ClickException``)."""
+
+
 def main() -> None:
+    """Run the command; an error ctower raised on purpose ends in its message, not
+    a traceback. Anything else is a bug and keeps its traceback."""
     try:
         cli(standalone_mode=True)
-    except SettingsError as exc:  # raised by code paths that load settings themselves
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
+    except CtowerError as exc:
+        click.echo(f"Error: {str(exc) or type(exc).__name__}", err=True)
+        sys.exit(SETTINGS_EXIT_CODE if isinstance(exc, SettingsError) else ERROR_EXIT_CODE)

@@ -29,6 +29,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ctower.errors import CtowerError
+
 _PASSED_TO_CHILDREN = ("CTOWER_WEBHOOK_", "CTOWER_RULE_")
 """Variable families read outside Settings, which :meth:`Settings.child_env` keeps."""
 
@@ -64,7 +66,7 @@ customer-service tasks of single shipments and orders. ``shadow-alerts`` and
 ``shadow-signals`` carry what the shadow (candidate) rules would raise: never delivered."""
 
 
-class SettingsError(RuntimeError):
+class SettingsError(CtowerError, RuntimeError):
     """A setting has a bad value; the message names it and says what is wanted."""
 
 

@@ -24,6 +24,7 @@ from clickhouse_connect.driver.exceptions import ProgrammingError
 from clickhouse_connect.driver.httputil import get_pool_manager
 from urllib3 import PoolManager
 
+from ctower.errors import CtowerError
 from ctower.settings import Settings
 
 STORE_URL_FILE = "store.url"
@@ -33,7 +34,7 @@ STORE_PATH_HEADER = "X-Ctower-Store-Path"
 another data folder's front (or an unrelated ClickHouse) for its own."""
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(CtowerError, RuntimeError):
     """The embedded store is held by another process, and no front of it answers."""
 
 

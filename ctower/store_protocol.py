@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ctower.errors import CtowerError
+
 # --- ClickHouse error codes used here (names as ClickHouse spells them) ----------
 BAD_ARGUMENTS = 36
 NOT_IMPLEMENTED = 48
@@ -63,7 +65,7 @@ _CODE_RE = re.compile(r"Code: (\d+)\.")
 _NAME_RE = re.compile(r"\(([A-Z][A-Z0-9_]+)\)(?: \(version [^)]*\))?\s*$")
 
 
-class StoreQueryError(Exception):
+class StoreQueryError(CtowerError):
     """A ClickHouse-style failure: code, name and the ``Code: N. DB::Exception`` text."""
 
     def __init__(self, code: int, message: str, name: str | None = None) -> None:

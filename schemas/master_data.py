@@ -20,6 +20,8 @@ from pathlib import Path
 import msgspec
 from msgspec import Struct
 
+from ctower.errors import CtowerError
+
 
 class StoreInfo(Struct, kw_only=True, frozen=True):
     store_id: str
@@ -151,7 +153,7 @@ def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 6371.0 * 2 * math.asin(math.sqrt(a))
 
 
-class MasterDataError(ValueError):
+class MasterDataError(CtowerError, ValueError):
     """The master-data file cannot be read; the message names the file and the field."""
 
 

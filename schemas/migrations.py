@@ -22,6 +22,8 @@ from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
+from ctower.errors import CtowerError
+
 log = logging.getLogger(__name__)
 
 DDL_DIR = Path(__file__).resolve().parent / "ddl"
@@ -44,7 +46,7 @@ ORDER BY version
 """
 
 
-class MigrationError(RuntimeError):
+class MigrationError(CtowerError, RuntimeError):
     """The store's schema and the DDL files disagree; the message says how."""
 
 

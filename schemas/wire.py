@@ -25,6 +25,7 @@ from typing import Generic, TypeVar
 import msgspec
 from msgspec import Struct
 
+from ctower.errors import CtowerError
 from ctower.schemas.events import EVENT_TYPES, Event
 
 E = TypeVar("E", bound=Event)
@@ -112,7 +113,7 @@ def _is_utf8(raw: bytes) -> bool:
     return True
 
 
-class DuplicateKeyError(ValueError):
+class DuplicateKeyError(CtowerError, ValueError):
     pass
 
 

@@ -16,6 +16,7 @@ import click
 from kafka import KafkaProducer
 
 from ctower.broker.topics import partition_for
+from ctower.errors import CtowerError
 from ctower.schemas.actions import ActionStatus
 from ctower.schemas.control import encoder
 from ctower.settings import Settings
@@ -30,7 +31,7 @@ LIMIT {limit:UInt32}
 """
 
 
-class ActionError(RuntimeError):
+class ActionError(CtowerError, RuntimeError):
     """An answer could not be written; the message says why."""
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from kafka import KafkaProducer
 
+from ctower.errors import CtowerError
 from ctower.schemas.control import AlertAck
 from ctower.schemas.control import encoder as control_encoder
 from ctower.settings import Settings
 
 
-class AckError(RuntimeError):
+class AckError(CtowerError, RuntimeError):
     """An acknowledgement could not be written; the message says why."""
 
 

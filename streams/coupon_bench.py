@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from tqdm import tqdm
 
+from ctower.errors import CtowerError
 from ctower.schemas.control import CouponPolicy
 from ctower.settings import Settings
 from ctower.streams.coupon_policy import publish_policy
@@ -38,7 +39,7 @@ STORES = 50
 MEMBERS = 100_000
 
 
-class BenchError(RuntimeError):
+class BenchError(CtowerError, RuntimeError):
     """The benchmark could not run or too many requests failed; the message says which."""
 
 

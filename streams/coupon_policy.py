@@ -15,6 +15,7 @@ import time
 from kafka import KafkaProducer
 
 from ctower.broker.topics import partition_for
+from ctower.errors import CtowerError
 from ctower.schemas.control import CouponPolicy
 from ctower.schemas.control import encoder as control_encoder
 from ctower.settings import Settings
@@ -31,7 +32,7 @@ def campaign_partition(campaign_id: str, partitions: int) -> int:
     return partition_for(campaign_id.encode(), partitions)
 
 
-class PolicyError(RuntimeError):
+class PolicyError(CtowerError, RuntimeError):
     """A policy could not be written; the message says why."""
 
 

@@ -41,6 +41,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO
 
+from ctower.errors import CtowerError
 from ctower.settings import Settings
 
 _TAIL_LINES = 25
@@ -53,7 +54,7 @@ _MANIFEST = ".complete"
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
-class BrokerError(RuntimeError):
+class BrokerError(CtowerError, RuntimeError):
     """The broker could not be fetched, started, stopped or reached.
 
     The message says what failed and what to do, quoting the broker's own log

@@ -70,6 +70,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, DataError
 
+from ctower.errors import CtowerError
 from ctower.health import Heartbeat
 from ctower.schemas import control
 from ctower.schemas.actions import ACTION_RANK, ActionOrder
@@ -168,7 +169,7 @@ other code is a refusal of this insert; the rows are blamed (and bisected)
 only if the store then still answers a query."""
 
 
-class SinkError(RuntimeError):
+class SinkError(CtowerError, RuntimeError):
     """The sink cannot go on (store refuses inserts, a table it cannot fill)."""
 
 

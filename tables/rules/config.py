@@ -21,6 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ctower.errors import CtowerError
+
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "CTOWER_RULE_"
@@ -155,7 +157,7 @@ class Rules(_Section):
     alerts: AlertRules = AlertRules()
 
 
-class RulesError(ValueError):
+class RulesError(CtowerError, ValueError):
     """A rules file or override is refused; the message names the field."""
 
 
