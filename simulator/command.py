@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from ctower.settings import SettingsError, load_settings
+from ctower.cli import settings_or_exit
 from ctower.simulator.clock import DAY_MS, Pacer, iso, now_ms, parse_start
 from ctower.simulator.generator import SimConfig, Simulator
 from ctower.simulator.incidents import KINDS
@@ -181,10 +181,7 @@ def simulate(
     quiet: bool,
 ) -> None:
     """Simulate the chain's event streams (scan, order, pickup, logistics, inventory, coupon)."""
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = settings_or_exit()
     recorder = TruthRecorder(settings.topic) if truth_path is not None else None
 
     if replay_path is not None:

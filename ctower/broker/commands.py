@@ -15,20 +15,14 @@ from typing import Any, TypeVar
 import click
 from kafka.errors import KafkaError
 
-from ctower.broker.local import BrokerError, LocalKafka
-from ctower.settings import Settings, SettingsError, load_settings
+from ctower.broker.local import LocalKafka
+from ctower.cli import settings_or_exit
+from ctower.errors import CtowerError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 NOT_RUNNING_EXIT_CODE = 3
 """Exit code of ``status`` when the broker is not running (as ``systemctl status``)."""
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _clean_errors(func: F) -> F:
@@ -38,7 +32,7 @@ def _clean_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (SettingsError, BrokerError, KafkaError, TimeoutError) as exc:
+        except (CtowerError, KafkaError, TimeoutError) as exc:
             raise click.ClickException(str(exc) or type(exc).__name__) from None
 
     return wrapper  # type: ignore[return-value]
@@ -56,7 +50,7 @@ def kafka() -> None:
 @_clean_errors
 def up(timeout: float, topics: bool) -> None:
     """Start the local broker (fetching Kafka on first use) and wait until it answers."""
-    settings = _settings()
+    settings = settings_or_exit()
     bootstrap = LocalKafka(settings).up(timeout=timeout)
     where = "local broker" if settings.uses_local_kafka else "cluster (KAFKA_BOOTSTRAP)"
     click.echo(f"Kafka {where} is up at {bootstrap}")
@@ -74,7 +68,7 @@ def up(timeout: float, topics: bool) -> None:
 @_clean_errors
 def down(timeout: float) -> None:
     """Stop the local broker (nothing to do when it is not running)."""
-    settings = _settings()
+    settings = settings_or_exit()
     if not settings.uses_local_kafka:
         click.echo(f"KAFKA_BOOTSTRAP is set ({settings.bootstrap}): no local broker to stop")
         return
@@ -89,7 +83,7 @@ def down(timeout: float) -> None:
 @_clean_errors
 def status() -> None:
     """Show whether the broker runs and where its files are; exit code 3 when it does not."""
-    settings = _settings()
+    settings = settings_or_exit()
     state = LocalKafka(settings).status()
     rows = {
         "running": "yes" if state.running else "no",
@@ -114,7 +108,7 @@ def topics() -> None:
     """Create the project's topics that do not exist yet (safe to run again)."""
     from ctower.broker.topics import ensure_topics
 
-    settings = _settings()
+    settings = settings_or_exit()
     created = ensure_topics(settings)
     if created:
         click.echo(f"created {len(created)} topics: {', '.join(created)}")

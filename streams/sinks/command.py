@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
+from ctower.cli import settings_or_exit
 from ctower.logs import configure_logging
-from ctower.settings import SettingsError, load_settings
 
 
 @click.command("sink")
@@ -28,21 +28,11 @@ def sink(store_dsn: str | None, batch_rows: int | None, batch_seconds: float | N
         overrides["sink_batch_rows"] = batch_rows
     if batch_seconds is not None:
         overrides["sink_batch_seconds"] = batch_seconds
-    try:
-        settings = load_settings(**overrides)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = settings_or_exit(**overrides)
     configure_logging(settings)
     # Imported here: `ctower --help` should not pay for aiokafka and pyarrow.
-    from ctower import store
-    from ctower.schemas.migrations import MigrationError
-    from ctower.streams.sinks.clickhouse import SinkError, run_sink
+    # Its refusals (SinkError, MigrationError, StoreUnavailable) are CtowerErrors:
+    # `ctower`'s main prints them as one clean line.
+    from ctower.streams.sinks.clickhouse import run_sink
 
-    readable: tuple[type[Exception], ...] = (SinkError, MigrationError)
-    unavailable = getattr(store, "StoreUnavailable", None)
-    if unavailable is not None:
-        readable += (unavailable,)
-    try:
-        run_sink(settings)
-    except readable as exc:
-        raise click.ClickException(str(exc)) from None
+    run_sink(settings)

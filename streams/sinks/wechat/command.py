@@ -14,17 +14,15 @@ from typing import Any
 
 import click
 
+from ctower.cli import settings_or_exit
 from ctower.logs import MaskingFilter, configure_logging
-from ctower.settings import Settings, SettingsError, load_settings
+from ctower.settings import Settings, SettingsError
 
 _MaskingFilter = MaskingFilter  # webhook keys are masked in every process's logs (ctower.logs)
 
 
 def _settings(**overrides: Any) -> Settings:
-    try:
-        settings = load_settings(**overrides)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = settings_or_exit(**overrides)
     configure_logging(settings)
     return settings
 
