@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import time
 from typing import Any
 
@@ -20,6 +21,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 
 from ctower.settings import CONTROL_TOPICS, STREAMS, Settings
+
+log = logging.getLogger(__name__)
 
 COMPACTED = frozenset({"coupon-policy"})
 """Topics that keep only the latest record per key (``cleanup.policy=compact``)."""
@@ -68,7 +71,9 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> list[str]:
     Waits until every created partition has a leader, so a producer started
     right after this call does not race the controller. Replication is 1 on
     the local single-node broker; on another cluster the cluster's default
-    replication factor applies.
+    replication factor applies. The one function that creates topics: every
+    process calls it (async ones through ``asyncio.to_thread``, as the admin
+    client blocks), so a topic is the same whoever starts first.
     """
     replication = 1 if settings.uses_local_kafka else -1
     admin = KafkaAdminClient(
@@ -101,6 +106,8 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> list[str]:
                     f"after {timeout:.0f} s: {', '.join(created)}"
                 )
             time.sleep(0.1)
+        if created:
+            log.info("created topics %s", ", ".join(created))
         return created
     finally:
         with contextlib.suppress(Exception):

@@ -70,6 +70,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, DataError
 
+from ctower.broker.topics import ensure_topics
 from ctower.errors import CtowerError
 from ctower.health import Heartbeat
 from ctower.schemas import control
@@ -1158,7 +1159,10 @@ class ClickHouseSink:
         consumer: AIOKafkaConsumer | None = None
         try:
             self.bind()
-            await ensure_topics(s)
+            # A consumer does not create topics, and a subscription to a missing one
+            # starts only after someone else creates it: create them first (the
+            # admin client blocks, so off the event loop).
+            await asyncio.to_thread(ensure_topics, s)
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=s.bootstrap,
                 group_id=self.group_id,
@@ -1586,24 +1590,6 @@ class _Listener(ConsumerRebalanceListener):
 # --------------------------------------------------------------------------
 # The process
 # --------------------------------------------------------------------------
-
-
-async def ensure_topics(settings: Settings) -> list[str]:
-    """Create the project's missing topics (``ctower.broker.topics.ensure_topics``,
-    the one every process uses: ``coupon-policy`` compacted, the configured
-    partition count); return their names.
-
-    A consumer does not create topics, and a subscription to a missing one
-    only starts once metadata is refreshed after someone else creates it, so
-    the sink and the alert service create them before they subscribe. The
-    admin client blocks: it runs in a thread, off the event loop.
-    """
-    from ctower.broker.topics import ensure_topics as create_missing
-
-    created: list[str] = await asyncio.to_thread(create_missing, settings)
-    if created:
-        log.info("created topics %s", ", ".join(created))
-    return created
 
 
 def _start_http_front(settings: Settings, client: Client) -> Any:

@@ -48,36 +48,49 @@ def test_partitions_follow_the_setting(settings_factory) -> None:
         admin.close()
 
 
-def test_the_sink_and_the_alert_service_create_the_same_topics(settings: Settings) -> None:
-    """A bare ``ctower sink`` (or ``ctower alerts deliver``) on a new cluster
-    creates every topic as ``ctower kafka topics`` does: coupon-policy compacted."""
-    import asyncio
-
-    from ctower.streams.sinks.clickhouse import ensure_topics as sink_ensure_topics
-
-    created = asyncio.run(sink_ensure_topics(settings))
-    assert set(created) == {settings.topic(name) for name in (*STREAMS, *CONTROL_TOPICS)}
+def test_a_bare_sink_start_creates_coupon_policy_compacted(
+    settings: Settings, ctower_process, poll
+) -> None:
+    """``ctower sink`` alone on a new topic prefix (no worker, no ``ctower kafka
+    topics``) creates every topic as ``ctower kafka topics`` does: coupon-policy
+    compacted, not left to the broker's auto-creation."""
+    sink = ctower_process(settings, "sink", "sink")
+    expected = {settings.topic(name) for name in (*STREAMS, *CONTROL_TOPICS)}
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap)
     try:
+        def all_created() -> bool:
+            assert sink.alive(), sink.log_tail()
+            return expected <= set(admin.list_topics())
+
+        poll(all_created, 120, "the sink created its topics")
+        policy = settings.topic("coupon-policy")
         configs = admin.describe_configs([
-            ConfigResource(ConfigResourceType.TOPIC, settings.topic("coupon-policy")),
+            ConfigResource(ConfigResourceType.TOPIC, policy),
         ])["topic"]
-        assert configs[settings.topic("coupon-policy")]["cleanup.policy"]["value"] == "compact"
+        assert configs[policy]["cleanup.policy"]["value"] == "compact"
+        (topic,) = admin.describe_topics([policy])
+        assert len(topic["partitions"]) == settings.topic_partitions
     finally:
         admin.close()
+        sink.stop()
 
 
 def test_one_ensure_topics_creates_topics() -> None:
-    """Only ``ctower/broker/topics.py`` creates topics; every process calls it."""
+    """Only ``ctower/broker/topics.py`` defines ``ensure_topics`` and creates
+    topics; every process (the async sink and alert service in a thread) calls it."""
+    import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    creators = sorted(
-        str(path.relative_to(root))
+    sources = {
+        str(path.relative_to(root)): path.read_text(encoding="utf-8")
         for folder in ("ctower", "streams", "tables", "schemas", "simulator", "dashboard")
         for path in (root / folder).rglob("*.py")
-        if "create_topics(" in path.read_text(encoding="utf-8")
-    )
+    }
+    creators = sorted(name for name, text in sources.items() if "create_topics(" in text)
     assert creators == ["ctower/broker/topics.py"]
-    delivery = (root / "streams/sinks/wechat/delivery.py").read_text(encoding="utf-8")
-    assert "await ensure_topics(settings)" in delivery
+    definers = sorted(name for name, text in sources.items()
+                      if re.search(r"^(async )?def ensure_topics\b", text, re.MULTILINE))
+    assert definers == ["ctower/broker/topics.py"]
+    for async_caller in ("streams/sinks/clickhouse.py", "streams/sinks/wechat/delivery.py"):
+        assert "asyncio.to_thread(ensure_topics, " in sources[async_caller], async_caller

@@ -800,7 +800,7 @@ def build_service(settings: Settings) -> DeliveryService:
 
 
 async def _main(settings: Settings) -> DeliveryStats:
-    from ctower.streams.sinks.clickhouse import ensure_topics
+    from ctower.broker.topics import ensure_topics
 
     service = build_service(settings)
     stop = asyncio.Event()
@@ -808,7 +808,7 @@ async def _main(settings: Settings) -> DeliveryStats:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await ensure_topics(settings)
+    await asyncio.to_thread(ensure_topics, settings)  # the admin client blocks
     service.heartbeat = Heartbeat(settings, "alerts")  # `ctower health alerts` reads it
     metrics = None
     if settings.alerts_metrics_port:
