@@ -34,6 +34,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from ctower.schemas.control import ALL_STORES
 from ctower.settings import STREAMS, Settings
 
 MIN_INTERVAL = 1.5
@@ -252,7 +253,7 @@ def ledger_window(settings: Settings, campaign_id: str, store_id: str) -> Ledger
     status = sampler(f"{settings.worker_url}/coupons/{quote(campaign_id)}/status{query}").sample()
     if not isinstance(status, dict):
         return None
-    window = (status.get("windows") or {}).get(store_id or "*")
+    window = (status.get("windows") or {}).get(store_id or ALL_STORES)
     if not isinstance(window, dict):
         return None
     return LedgerWindow(

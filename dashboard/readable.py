@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 
 from ctower.dashboard.labels import code_label, is_missing
+from ctower.schemas.control import ALL_STORES
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 SHORT_TIME = "%H:%M"
@@ -274,7 +275,7 @@ def _fields(evidence: Mapping[str, Any], tz: str) -> _Fields:
             out[key] = "–"
         elif key in TIME_FIELDS and isinstance(value, (int, float)):
             out[key] = local_time(value, tz, SHORT_TIME)
-        elif key == "scope" and value in ("*", ""):
+        elif key == "scope" and value in (ALL_STORES, ""):
             continue
         else:
             out[key] = _pairs_value(value) if isinstance(value, (dict, list)) else _number(value)
@@ -389,7 +390,7 @@ def _sentence(kind: str, evidence: Mapping[str, Any], lang: str, tz: str) -> str
         return words["guide_late"].format_map(f) + window
     if kind in ("policy_paused", "policy_resumed", "policy_removed"):
         scope = evidence.get("scope")
-        f["scope"] = words["all_stores"] if scope in (None, "", "*") else str(scope)
+        f["scope"] = words["all_stores"] if scope in (None, "", ALL_STORES) else str(scope)
         if kind == "policy_removed":
             return words["policy_removed"].format_map(f)
         return words["policy_paused" if evidence.get("paused") else "policy_set"].format_map(f)

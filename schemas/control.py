@@ -12,6 +12,14 @@ from msgspec import Struct
 DEAD_LETTER_RAW_BYTES = 64 * 1024
 """Default of how much of a malformed event a dead letter carries."""
 
+KIND_HEADER = "kind"
+"""Header of a message on ``aggregates``: what its records are (``closed_window``,
+``late_event``, ``duplicate_event``). The worker sets it, the sink decodes by it."""
+
+ALL_STORES = "*"
+"""The store of a campaign-wide scope: in coupon-policy keys (``campaign|*``),
+in the ledger's counters and in its decisions."""
+
 
 class DeadLetter(Struct, kw_only=True):
     """A malformed event, kept so nothing is lost and it can be replayed.

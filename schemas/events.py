@@ -38,6 +38,9 @@ MAX_STOCK_QTY = 10_000_000
 MAX_TS_MS = 7_258_118_400_000
 """2200-01-01 UTC: the latest time any time field may carry (the store's
 DateTime64(3) ends in 2299)."""
+MINUTE = 60_000
+"""One minute of event time: every time field, window and rule horizon is in
+epoch milliseconds, so the code that works them out shares this one unit."""
 
 LineQty = Annotated[int, Meta(gt=0, le=MAX_LINE_QTY)]
 StockQty = Annotated[int, Meta(ge=-MAX_STOCK_QTY, le=MAX_STOCK_QTY)]

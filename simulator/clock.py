@@ -17,9 +17,10 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta, timezone
 
+from ctower.schemas.events import MINUTE
+
 CHINA_TZ = timezone(timedelta(hours=8), "UTC+08:00")
 DAY_MS = 86_400_000
-MINUTE_MS = 60_000
 _LOCAL_OFFSET_MS = 8 * 3_600_000
 
 _HOURLY = (
@@ -49,7 +50,7 @@ _DAY_SUM = _PREFIX[-1]
 
 def curve_at(ts_ms: int) -> float:
     """Relative activity (daily mean 1) at an epoch-ms instant."""
-    return CURVE[((ts_ms + _LOCAL_OFFSET_MS) % DAY_MS) // MINUTE_MS]
+    return CURVE[((ts_ms + _LOCAL_OFFSET_MS) % DAY_MS) // MINUTE]
 
 
 def local_hour(ts_ms: int) -> int:
@@ -60,8 +61,8 @@ def cumulative_minutes(ts_ms: int) -> float:
     """Integral of the curve from the epoch to ts, in curve-minutes."""
     local = ts_ms + _LOCAL_OFFSET_MS
     days, rest = divmod(local, DAY_MS)
-    minute, frac_ms = divmod(rest, MINUTE_MS)
-    return days * _DAY_SUM + _PREFIX[minute] + CURVE[minute] * frac_ms / MINUTE_MS
+    minute, frac_ms = divmod(rest, MINUTE)
+    return days * _DAY_SUM + _PREFIX[minute] + CURVE[minute] * frac_ms / MINUTE
 
 
 def expected_events(start_ms: int, end_ms: int, sim_rate: float) -> float:

@@ -31,8 +31,9 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
+from ctower.schemas.events import MINUTE
 from ctower.simulator.chain import Guide
-from ctower.simulator.clock import local_hour
+from ctower.simulator.clock import DAY_MS, local_hour
 from ctower.simulator.incidents import Incident
 
 if TYPE_CHECKING:
@@ -40,22 +41,20 @@ if TYPE_CHECKING:
     from ctower.simulator.generator import Generator
     from ctower.simulator.state import OrderState, ShipmentState
 
-MINUTE_MS = 60_000
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
+HOUR_MS = 60 * MINUTE
 _LOCAL = 8 * HOUR_MS
 P_DROP_OUT = 0.04
 """A guide leaves before the end of the shift on this share of days."""
 _DROP_MIN_GUIDES = 3
-RETRY_MS = MINUTE_MS
+RETRY_MS = MINUTE
 """How often a waiting delivery looks for a guide again (within the guides' hours)."""
-WAIT_RULE_MS = 20 * MINUTE_MS
+WAIT_RULE_MS = 20 * MINUTE
 """rules.toml [guides] wait_minutes: the truth says when the rule can see a wait."""
 WAITING_MIN = 3
 """rules.toml [guides] waiting_min."""
-LATE_GRACE_MS = 15 * MINUTE_MS
+LATE_GRACE_MS = 15 * MINUTE
 """rules.toml [guides] late_grace_minutes."""
-LATE_WINDOW_MS = 120 * MINUTE_MS
+LATE_WINDOW_MS = 120 * MINUTE
 LATE_MIN = 4
 
 
@@ -227,7 +226,7 @@ class GuideCapacity(Incident):
     while a group-buy with guide delivery lands there: orders wait for a guide."""
 
     kind = "guide_capacity"
-    AWAY_MS = 50 * MINUTE_MS
+    AWAY_MS = 50 * MINUTE
     ORDERS = 8
 
     def install(self) -> None:
@@ -245,9 +244,9 @@ class GuideCapacity(Incident):
         self.waits: dict[str, list[int]] = {}
         gen.guides.wait_watch[self.store.idx] = self
         self.deal = gen.world.top_skus[self.rng.randrange(0, 20)]
-        stock_up(self, self.store, self.deal, 2 * self.ORDERS, self.t0 - 10 * MINUTE_MS)
+        stock_up(self, self.store, self.deal, 2 * self.ORDERS, self.t0 - 10 * MINUTE)
         for n in range(self.ORDERS):
-            gen.push(self.t0 - 4 * MINUTE_MS + n * 2 * MINUTE_MS, self._order)
+            gen.push(self.t0 - 4 * MINUTE + n * 2 * MINUTE, self._order)
 
     def _order(self, ts: int, _: Any) -> None:
         guide_order(self, self.store, self.deal, ts, None)
@@ -255,7 +254,7 @@ class GuideCapacity(Incident):
     def waiting(self, sh: ShipmentState, ts: int) -> None:
         """A delivery of the store found no guide at ``ts`` (its ``created``); those of
         other times (a night order waiting for the morning) are not the incident's."""
-        if self.t0 - 30 * MINUTE_MS <= ts < self.t1:
+        if self.t0 - 30 * MINUTE <= ts < self.t1:
             self.waits.setdefault(sh.shipment_id, [ts, 0])
 
     def taken(self, sh: ShipmentState, ts: int) -> None:
@@ -282,7 +281,7 @@ class GuideCapacity(Incident):
                                       for s in self.gen.guides.by_store[self.store.idx]),
                 "waited": len(spans),
                 "longest_wait_min": round(max((t - c for c, t in spans), default=0)
-                                          / MINUTE_MS, 1),
+                                          / MINUTE, 1),
                 "detectable_ts": detectable,
             },
         }
@@ -293,7 +292,7 @@ class GuideLate(Incident):
     half, with a few guide orders of the store given to that guide."""
 
     kind = "guide_late"
-    LENGTH_MS = 90 * MINUTE_MS
+    LENGTH_MS = 90 * MINUTE
     ORDERS = 6
 
     def install(self) -> None:
@@ -317,9 +316,9 @@ class GuideLate(Incident):
         """(shipment, eta, delivered at) of the guide's deliveries more than the grace
         late, the incident's and any other (the rule does not tell them apart)."""
         self.deal = gen.world.top_skus[self.rng.randrange(0, 20)]
-        stock_up(self, self.store, self.deal, 2 * self.ORDERS, self.t0 - 20 * MINUTE_MS)
+        stock_up(self, self.store, self.deal, 2 * self.ORDERS, self.t0 - 20 * MINUTE)
         for n in range(self.ORDERS):
-            gen.push(self.t0 - 10 * MINUTE_MS + n * 5 * MINUTE_MS, self._order)
+            gen.push(self.t0 - 10 * MINUTE + n * 5 * MINUTE, self._order)
 
     def _order(self, ts: int, _: Any) -> None:
         guide_order(self, self.store, self.deal, ts, self.guide.guide_id)
@@ -328,7 +327,7 @@ class GuideLate(Incident):
         """When a delivery the guide takes at ``ts`` arrives: late in the incident, else None."""
         if not self.t0 <= ts < self.t1:
             return None
-        return eta + self.rng.randint(25 * MINUTE_MS, 50 * MINUTE_MS)
+        return eta + self.rng.randint(25 * MINUTE, 50 * MINUTE)
 
     def record(self, sh: ShipmentState, eta: int, done: int, final: str) -> None:
         """Every delivery of the guide, in the incident or not: the rule counts them all."""

@@ -11,9 +11,8 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from ctower.schemas.events import Logistics
+from ctower.schemas.events import MINUTE, Logistics
 from ctower.simulator.chain import GUIDE_CARRIER, ISO_CARRIERS, Guide
-from ctower.simulator.clock import MINUTE_MS
 from ctower.simulator.items import Item
 from ctower.simulator.state import OrderState, ShipmentState
 
@@ -57,7 +56,7 @@ class Shipments:
             eta = ts + gen.ri(1_800_000, 4_500_000)
             ofd_lead = (180_000, 600_000)
             if guide is None:  # no guide can take it now: it waits, promised as ordered
-                sh.eta = eta - eta % MINUTE_MS + MINUTE_MS
+                sh.eta = eta - eta % MINUTE + MINUTE
                 sh.iso = False
                 # the draws of the steps it would have had: the rest of the run is the
                 # same whether or not a guide could take it (the guide who does plans anew)
@@ -66,7 +65,7 @@ class Shipments:
                 gen.guides.wait(ts, sh, first=True)
                 return
             sh.guide_id = guide.guide_id
-        sh.eta = eta = eta - eta % MINUTE_MS + MINUTE_MS
+        sh.eta = eta = eta - eta % MINUTE + MINUTE
         sh.iso = sh.carrier in ISO_CARRIERS
         self._plan_steps(sh, pick, eta, ofd_lead, rng)
         self.emit(ts, sh, "created")
@@ -77,7 +76,7 @@ class Shipments:
         sh.guide_id = guide.guide_id
         pick = ts + rng.randint(180_000, 600_000)
         eta = ts + rng.randint(1_800_000, 4_500_000)
-        sh.eta = eta - eta % MINUTE_MS + MINUTE_MS
+        sh.eta = eta - eta % MINUTE + MINUTE
         self._plan_steps(sh, pick, sh.eta, (180_000, 600_000), rng)
         self.gen.push(sh.steps[0][0], self.step, sh)
 

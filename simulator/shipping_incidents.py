@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ctower.schemas.events import MINUTE
 from ctower.simulator.chain import ISO_CARRIERS
 from ctower.simulator.incidents import Incident
 from ctower.simulator.state import OrderState, ShipmentState
@@ -20,7 +21,6 @@ from ctower.tables.rules.config import LogisticsRules
 if TYPE_CHECKING:
     from ctower.simulator.chain import Store
 
-MINUTE = 60_000
 
 
 def _region_store(incident: Incident, avoid_region: str) -> Store:

@@ -32,11 +32,10 @@ import click
 import msgspec
 
 from ctower.schemas.actions import ActionOrder, ActionStatus
-from ctower.schemas.events import Inventory
+from ctower.schemas.events import MINUTE, Inventory
 
 log = logging.getLogger(__name__)
 
-MINUTE = 60_000
 
 Step = tuple[int, int, ActionStatus | Inventory]
 """(event time due, sequence, what to send)."""

@@ -8,12 +8,9 @@ from typing import Any
 
 import faust
 
-from ctower.schemas.control import ClosedWindow, DuplicateEvent, LateEvent
+from ctower.schemas.control import KIND_HEADER, ClosedWindow, DuplicateEvent, LateEvent
 from ctower.schemas.control import encoder as control_encoder
 from ctower.settings import Settings
-
-KIND_HEADER = "kind"
-"""Header telling the sink what a message on ct.aggregates holds."""
 
 CLOSED_PER_MESSAGE = 500
 """Closed keys per message on ct.aggregates: about 150 kB, under Kafka's 1 MB limit."""

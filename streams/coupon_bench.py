@@ -30,7 +30,7 @@ import aiohttp
 from tqdm import tqdm
 
 from ctower.errors import CtowerError
-from ctower.schemas.control import CouponPolicy
+from ctower.schemas.control import ALL_STORES, CouponPolicy
 from ctower.settings import Settings
 from ctower.streams.coupon_policy import publish_policy
 
@@ -72,7 +72,7 @@ def prepare_campaigns(settings: Settings, campaigns: list[str], timeout: float =
         campaign = waiting[0]
         try:
             with urllib.request.urlopen(f"{base}/{campaign}/status", timeout=2) as answer:
-                cap = json.load(answer)["windows"]["*"]["cap"]
+                cap = json.load(answer)["windows"][ALL_STORES]["cap"]
             if cap == BENCH_CAP:
                 waiting.pop(0)
                 continue

@@ -22,7 +22,7 @@ import msgspec
 from kafka import KafkaConsumer, TopicPartition
 
 from ctower.cli import settings_or_exit
-from ctower.schemas.control import CouponPolicy
+from ctower.schemas.control import ALL_STORES, CouponPolicy
 from ctower.settings import Settings
 from ctower.streams.coupon_policy import (
     PolicyError,
@@ -219,7 +219,7 @@ def status(campaign: str, store: str | None, url: str | None, as_json: bool) -> 
         f"  [partition {answer['partition']}, {answer['worker']}]"
     )
     for scope, window in answer["windows"].items():
-        label = "all stores" if scope == "*" else f"store {scope}"
+        label = "all stores" if scope == ALL_STORES else f"store {scope}"
         cap_text = "no cap" if window["cap"] is None else f"cap {window['cap']}"
         member = window["per_member_limit"]
         click.echo(

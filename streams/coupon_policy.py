@@ -16,11 +16,9 @@ from kafka import KafkaProducer
 
 from ctower.broker.topics import partition_for
 from ctower.errors import CtowerError
-from ctower.schemas.control import CouponPolicy
+from ctower.schemas.control import ALL_STORES, CouponPolicy
 from ctower.schemas.control import encoder as control_encoder
 from ctower.settings import Settings
-
-ALL_STORES = "*"
 
 
 def policy_key(campaign_id: str, store_id: str | None) -> bytes:

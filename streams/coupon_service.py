@@ -47,14 +47,19 @@ from faust.types import TP
 from faust.web import Request, Response, View
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from ctower.schemas.control import CouponDecision, CouponPolicy, CouponSignal, DeadLetter
+from ctower.schemas.control import (
+    ALL_STORES,
+    CouponDecision,
+    CouponPolicy,
+    CouponSignal,
+    DeadLetter,
+)
 from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.events import Coupon
 from ctower.schemas.master_data import MasterData, load_master_data
 from ctower.schemas.wire import reject
 from ctower.settings import Settings
 from ctower.streams.coupon_policy import (
-    ALL_STORES,
     PolicyError,
     campaign_partition,
     check_policy,

@@ -51,12 +51,9 @@ from typing import Any, Literal, Protocol
 import msgspec
 from msgspec import Struct
 
-from ctower.schemas.control import CouponDecision, CouponPolicy, CouponSignal
+from ctower.schemas.control import ALL_STORES, CouponDecision, CouponPolicy, CouponSignal
 from ctower.schemas.events import Coupon
 from ctower.tables import steering
-
-ALL_STORES = "*"
-"""The scope of a campaign-wide policy, counter or decision."""
 
 RESERVATION_PREFIX = "rsv-"
 """Reservation ids look like ``rsv-<32 hex>``; an issued coupon carrying one

@@ -76,6 +76,7 @@ from ctower.health import Heartbeat
 from ctower.schemas import control
 from ctower.schemas.actions import ACTION_RANK, ActionOrder
 from ctower.schemas.control import (
+    KIND_HEADER,
     Alert,
     AlertAck,
     AlertDelivery,
@@ -97,9 +98,6 @@ from ctower.store import open_store
 from ctower.tables.aggregates import AGGREGATES, AggregateSpec
 
 log = logging.getLogger(__name__)
-
-KIND_HEADER = "kind"
-"""Header of ``aggregates`` messages: ``closed_window`` or ``late_event``."""
 
 InsertFormat = Literal["arrow", "native"]
 INSERT_FORMATS: tuple[InsertFormat, ...] = ("arrow", "native")

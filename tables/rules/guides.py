@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 
 from msgspec import Struct
 
+from ctower.schemas.events import MINUTE
 from ctower.schemas.master_data import MasterData
 from ctower.tables.rules.alert_book import AlertBook, Finding
 from ctower.tables.rules.config import GuideRules, Rules
@@ -39,7 +40,6 @@ from ctower.tables.rules.family import RuleFamily
 from ctower.tables.rules.lanes import LaneEvent
 from ctower.tables.rules.rule_state import RuleState
 
-MINUTE = 60_000
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 LOCAL_OFFSET_MS = 8 * HOUR

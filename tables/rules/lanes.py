@@ -33,13 +33,13 @@ from statistics import NormalDist
 
 from msgspec import Struct
 
+from ctower.schemas.events import MINUTE
 from ctower.tables.rules.alert_book import AlertBook, Finding
 from ctower.tables.rules.config import LogisticsRules, Rules
 from ctower.tables.rules.family import RuleFamily
 from ctower.tables.rules.rule_state import RuleState
 from ctower.tables.rules.tasks import TaskBook
 
-MINUTE = 60_000
 _FORGET_MS = 3 * 86_400_000
 """A shipment without an update for three days is dropped from the lane."""
 _DWELL_SAMPLES = 64

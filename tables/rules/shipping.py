@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 import msgspec
 from msgspec import Struct
 
+from ctower.schemas.events import MINUTE
 from ctower.schemas.master_data import MasterData
 from ctower.schemas.tasks import ShipmentTask
 from ctower.tables.rules.alert_book import AlertBook, Finding
@@ -40,7 +41,6 @@ from ctower.tables.rules.family import RuleFamily
 from ctower.tables.rules.lanes import MEMBER_HINT, LaneEvent
 from ctower.tables.rules.rule_state import RuleState
 
-MINUTE = 60_000
 SHIPPED_FULFILMENTS = ("warehouse_direct", "guide_delivery")
 """Fulfilments that owe a shipment (store pickup and in-store sales never do)."""
 FORGET_MS = 3 * 86_400_000

@@ -15,13 +15,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from ctower.schemas.control import CouponPolicy, CouponSignal
+from ctower.schemas.control import ALL_STORES, CouponPolicy, CouponSignal
 from ctower.schemas.events import Coupon
-from ctower.tables.coupon_ledger import (
-    ALL_STORES,
-    CouponLedger,
-    is_reservation_id,
-)
+from ctower.tables.coupon_ledger import CouponLedger, is_reservation_id
 
 HOUR = 3_600_000
 T0 = 1_767_225_600_000  # 2026-01-01 00:00 UTC, on the hour
