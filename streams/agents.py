@@ -20,6 +20,7 @@ from ctower.streams.aggregates_out import AggregatesOut
 from ctower.streams.batch_writer import BatchedChangelog, faust_producer
 from ctower.streams.dead_letters import DeadLetterOutbox
 from ctower.streams.decisions import RuleProcessor
+from ctower.streams.faust_parts import raw_topic
 from ctower.streams.intake import Intake, fetched
 from ctower.streams.offset_order import OffsetOrder, kafka_first_offset, let_go
 from ctower.streams.pending_acks import PendingAcks
@@ -123,9 +124,7 @@ def _install_agent(
     processor: StreamProcessor | RuleProcessor, outbox: DeadLetterOutbox,
 ) -> None:
     app, settings = tower.app, tower.settings
-    source = app.topic(
-        topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-    )
+    source = raw_topic(app, topic)
     pending = tower.pending[name] = PendingAcks(
         processor, settings.batch_max_messages, settings.batch_within_seconds,
         tower.writer.write, outbox,

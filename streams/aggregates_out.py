@@ -11,6 +11,7 @@ import faust
 from ctower.schemas.control import KIND_HEADER, ClosedWindow, DuplicateEvent, LateEvent
 from ctower.schemas.control import encoder as control_encoder
 from ctower.settings import Settings
+from ctower.streams.faust_parts import raw_topic
 
 CLOSED_PER_MESSAGE = 500
 """Closed keys per message on ct.aggregates: about 150 kB, under Kafka's 1 MB limit."""
@@ -21,10 +22,7 @@ class AggregatesOut:
     a commit waits until Kafka has it, ``streams/sent_soon.py``)."""
 
     def __init__(self, app: faust.App, settings: Settings) -> None:
-        self.topic = app.topic(
-            settings.topic("aggregates"), key_type=bytes, value_type=bytes,
-            key_serializer="raw", value_serializer="raw",
-        )
+        self.topic = raw_topic(app, settings.topic("aggregates"))
 
     def closed(self, records: list[ClosedWindow], on_acked: Callable[[], None]) -> None:
         """One window's closed keys, as JSON arrays of at most CLOSED_PER_MESSAGE;

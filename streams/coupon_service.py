@@ -65,6 +65,7 @@ from ctower.streams.coupon_policy import (
     check_policy,
     policy_key,
 )
+from ctower.streams.faust_parts import raw_topic, tables_recovered
 from ctower.tables.coupon_ledger import CouponLedger
 
 log = logging.getLogger(__name__)
@@ -135,16 +136,10 @@ class CouponService:
             neighbours=_neighbours(master),
         )
 
-        def raw_topic(name: str) -> faust.TopicT:
-            return app.topic(
-                settings.topic(name), key_type=bytes, value_type=bytes,
-                key_serializer="raw", value_serializer="raw",
-            )
-
-        self.policy_topic = raw_topic("coupon-policy")
-        self.signal_topic = raw_topic("coupon-signals")
-        self.decision_topic = raw_topic("coupon-decisions")
-        self.dead_letter_topic = raw_topic("dead-letter")
+        self.policy_topic = raw_topic(app, settings.topic("coupon-policy"))
+        self.signal_topic = raw_topic(app, settings.topic("coupon-signals"))
+        self.decision_topic = raw_topic(app, settings.topic("coupon-decisions"))
+        self.dead_letter_topic = raw_topic(app, settings.topic("dead-letter"))
         self.co_partitioned = [settings.topic(name) for name in ("coupon", "coupon-policy",
                                                                  "coupon-signals")]
         self.layout_error: str | None = None
@@ -156,14 +151,6 @@ class CouponService:
         )
 
     # ------------------------------------------------------------ ownership
-    def _recovered(self) -> bool:
-        recovery = self.app.tables.recovery
-        return (
-            not self.app.rebalancing
-            and not recovery.in_recovery
-            and recovery.completed.is_set()
-        )
-
     def _active_partitions(self) -> set[int]:
         """Campaign partitions assigned here: those of ``ct.coupon-policy``.
 
@@ -178,7 +165,7 @@ class CouponService:
 
     def ready(self, partition: int) -> bool:
         """Whether this worker may answer for the partition now (owned and recovered)."""
-        if not self._recovered():
+        if not tables_recovered(self.app):
             return False
         if self.ledger.owns(partition):
             return True
@@ -317,7 +304,7 @@ class CouponService:
     async def tick(self) -> None:
         """Every second: adopt recovered partitions, forget ended windows, write."""
         self.check_layout()
-        if self._recovered():
+        if tables_recovered(self.app):
             self.ledger.adopt(self._active_partitions())
         self.ledger.purge(int(time.time() * 1000))
         self.ledger.flush_all()
@@ -414,7 +401,7 @@ class CouponService:
         partition = self.partition_of(campaign_id)
         if self.ready(partition):
             return partition, None
-        if self._recovered() and not request.headers.get(FORWARDED_HEADER):
+        if tables_recovered(self.app) and not request.headers.get(FORWARDED_HEADER):
             owner = self.owner_url(partition)
             if owner and owner.rstrip("/") != str(self.app.conf.canonical_url).rstrip("/"):
                 return None, await self._forward(view, request, owner, campaign_id)

@@ -34,6 +34,7 @@ from ctower.schemas.events import Pickup, Service
 from ctower.schemas.master_data import MasterData
 from ctower.settings import Settings, SettingsError
 from ctower.streams.coupon_policy import campaign_partition
+from ctower.streams.faust_parts import raw_topic
 from ctower.tables.rules.config import RulesError, RulesWatcher
 from ctower.tables.rules.engine import MemoryTable, RuleEngine
 
@@ -76,13 +77,8 @@ class ShadowRules:
         if settings.shadow_rules_file is None:
             return None
 
-        def topic(name: str) -> faust.TopicT:
-            return app.topic(
-                settings.topic(name), key_type=bytes, value_type=bytes,
-                key_serializer="raw", value_serializer="raw",
-            )
-
-        alerts, signals = topic("shadow-alerts"), topic("shadow-signals")
+        alerts = raw_topic(app, settings.topic("shadow-alerts"))
+        signals = raw_topic(app, settings.topic("shadow-signals"))
         shadow = cls(
             settings, settings.shadow_rules_file, master,
             lambda key, value: alerts.send_soon(key=key, value=value),

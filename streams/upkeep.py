@@ -15,6 +15,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from ctower.streams.faust_parts import active_partitions, tables_recovered
 from ctower.streams.pending_acks import persist_and_release
 from ctower.streams.tower import ControlTower
 
@@ -23,10 +24,7 @@ def install_upkeep(tower: ControlTower) -> None:
     app, decisions = tower.app, tower.decisions
 
     async def close_idle_windows() -> None:
-        recovery = app.tables.recovery
-        recovered = (
-            not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
-        )
+        recovered = tables_recovered(app)
         for name, pending in tower.pending.items():
             if pending.events:
                 await pending.settle()  # a quiet stream's last messages
@@ -36,12 +34,10 @@ def install_upkeep(tower: ControlTower) -> None:
             await tower.orders[name].retry()
         for stream, processor in tower.processors.items():
             if recovered:
-                owned = recovery.actives_for_table.get(tower.window_tables[stream], ())
-                processor.state.adopt(tp.partition for tp in owned)
+                processor.state.adopt(active_partitions(app, tower.window_tables[stream]))
             processor.state.tick(caught_up=_caught_up(app, processor.topic))
         if recovered and decisions is not None:
-            owned = recovery.actives_for_table.get(decisions.table, ())
-            decisions.adopt(tp.partition for tp in owned)
+            decisions.adopt(active_partitions(app, decisions.table))
             decisions.tick()
         # the rules' batches wait for this write to be acked (also while a
         # rebalance waits for every message to be acked: Consumer.wait_empty)

@@ -1,0 +1,36 @@
+"""What every part of a worker (aggregation, rules, shadow rules, coupons)
+declares on its Faust app the same way.
+
+Topics are raw: ctower decodes its records itself, in bulk (msgspec), so Faust's
+codecs must hand over the bytes untouched. State is adopted per partition only
+once Faust has recovered the tables: adopting earlier would load a partition
+from a half-read changelog.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import faust
+    from faust.types import TableT
+
+
+def raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    """Topic ``name`` (the full name, prefix included) with bytes keys and values."""
+    return app.topic(
+        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+    )
+
+
+def tables_recovered(app: faust.App) -> bool:
+    """Whether the app's tables hold every partition assigned here: no rebalance
+    going on and the last recovery complete."""
+    recovery = app.tables.recovery
+    return not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
+
+
+def active_partitions(app: faust.App, table: TableT) -> list[int]:
+    """The partitions of ``table`` this worker holds as active (not standby):
+    the ones whose state it adopts once :func:`tables_recovered`."""
+    return [tp.partition for tp in app.tables.recovery.actives_for_table.get(table, ())]
