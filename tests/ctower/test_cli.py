@@ -12,6 +12,7 @@ import pytest
 
 from ctower import cli
 from ctower.errors import CtowerError
+from ctower.schemas.master_data import MasterDataError
 from ctower.settings import Settings, SettingsError
 
 
@@ -25,24 +26,22 @@ def _run_main(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
     cli.main()
 
 
-def test_a_ctower_error_is_one_line_and_exit_1(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from ctower.schemas.master_data import MasterDataError
-
-    with pytest.raises(SystemExit) as exit_:
-        _run_main(monkeypatch, MasterDataError("chain.json: not JSON"))
-    assert exit_.value.code == cli.ERROR_EXIT_CODE == 1
-    assert capsys.readouterr().err == "Error: chain.json: not JSON\n"
-
-
-def test_a_settings_error_keeps_its_exit_code(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(("error", "code"), [
+    (MasterDataError("chain.json: not JSON"), cli.ERROR_EXIT_CODE),
+    (SettingsError("CTOWER_RULES_FILE: nope"), cli.SETTINGS_EXIT_CODE),  # as before: 2
+])
+def test_a_ctower_error_is_one_line_and_its_exit_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    error: CtowerError, code: int,
 ) -> None:
     with pytest.raises(SystemExit) as exit_:
-        _run_main(monkeypatch, SettingsError("CTOWER_RULES_FILE: nope"))
-    assert exit_.value.code == cli.SETTINGS_EXIT_CODE == 2
-    assert capsys.readouterr().err == "Error: CTOWER_RULES_FILE: nope\n"
+        _run_main(monkeypatch, error)
+    assert exit_.value.code == code
+    assert capsys.readouterr().err == f"Error: {error}\n"
+
+
+def test_the_exit_codes() -> None:
+    assert (cli.ERROR_EXIT_CODE, cli.SETTINGS_EXIT_CODE) == (1, 2)
 
 
 def test_an_error_without_a_message_is_named(
