@@ -2,7 +2,7 @@
 
 Why not rely on the broker's auto-creation: an auto-created topic gets the
 broker's defaults, so ``coupon-policy`` would not be compacted (it must be:
-it holds the latest policy per key, read from the beginning at start-up) and
+it holds the latest policy per key, and a new consumer group reads them all) and
 the partition count would be whatever the cluster says rather than
 ``CTOWER_TOPIC_PARTITIONS``. Running this every start is cheap and safe.
 """
@@ -20,6 +20,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 
+from ctower.broker.local import BrokerError
 from ctower.settings import CONTROL_TOPICS, STREAMS, Settings
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,17 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> list[str]:
     client blocks), so a topic is the same whoever starts first.
     """
     replication = 1 if settings.uses_local_kafka else -1
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.bootstrap,
-        client_id="ctower-topics",
-        request_timeout_ms=int(timeout * 1000),
-    )
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=settings.bootstrap,
+            client_id="ctower-topics",
+            request_timeout_ms=int(timeout * 1000),
+        )
+    except KafkaError as exc:  # nothing answers: a clear line, not a traceback
+        raise BrokerError(
+            f"Kafka at {settings.bootstrap} cannot be reached ({exc}): start the local "
+            "broker with `ctower kafka up`, or set KAFKA_BOOTSTRAP to a cluster that answers"
+        ) from exc
     try:
         specs = topic_specs(settings)
         existing = set(admin.list_topics())

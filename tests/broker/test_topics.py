@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
@@ -94,3 +96,22 @@ def test_one_ensure_topics_creates_topics() -> None:
     assert definers == ["ctower/broker/topics.py"]
     for async_caller in ("streams/sinks/clickhouse.py", "streams/sinks/wechat/delivery.py"):
         assert "asyncio.to_thread(ensure_topics, " in sources[async_caller], async_caller
+
+
+def test_a_broker_that_does_not_answer_is_a_clear_broker_error(tmp_path: Path) -> None:
+    """A worker, sink or alert service started with no Kafka ends on one line
+    naming the address and what to do, not a kafka-python traceback."""
+    import socket
+
+    from ctower.broker.local import BrokerError
+    from ctower.errors import CtowerError
+    from ctower.settings import load_settings
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = load_settings(data_dir=tmp_path, kafka_bootstrap=f"127.0.0.1:{port}")
+    with pytest.raises(BrokerError) as raised:
+        ensure_topics(settings, timeout=2)
+    assert isinstance(raised.value, CtowerError)
+    assert f"127.0.0.1:{port}" in str(raised.value) and "ctower kafka up" in str(raised.value)
