@@ -51,7 +51,9 @@ def app_id_for(settings: Settings) -> str:
     return settings.app_id
 
 
-def build_app(settings: Settings) -> ControlTower:
+def build_app(settings: Settings, replication: int = 1) -> ControlTower:
+    """The worker's app. ``replication``: the changelogs' replication factor,
+    the one the cluster gave the project's own topics (``run_worker`` asks)."""
     role = settings.worker_role
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -60,7 +62,7 @@ def build_app(settings: Settings) -> ControlTower:
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
         topic_partitions=settings.topic_partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=replication,
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
         web_host=settings.worker_web_host,

@@ -16,11 +16,13 @@ log = logging.getLogger(__name__)
 
 def run_worker(settings: Settings) -> None:
     """Run one worker until SIGTERM/SIGINT. Several workers share the partitions."""
-    from ctower.broker.topics import ensure_topics
+    from ctower.broker.topics import ensure_topics, replication_of
 
     configure_logging(settings)
     ensure_topics(settings)
-    tower = build_app(settings)
+    # Faust creates the changelogs itself and needs a number: the one the
+    # cluster gave our topics (1 on the local broker, its default elsewhere)
+    tower = build_app(settings, replication=replication_of(settings))
     worker = faust.Worker(
         tower.app,
         loglevel=settings.log_level,

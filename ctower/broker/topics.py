@@ -119,3 +119,30 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> list[str]:
     finally:
         with contextlib.suppress(Exception):
             admin.close()
+
+
+def replication_of(settings: Settings, timeout: float = 30) -> int:
+    """How many replicas the cluster keeps of the project's topics (read from
+    ``scan``, which :func:`ensure_topics` created with the cluster's default).
+
+    The worker's changelogs get the same: Faust needs the number, and a fixed
+    1 left the state of every worker unreplicated on a production cluster.
+    """
+    if settings.uses_local_kafka:
+        return 1
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap, client_id="ctower-topics",
+        request_timeout_ms=int(timeout * 1000),
+    )
+    try:
+        described: list[dict[str, Any]] = admin.describe_topics([settings.topic("scan")])
+        partitions = described[0].get("partitions") if described else None
+        if not partitions:
+            raise BrokerError(
+                f"{settings.topic('scan')} on {settings.bootstrap} has no partitions to read "
+                "the replication factor from"
+            )
+        return max(1, len(partitions[0].get("replica_nodes") or []))
+    finally:
+        with contextlib.suppress(Exception):
+            admin.close()

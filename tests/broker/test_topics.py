@@ -115,3 +115,22 @@ def test_a_broker_that_does_not_answer_is_a_clear_broker_error(tmp_path: Path) -
         ensure_topics(settings, timeout=2)
     assert isinstance(raised.value, CtowerError)
     assert f"127.0.0.1:{port}" in str(raised.value) and "ctower kafka up" in str(raised.value)
+
+
+def test_the_changelogs_get_the_replication_the_cluster_gave_our_topics(
+    settings: Settings,
+) -> None:
+    """Faust needs a number for the changelogs it creates: the one our topics got
+    from the cluster (here one broker, so 1; a fixed 1 left a production
+    cluster's worker state unreplicated)."""
+    from ctower.broker.topics import replication_of
+
+    ensure_topics(settings)
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    try:
+        scan = admin.describe_topics([settings.topic("scan")])[0]
+        replicas = len(scan["partitions"][0]["replica_nodes"])
+    finally:
+        admin.close()
+    assert not settings.uses_local_kafka  # the path that asks the cluster
+    assert replication_of(settings) == replicas == 1
