@@ -424,16 +424,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _ports_distinct(self) -> Settings:
+        # named by their variables: that is what an operator set
         ports = {
-            "kafka_port": self.kafka_port,
-            "kafka_port (controller, +1)": self.kafka_port + 1,
-            "store_http_port": self.store_http_port,
-            "worker_web_port": self.worker_web_port,
-            "dashboard_port": self.dashboard_port,
+            "CTOWER_KAFKA_PORT": self.kafka_port,
+            "CTOWER_KAFKA_PORT + 1 (the broker's controller)": self.kafka_port + 1,
+            "CTOWER_STORE_HTTP_PORT": self.store_http_port,
+            "CTOWER_WORKER_WEB_PORT": self.worker_web_port,
+            "CTOWER_DASHBOARD_PORT": self.dashboard_port,
         }
         for name in ("sink_metrics_port", "alerts_metrics_port"):  # 0 = off
             if getattr(self, name):
-                ports[name] = getattr(self, name)
+                ports[f"CTOWER_{name.upper()}"] = getattr(self, name)
         seen: dict[int, str] = {}
         for name, port in ports.items():
             if port in seen:
