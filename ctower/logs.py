@@ -419,7 +419,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StderrHandler(logging.StreamHandler[IO[str]]):
     """Writes to whatever ``sys.stderr`` is when a record comes (click's test
     runner and pytest swap it; a handler holding the old one would write to
     a closed file)."""

@@ -72,7 +72,7 @@ CONTROL_RECORDS: dict[str, tuple[type, str, str]] = {
 }
 
 
-def _components(types: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _components(types: list[Any]) -> tuple[tuple[dict[str, Any], ...], dict[str, Any]]:
     return msgspec.json.schema_components(types, ref_template="#/$defs/{name}")
 
 
@@ -198,7 +198,7 @@ def openapi() -> dict[str, Any]:
         "The campaign's partition is being assigned or recovered, the worker that owns it "
         "did not answer a forwarded request, the reservation could not be made durable, or "
         "the API is disabled (CTOWER_COUPON_API_TOKEN unset). Retry after Retry-After.")
-    bearer = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
         "jsonSchemaDialect": DIALECT,

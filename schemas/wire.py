@@ -20,13 +20,13 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import msgspec
 from msgspec import Struct
 
 from ctower.errors import CtowerError
-from ctower.schemas.events import EVENT_TYPES, Event
+from ctower.schemas.events import EVENT_TYPES, Event, Order
 
 E = TypeVar("E", bound=Event)
 
@@ -326,7 +326,8 @@ class EventDecoder(Generic[E]):
                 if occurrences > held:
                     return True
         if self._line_keys:
-            lines = sum(len(ev.lines) for ev in events)  # type: ignore[attr-defined]
+            orders = cast("list[Order]", events)  # only an order has lines
+            lines = sum(len(ev.lines) for ev in orders)
             for pattern in self._line_keys:
                 if count(pattern) > lines:
                     return True

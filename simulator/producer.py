@@ -111,7 +111,9 @@ def pump(
             if raw is not None:
                 value = raw
             elif item[8]:
-                value = encode_event(item[3], True)
+                event = item[3]
+                assert event is not None  # no raw bytes: an event to encode
+                value = encode_event(event, True)
             else:
                 value = encode(item[3])
             if truth is not None:

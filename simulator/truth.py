@@ -108,7 +108,7 @@ def other_contributions(
                 }))
     elif stream == "logistics":
         assert isinstance(event, Logistics)
-        add = {event.status: 1}
+        add: dict[str, int] = {event.status: 1}
         if event.status == "delivered" and event.eta is not None:
             eta = event.eta
             assert isinstance(eta, int)

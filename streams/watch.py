@@ -506,7 +506,7 @@ class SinkWatch:
         s = self.settings
         if s.system_sink_behind_seconds > 0:
             behind, lag = self.signals.behind()
-            holds = None if behind is None else behind > s.system_sink_behind_seconds
+            holds: bool | None = None if behind is None else behind > s.system_sink_behind_seconds
             self.alerts.judge("system_sink_behind", "", holds, {
                 "behind_s": round(behind or 0.0, 1), "lag": lag if lag is not None else "?",
                 "threshold_s": s.system_sink_behind_seconds,
@@ -514,7 +514,7 @@ class SinkWatch:
         if s.system_store_unreachable_seconds > 0:
             failing, table, error = self.signals.store_failing()
             if failing is not None:
-                holds: bool | None = failing >= s.system_store_unreachable_seconds
+                holds = failing >= s.system_store_unreachable_seconds
             else:
                 holds = False if self.signals.store_ok() else None
             self.alerts.judge("system_store_unreachable", "", holds, {

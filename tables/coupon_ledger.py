@@ -350,7 +350,10 @@ class CouponLedger:
                 signal for (store, _cause, _sku), (_o, signal) in sorted(camp.signals.items())
                 if store == store_id and signal.active
             ]
-            for cause, state in (("stock_cover", "paused"), ("pickup_pressure", "throttled")):
+            causes: tuple[tuple[str, State], ...] = (
+                ("stock_cover", "paused"), ("pickup_pressure", "throttled"),
+            )
+            for cause, state in causes:
                 for signal in active:
                     if signal.cause == cause:
                         return _Verdict(state, cause, _signal_evidence(signal), signal.ts)
@@ -549,9 +552,8 @@ class CouponLedger:
             entry = camp.counters.get(key)
             left = limit - (entry[1] if entry else 0)
             if left <= 0:
-                reason = {"campaign": "cap_reached", "store": "store_cap_reached"}.get(
-                    label, "member_limit"
-                )  # type: ignore[assignment]
+                caps: dict[str, Reason] = {"campaign": "cap_reached", "store": "store_cap_reached"}
+                reason = caps.get(label, "member_limit")
                 remaining[label] = 0
                 return refuse(reason, remaining=remaining, window_end=end)
             previous = remaining[label]

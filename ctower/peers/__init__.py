@@ -207,6 +207,7 @@ class Progress:
 def read_progress(path: Path) -> dict[str, Any] | None:
     """A peer's last counters, or None before it wrote any."""
     try:
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
+        progress: dict[str, Any] = json.loads(path.read_text())
+        return progress
     except (OSError, ValueError):
         return None

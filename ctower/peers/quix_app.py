@@ -106,7 +106,8 @@ def _message_time(value: Any, _headers: Any, _ts: float, _type: Any) -> int:
 
 
 def _event_time(record: dict[str, Any], _key: Any, _ts: int, _headers: Any) -> int:
-    return record["ts"]  # type: ignore[no-any-return]
+    ts: int = record["ts"]
+    return ts
 
 
 def _initial(record: dict[str, Any]) -> Deltas:

@@ -100,16 +100,17 @@ class AlertBook:
         if entry is None or entry.open is None:
             return None
         opened = entry.open
+        resolved_at = max(now, opened.opened_at)
         resolved = Alert(
             **{
                 **{f: getattr(opened, f) for f in opened.__struct_fields__},
                 "status": "resolved",
-                "resolved_at": max(now, opened.opened_at),
+                "resolved_at": resolved_at,
                 "raised_at": int(self.wall() * 1000),
                 "evidence": {**opened.evidence, "at_resolution": evidence or {}},
             }
         )
-        self.state.put(partition, key, AlertEntry(open=None, resolved_at=resolved.resolved_at))
+        self.state.put(partition, key, AlertEntry(open=None, resolved_at=resolved_at))
         self.resolved += 1
         self.publish(resolved)
         return resolved

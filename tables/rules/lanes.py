@@ -344,17 +344,17 @@ class LaneRules(RuleFamily):
                 samples[stage] = sorted(times)
         expected = 0.0
         for status, since, _ in lane.open.values():
-            times = samples.get(status)
-            if times is None:
+            left = samples.get(status)
+            if left is None:
                 continue
             aged = max(0, start - since)
             if aged > rules.stale_minutes[status] * MINUTE:
                 continue
-            stayed = len(times) - bisect_right(times, aged)
+            stayed = len(left) - bisect_right(left, aged)
             if not stayed:
                 expected += 1.0  # already older than any the lane has seen leave
                 continue
-            still = len(times) - bisect_right(times, heard - since)
+            still = len(left) - bisect_right(left, heard - since)
             expected += (stayed - still) / stayed
         return silence, expected
 

@@ -184,7 +184,7 @@ class RuleState(Generic[E]):
         return True
 
     def fresh_items(
-        self, partition: int, items: Iterable[F], after_message: Callable[[], None]
+        self, partition: int, items: Iterable[F], after_message: Callable[[], object]
     ) -> Iterator[F]:
         """The items of an array that are not replays, whole source messages at a time.
 

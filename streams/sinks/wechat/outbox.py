@@ -35,6 +35,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -146,7 +147,7 @@ _ITEM_COLUMNS = (
 )
 
 
-def _item(row: tuple) -> Item:  # type: ignore[type-arg]
+def _item(row: tuple[Any, ...]) -> Item:
     return Item(
         delivery_id=row[0], alert=_alert_decoder.decode(row[1]), route=row[2],
         origin_route=row[3], robot=row[4], state=row[5], attempts=row[6], not_before=row[7],
