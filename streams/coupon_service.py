@@ -38,11 +38,12 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import aiohttp
 import faust
 import msgspec
+from faust.tables.manager import TableManager
 from faust.types import TP
 from faust.web import Request, Response, View
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -348,9 +349,14 @@ class CouponService:
             return
         remaining = [len(sent)]
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(DURABLE_TIMEOUT, lambda: batch.done() or batch.set_exception(
-            TimeoutError(f"Kafka did not acknowledge within {DURABLE_TIMEOUT:.0f} s")
-        ))
+
+        def time_out() -> None:
+            if not batch.done():
+                batch.set_exception(TimeoutError(
+                    f"Kafka did not acknowledge within {DURABLE_TIMEOUT:.0f} s"
+                ))
+
+        timer = loop.call_later(DURABLE_TIMEOUT, time_out)
 
         def one_done(fut: asyncio.Future[Any]) -> None:
             remaining[0] -= 1
@@ -414,7 +420,7 @@ class CouponService:
     async def _forward(
         self, view: View, request: Request, owner: str, campaign_id: str
     ) -> Response:
-        url = f"{owner.rstrip('/')}{request.path_qs}"
+        url = f"{owner.rstrip('/')}{request.rel_url}"  # aiohttp's path_qs
         headers = {FORWARDED_HEADER: "1"}
         for name in ("Authorization", "Content-Type"):
             if name in request.headers:
@@ -595,7 +601,8 @@ def install_coupon_service(app: faust.App, settings: Settings) -> CouponService:
     async def coupon_upkeep() -> None:
         await service.tick()
 
-    @app.on_partitions_revoked.connect
+    # faust sends the revoked set positionally; mode's handler type wants *args
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def coupon_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         await service.on_revoked(revoked)
 

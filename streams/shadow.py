@@ -52,8 +52,8 @@ class ShadowRules:
         settings: Settings,
         path: Path,
         master: MasterData | None,
-        send_alert: Callable[[bytes, bytes], None],
-        send_signal: Callable[[bytes, bytes, int], None],
+        send_alert: Callable[[bytes, bytes], object],
+        send_signal: Callable[[bytes, bytes, int], object],
     ) -> None:
         try:
             self.watcher = RulesWatcher(path)

@@ -97,7 +97,8 @@ def new_reservation_id() -> str:
 class ChangelogTable(Protocol):
     """The part of a Faust table used here (tests may pass a stand-in)."""
 
-    data: Any
+    @property
+    def data(self) -> Any: ...
 
     def send_changelog(self, partition: int | None, key: Any, value: Any) -> Any: ...
 

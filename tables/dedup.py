@@ -72,7 +72,8 @@ _hash = xxhash.xxh3_64_intdigest
 
 
 class ChangelogTable(Protocol):
-    data: Any
+    @property
+    def data(self) -> Any: ...
 
     def send_changelog(self, partition: int | None, key: Any, value: Any) -> Any: ...
 

@@ -81,7 +81,8 @@ def shard_of(dims: tuple[str, ...]) -> int:
 class ChangelogTable(Protocol):
     """The part of a Faust table used here (tests may pass a stand-in)."""
 
-    data: Any
+    @property
+    def data(self) -> Any: ...
 
     def send_changelog(self, partition: int | None, key: Any, value: Any) -> Any: ...
 

@@ -57,6 +57,15 @@ class _VirtualClock:
         return self.ms / 1000
 
 
+def _each(
+    engines: list[RuleEngine], apply: Callable[[RuleEngine, int, list[Any]], None]
+) -> Callable[[int, list[Any]], None]:
+    def each(partition: int, items: list[Any]) -> None:
+        for engine in engines:
+            apply(engine, partition, items)
+    return each
+
+
 class _Forward:
     """Stands in for the worker's re-keying forwarder: one array for partition 0
     per second of event time, as the worker applies a batch's moves together."""
@@ -230,12 +239,9 @@ def run_backtest(
         ))
     feed: Any = _feed_class()()
     feed.shadow = None
-    feed.stock_moves = moves = _Forward(
-        lambda p, items: [e.apply_moves(p, items) for e in engines]
-    )
-    feed.lanes = lanes = _Forward(lambda p, items: [e.apply_lane_events(p, items) for e in engines])
-    feed.shipping = shipping = _Forward(lambda p, items: [e.apply_shipping(p, items)
-                                                          for e in engines])
+    feed.stock_moves = moves = _Forward(_each(engines, RuleEngine.apply_moves))
+    feed.lanes = lanes = _Forward(_each(engines, RuleEngine.apply_lane_events))
+    feed.shipping = shipping = _Forward(_each(engines, RuleEngine.apply_shipping))
     feed.pickup = _Direct(engines, "pickup")
     feed.service = _Direct(engines, "service")
     seen = _Seen(dedup_horizon_ms)
@@ -245,17 +251,18 @@ def run_backtest(
         if progress is not None:
             progress(1)
         events = [item.event] if item.event is not None else list(item.contained)
-        fresh = []
+        fresh: list[Event] = []
+        low = 0
         for event in events:
             ts: int = event.ts  # type: ignore[assignment]
             clock.advance(ts)
             if seen.first(item.stream, event, clock.ms):
+                low = min(low, ts) if fresh else ts
                 fresh.append(event)
         if not fresh:
             continue
         result.events += len(fresh)
-        low = min(e.ts for e in fresh)  # type: ignore[type-var]
-        result.first_ts = min(result.first_ts or low, low)  # type: ignore[type-var]
+        result.first_ts = min(result.first_ts or low, low)
         result.last_ts = clock.ms
         hook = feed.observer(item.stream)
         if hook is not None:
