@@ -19,11 +19,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
 from ctower.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 FLUSH_ROWS = 200_000
 
@@ -205,13 +209,13 @@ LEVELS_SQL = (
 )
 
 
-def _fill_raw(client: object, events: int, seed: int) -> int:
+def _fill_raw(client: Client, events: int, seed: int) -> int:
     from tqdm import tqdm
 
     from ctower.simulator import SimConfig, Simulator
     from ctower.streams.sinks.clickhouse import _Chunk, raw_writers
 
-    writers = {name: w.bind(client) for name, w in raw_writers().items()}  # type: ignore[arg-type]
+    writers = {name: w.bind(client) for name, w in raw_writers().items()}
     buffers: dict[str, list] = {name: [] for name in writers}
 
     def flush(stream: str) -> None:
@@ -221,7 +225,7 @@ def _fill_raw(client: object, events: int, seed: int) -> int:
         n = len(records)
         chunk = _Chunk(records, np.zeros(n, dtype=np.int32),
                        np.arange(n, dtype=np.int64), f"bench.{stream}")
-        client.insert_arrow(writers[stream].table, writers[stream].arrow_table(chunk))  # type: ignore[attr-defined]
+        client.insert_arrow(writers[stream].table, writers[stream].arrow_table(chunk))
         buffers[stream] = []
 
     sent = 0
@@ -240,19 +244,19 @@ def _fill_raw(client: object, events: int, seed: int) -> int:
     return sent
 
 
-def fill_store(client: object, events: int, seed: int = 7) -> None:
+def fill_store(client: Client, events: int, seed: int = 7) -> None:
     """Raw events, then everything derived from them (see the module docstring)."""
     started = time.perf_counter()
     sent = _fill_raw(client, events, seed)
     click.echo(f"  {sent:,} raw events in {time.perf_counter() - started:.0f} s", err=True)
     for statement in (*AGGREGATE_SQL, *LEVELS_SQL):
         step = time.perf_counter()
-        client.command(statement)  # type: ignore[attr-defined]
+        client.command(statement)
         table = statement.split("INTO", 1)[1].split()[0]
         click.echo(f"  filled {table} in {time.perf_counter() - step:.1f} s", err=True)
 
 
-def measure(client: object, runs: int, minutes: int) -> dict[str, list[float]]:
+def measure(client: Client, runs: int, minutes: int) -> dict[str, list[float]]:
     from ctower.dashboard.queries import refresh_queries
 
     queries = refresh_queries(minutes)
@@ -291,7 +295,7 @@ def dashboard_bench(events: int, runs: int, minutes: int, store_dir: Path | None
                                            store_http_port=free_port())
         owner = open_store(settings, owner=True)
         apply_migrations(owner)
-        have = int(owner.query("SELECT count() FROM duplicate_events").first_row[0])  # last
+        have = int(owner.query("SELECT count() FROM duplicate_events").result_rows[0][0])  # last
         if have == 0:
             for table in ("scan_events", "order_events", "pickup_events", "logistics_events",
                           "inventory_events", "coupon_events"):
@@ -302,7 +306,7 @@ def dashboard_bench(events: int, runs: int, minutes: int, store_dir: Path | None
             click.echo(f"reusing the filled store in {data_dir}", err=True)
         raw = int(owner.query(
             "SELECT sum(rows) FROM system.parts WHERE active AND database = currentDatabase() "
-            "AND table LIKE '%\\_events'").first_row[0])
+            "AND table LIKE '%\\_events'").result_rows[0][0])
         front = StoreHttpServer(settings, engine_client=owner).start()
         try:
             client = open_store(settings, path_fallback=False)  # HTTP, as the dashboard

@@ -32,6 +32,7 @@ PAGES = ("overview", "stores", "skus", "inventory", "pickup", "logistics", "guid
 """The pages in navigation order: each is views/<name>.py at /<name>."""
 RANGES_MINUTES = (15, 30, 60, 180, 720, 1440)
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def current() -> PageContext:
     return context
 
 
-def live(context: PageContext) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
+def live(context: PageContext) -> Callable[[F], F]:
     """Decorator: the function becomes a fragment refreshed every few seconds
     (or, with a refresh of 0, redrawn only when the page is)."""
     seconds = context.settings.dashboard_refresh_seconds

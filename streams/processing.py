@@ -106,7 +106,7 @@ class StreamProcessor:
             fold = MessageFold(state, partition, offset)
             self.fold(events, fold)
             state.apply(partition, offset, fold.contributions)
-            max_ts = max(ev.ts for ev in events)  # type: ignore[type-var]
+            max_ts = max(ev.ts for ev in events)
             self.events += len(events)
             if self.observer is not None:
                 self.observer(partition, offset, events)
@@ -128,7 +128,7 @@ class StreamProcessor:
                     identity=copy.event.identity(),
                     first_offset=copy.first_offset,
                     first_index=copy.first_index,
-                    event_ts=copy.event.ts,
+                    event_ts=copy.event.ts,  # type: ignore[arg-type]
                 )
             )
 

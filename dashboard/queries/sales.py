@@ -52,7 +52,7 @@ def sales_pulse(client: Client, minutes: int) -> Pulse:
         WHERE {LAST_MINUTES}
         """,
         parameters={"minutes": minutes},
-    ).first_row
+    ).result_rows[0]  # sums without GROUP BY: always one row
     values = [int(v or 0) for v in row]
     return Pulse(
         scans=values[0],

@@ -159,7 +159,7 @@ def figures() -> None:
 
 def workflow(context: PageContext) -> None:
     """Owner, acknowledge, resolve with a note: an AlertAck record on ct.alert-acks."""
-    from ctower.schemas.control import AlertAck
+    from ctower.schemas.control import AlertAck, AlertAction
     from ctower.streams.alert_acks import publish_ack
 
     st.subheader(t["workflow"])
@@ -185,7 +185,9 @@ def workflow(context: PageContext) -> None:
     if focus in labels and "ack_alert" not in st.session_state:
         st.session_state["ack_alert"] = focus
     alert_id = st.selectbox(t["alert"], ids, format_func=labels.__getitem__, key="ack_alert")
-    actions = {"ack": t["acknowledge"], "assign": t["assign"], "resolve": t["resolve"]}
+    actions: dict[AlertAction, str] = {
+        "ack": t["acknowledge"], "assign": t["assign"], "resolve": t["resolve"],
+    }
     action = st.radio(t["what"], list(actions), format_func=actions.__getitem__,
                       horizontal=True, key="ack_action")
     owner = ""

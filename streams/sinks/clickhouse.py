@@ -209,7 +209,7 @@ class _Chunk:
         )
 
 
-Getter = Callable[[_Chunk], Sequence[Any]]
+Getter = Callable[[_Chunk], Sequence[Any] | np.ndarray]
 
 
 @dataclass(slots=True)
@@ -417,7 +417,7 @@ class TableWriter:
             tuple(columns), tuple(types), tuple(getters), schema,
         )
 
-    def column_data(self, chunk: _Chunk) -> list[Sequence[Any]]:
+    def column_data(self, chunk: _Chunk) -> list[Sequence[Any] | np.ndarray]:
         return [get(chunk) for get in self.getters]
 
     def arrow_table(self, chunk: _Chunk) -> pa.Table:
@@ -495,7 +495,7 @@ class TableWriter:
         for name, get, arrow_field in zip(self.columns, self.getters, self.arrow_schema,
                                           strict=True):
             try:
-                values: Sequence[Any] = get(chunk)
+                values: Sequence[Any] | np.ndarray = get(chunk)
             except Exception:
                 values = []
                 for row in range(n):
@@ -932,7 +932,7 @@ class _RecordRoute(_Route):
 
     def __init__(self, record_type: type, buffer: _Buffer) -> None:
         self.whole = msgspec.json.Decoder(record_type | list[record_type])  # type: ignore[valid-type]
-        self.one = msgspec.json.Decoder(record_type)
+        self.one: msgspec.json.Decoder[Any] = msgspec.json.Decoder(record_type)
         self.buffer = buffer
 
     def handle(self, value: bytes | None, headers: Sequence[tuple[str, bytes]],
@@ -1005,8 +1005,8 @@ class _AggregatesRoute(_Route):
             rows = by_table.setdefault(record.aggregate, ([], []))
             rows[0].append(record)
             rows[1].append(index)
-        for table, (rows, where) in by_table.items():
-            self.buffers[table].add(rows, partition, offset, None if indexes is None else where)
+        for table, (chosen, where) in by_table.items():
+            self.buffers[table].add(chosen, partition, offset, None if indexes is None else where)
         if late[0]:
             self.late.add(late[0], partition, offset, None if indexes is None else late[1])
 

@@ -383,7 +383,7 @@ class StockRulesEngine(RuleFamily):
             }
 
         action = None
-        transfer: dict[str, object] = {}
+        transfer: dict[str, dict[str, object]] = {}
         if stock_out or restock:
             actions = self.actions
             in_flight = actions.in_flight(partition, key) if actions is not None else 0
@@ -456,7 +456,7 @@ class StockRulesEngine(RuleFamily):
                     on_hand=on_hand,
                     velocity_per_h=round(velocity, 2),
                     cover_h=cover_h,
-                    transfer_from=action.get("source") if action else None,
+                    transfer_from=action.get("source") if action else None,  # type: ignore[arg-type]
                     ts=now,
                 )
             )
