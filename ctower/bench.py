@@ -208,7 +208,7 @@ class WorkerCounter:
             except OSError:
                 return None
         self.last = _summed(answers)
-        events = sum(s.get("events", 0) for s in self.last.values() if isinstance(s, dict))
+        events: int = sum(s.get("events", 0) for s in self.last.values() if isinstance(s, dict))
         if events and not self.rules_caught_up():
             events -= 1  # not drained while the rules have re-keyed items left to apply
         return events

@@ -50,7 +50,8 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module = importlib.import_module(target[0])
-        return getattr(module, target[1])
+        command: click.Command = getattr(module, target[1])
+        return command
 
 
 @click.group(cls=LazyGroup)

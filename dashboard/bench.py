@@ -17,7 +17,6 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +27,8 @@ from ctower.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
+
+    from ctower.schemas.events import Event
 
 FLUSH_ROWS = 200_000
 
@@ -216,7 +217,7 @@ def _fill_raw(client: Client, events: int, seed: int) -> int:
     from ctower.streams.sinks.clickhouse import _Chunk, raw_writers
 
     writers = {name: w.bind(client) for name, w in raw_writers().items()}
-    buffers: dict[str, list] = {name: [] for name in writers}
+    buffers: dict[str, list[Event]] = {name: [] for name in writers}
 
     def flush(stream: str) -> None:
         records = buffers[stream]
@@ -229,7 +230,7 @@ def _fill_raw(client: Client, events: int, seed: int) -> int:
         buffers[stream] = []
 
     sent = 0
-    events_iter: Iterator = Simulator(SimConfig(seed=seed, events=events)).events()
+    events_iter = Simulator(SimConfig(seed=seed, events=events)).events()
     with tqdm(total=events, unit="ev", unit_scale=True, desc="fill raw events") as bar:
         for stream, event in events_iter:
             buffers[stream].append(event)

@@ -71,7 +71,8 @@ class PageContext:
             return query(self.client(), *args)
         cached = _cached_query(max(0.5, seconds * 0.9))
         name = f"{query.__module__}.{query.__qualname__}"
-        return cached(_client_key(self.settings), name, args, query, self)
+        result: T = cached(_client_key(self.settings), name, args, query, self)
+        return result
 
     @property
     def controls_configured(self) -> bool:

@@ -87,7 +87,8 @@ class Event(Struct, kw_only=True, omit_defaults=True):
 
     @property
     def partition_key(self) -> str:
-        return getattr(self, self.key_field)
+        key: str = getattr(self, self.key_field)
+        return key
 
     def identity(self) -> str:
         """What makes two deliveries the same event (a re-send counts once)."""

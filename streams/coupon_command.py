@@ -96,7 +96,8 @@ def fetch_status(
     target = f"{base.rstrip('/')}/coupons/{urllib.parse.quote(campaign_id, safe='')}/status{query}"
     try:
         with urllib.request.urlopen(target, timeout=5) as answer:
-            return json.load(answer)
+            status: dict[str, Any] = json.load(answer)
+            return status
     except urllib.error.HTTPError as exc:
         try:
             reason = json.loads(exc.read()).get("error", exc.reason)

@@ -586,13 +586,13 @@ def install_coupon_service(app: faust.App, settings: Settings) -> CouponService:
     service = CouponService(app, settings, master)
 
     @app.agent(service.policy_topic, name="coupon-policy-agent")
-    async def coupon_policies(stream: faust.StreamT) -> None:
+    async def coupon_policies(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             message = event.message
             service.on_policy(message.partition, message.offset, message.key, message.value)
 
     @app.agent(service.signal_topic, name="coupon-signal-agent")
-    async def coupon_signals(stream: faust.StreamT) -> None:
+    async def coupon_signals(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             message = event.message
             service.on_signal(message.partition, message.offset, message.value)
@@ -626,7 +626,7 @@ def install_coupon_service(app: faust.App, settings: Settings) -> CouponService:
             return await service.handle_policy(self, request, campaign)
 
     @app.page("/coupons/", name="coupon_overview")
-    async def overview(web: Any, request: Request) -> Response:
+    async def overview(web: View, request: Request) -> Response:
         return web.json(service.overview())
 
     return service

@@ -40,7 +40,8 @@ def partition_for(key: bytes, partitions: int) -> int:
     another topic's key (a coupon policy beside its campaign's events), use it
     to pick the partition the Java client would.
     """
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    partition: int = (murmur2(key) & 0x7FFFFFFF) % partitions
+    return partition
 
 
 def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:

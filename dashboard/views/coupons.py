@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -95,7 +96,7 @@ def known_campaigns(context: PageContext) -> list[str]:
     return sorted(found)
 
 
-def policy_in_force(context: PageContext, campaign: str, store: str) -> dict | None:
+def policy_in_force(context: PageContext, campaign: str, store: str) -> dict[str, Any] | None:
     caps = caps_in_force(context.client())
     match = caps[(caps["campaign_id"] == campaign) & (caps["store_id"] == store)]
     if match.empty:

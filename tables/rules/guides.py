@@ -29,6 +29,7 @@ guide's figures when the day after them is over.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from msgspec import Struct
 
@@ -102,7 +103,7 @@ class GuideRulesFamily(RuleFamily):
     def apply(self, partition: int, events: Iterable[LaneEvent]) -> None:
         """Apply one array of lane events; only guide deliveries matter here."""
         state = self.state
-        evaluate = lambda: self.evaluate_if_time_passed(partition)  # noqa: E731
+        evaluate = partial(self.evaluate_if_time_passed, partition)
         grace = int(self.rules().guides.late_grace_minutes * MINUTE)
         for ev in state.fresh_items(partition, events, evaluate):
             if not ev.store:

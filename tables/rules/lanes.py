@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
+from functools import partial
 from statistics import NormalDist
 
 from msgspec import Struct
@@ -108,7 +109,7 @@ class LaneRules(RuleFamily):
     def apply(self, partition: int, events: Iterable[LaneEvent]) -> None:
         """Apply one array of events (whole source messages, in source order)."""
         state = self.state
-        evaluate = lambda: self.evaluate_if_time_passed(partition)  # noqa: E731
+        evaluate = partial(self.evaluate_if_time_passed, partition)
         for ev in state.fresh_items(partition, events, evaluate):
             key = f"{ev.carrier}|{ev.region}"
             lane = state.get(partition, key) or Lane()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import msgspec
 from msgspec import Struct
@@ -192,7 +193,7 @@ class ShippingRules(RuleFamily):
     def apply(self, partition: int, events: Iterable[ShippingEvent]) -> None:
         """Apply one array of events (whole source messages, in source order)."""
         state = self.state
-        evaluate = lambda: self.evaluate_if_time_passed(partition)  # noqa: E731
+        evaluate = partial(self.evaluate_if_time_passed, partition)
         # the message of our own topic being applied: the hints' source offset
         here = state.position(partition)
         self._since.setdefault(partition, state.wall())
