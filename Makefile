@@ -102,4 +102,4 @@ bench-decisions: setup
 
 clean:
 	-$(BIN)/ctower kafka down
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache
