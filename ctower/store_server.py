@@ -102,7 +102,9 @@ class _Http:
                     raise StoreQueryError(
                         NOT_IMPLEMENTED,
                         "External data (file fields) is not supported by the store front")
-                params[name] = value.decode("utf-8") if isinstance(value, bytes) else value
+                params[name] = (
+                    value.decode("utf-8") if isinstance(value, bytes | bytearray) else value
+                )
             return params, b""
         except web.HTTPRequestEntityTooLarge:
             raise StoreQueryError(

@@ -64,7 +64,7 @@ so: the controller counts them as already sent and compares with the target
 this far ahead (35 s came out best: live --rate within about 5 % from the
 first minute on, no overshoot later)."""
 
-Handler = Callable[[int, Any], None]
+Handler = Callable[[int, Any], object]
 """A scheduled step: called with its time and the argument it was pushed with."""
 
 

@@ -9,9 +9,11 @@ are absorbed by a processor and acked once persisted (``streams/pending_acks.py`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import faust
+from faust.tables.manager import TableManager
+from faust.transport.consumer import Consumer
 from faust.types import TP, StreamT
 
 from ctower.schemas.wire import EventDecoder
@@ -140,7 +142,7 @@ def _agent_body(
 ) -> Any:
     processor = pending.processor
 
-    async def agent(stream: StreamT) -> None:
+    async def agent(stream: StreamT[bytes]) -> None:
         pending.consumer = app.consumer
         outbox = pending.outbox
         async for messages in fetched(app, stream, queue, pending.until_due):
@@ -177,7 +179,7 @@ def _offset_order(
         # and the recovery seeks every partition itself when it completes
         return (
             not app.rebalancing
-            and app.tables.recovery.completed.is_set()
+            and cast(TableManager, app.tables).recovery.completed.is_set()
             and tp in app.consumer.assignment()
         )
 
@@ -198,7 +200,7 @@ def _committed(app: faust.App, topic: str) -> Callable[[int], int | None]:
     until this passes them (``tables/dedup.py``)."""
 
     def committed(partition: int) -> int | None:
-        offsets = app.consumer._committed_offset
+        offsets = cast(Consumer, app.consumer)._committed_offset
         offset: int | None = offsets.get(TP(topic, partition))
         return offset
 

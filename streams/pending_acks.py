@@ -94,7 +94,8 @@ class PendingAcks:
         """``events`` and the earlier waiting ones, minus those whose partition
         still waits for a dead letter (they join ``waiting``)."""
         outbox = self.outbox
-        waiting, go = [], []
+        waiting: list[Message] = []
+        go: list[Message] = []
         for message in self.waiting + events:
             (waiting if outbox.waits(message.partition) else go).append(message)
         self.waiting = waiting

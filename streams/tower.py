@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.types import TableT
 
 from ctower.settings import Settings
 from ctower.streams.batch_writer import BatchWriter
@@ -27,7 +28,7 @@ class ControlTower:
     writer: BatchWriter
     """The changelogs and live levels, written as whole batches."""
     processors: dict[str, StreamProcessor] = field(default_factory=dict)
-    window_tables: dict[str, faust.Table] = field(default_factory=dict)
+    window_tables: dict[str, TableT[bytes, bytes]] = field(default_factory=dict)
     """Stream -> its Faust table (recovery says which partitions it holds)."""
     pending: dict[str, PendingAcks] = field(default_factory=dict)
     orders: dict[str, OffsetOrder] = field(default_factory=dict)

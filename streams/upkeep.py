@@ -70,7 +70,8 @@ def install_upkeep(tower: ControlTower) -> None:
         if app.monitor in app.sensors:
             app.sensors.remove(app.monitor)
 
-    @app.on_partitions_revoked.connect
+    # faust sends the revoked set positionally; mode's handler type wants *args
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         # still ours until the revocation completes: persist and ack, then let go
         for pending in tower.pending.values():
