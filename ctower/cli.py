@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from ctower.errors import CtowerError
-from ctower.settings import SettingsError, load_settings
+from ctower.settings import Settings, SettingsError, load_settings
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "kafka": ("ctower.broker.commands", "kafka"),
@@ -66,7 +66,7 @@ def cli() -> None:
     configure_logging(settings)
 
 
-def settings_or_exit(**overrides: Any) -> Any:
+def settings_or_exit(**overrides: Any) -> Settings:
     """The settings, or a clean exit naming the bad setting."""
     try:
         return load_settings(**overrides)

@@ -38,12 +38,11 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import aiohttp
 import faust
 import msgspec
-from faust.tables.manager import TableManager
 from faust.types import TP
 from faust.web import Request, Response, View
 from msgspec import UNSET, Meta, Struct, UnsetType

@@ -9,10 +9,12 @@ from a half-read changelog.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import faust
+    from faust.tables.manager import TableManager
+    from faust.tables.recovery import Recovery
     from faust.types import TableT
 
 
@@ -26,11 +28,16 @@ def raw_topic(app: faust.App, name: str) -> faust.TopicT:
 def tables_recovered(app: faust.App) -> bool:
     """Whether the app's tables hold every partition assigned here: no rebalance
     going on and the last recovery complete."""
-    recovery = app.tables.recovery
+    recovery = _recovery(app)
     return not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
 
 
-def active_partitions(app: faust.App, table: TableT) -> list[int]:
+def active_partitions(app: faust.App, table: TableT[Any, Any]) -> list[int]:
     """The partitions of ``table`` this worker holds as active (not standby):
     the ones whose state it adopts once :func:`tables_recovered`."""
-    return [tp.partition for tp in app.tables.recovery.actives_for_table.get(table, ())]
+    return [tp.partition for tp in _recovery(app).actives_for_table.get(table, ())]
+
+
+def _recovery(app: faust.App) -> Recovery:
+    # app.tables is typed as the abstract TableManagerT, which has no recovery
+    return cast("TableManager", app.tables).recovery
