@@ -45,13 +45,23 @@ from ctower.broker.topics import partition_for
 from ctower.schemas.actions import ActionOrder, ActionStatus
 from ctower.schemas.control import Alert, CouponSignal, DeadLetter, PickupLevel, StockLevel
 from ctower.schemas.control import encoder as control_encoder
-from ctower.schemas.events import Event, Inventory, Logistics, Order, Pickup, Scan, Service
+from ctower.schemas.events import (
+    MINUTE,
+    Event,
+    Inventory,
+    Logistics,
+    Order,
+    Pickup,
+    Scan,
+    Service,
+)
 from ctower.schemas.master_data import MasterData, load_master_data
 from ctower.schemas.tasks import ShipmentTask
 from ctower.schemas.wire import reject
 from ctower.settings import Settings, SettingsError
 from ctower.streams.batch_writer import BatchedChangelog, BatchWriter
 from ctower.streams.coupon_policy import campaign_partition
+from ctower.streams.faust_parts import raw_topic
 from ctower.streams.processing import RawMessage
 from ctower.streams.shadow import ShadowRules
 from ctower.tables.rules.actions import ActionBook
@@ -81,7 +91,6 @@ _lane_events = msgspec.msgpack.Decoder(list[LaneEvent])
 _shipping_events = msgspec.msgpack.Decoder(list[ShippingEvent])
 _action_status = msgspec.json.Decoder(ActionStatus | list[ActionStatus])
 _pack = msgspec.msgpack.Encoder().encode
-MINUTE = 60_000
 
 
 def _decode_action_status(raw: bytes) -> list[ActionStatus]:
@@ -228,21 +237,18 @@ class DecisionLayer:
         :meth:`BatchWriter.write` after :meth:`persist`, before acking."""
         changelog = BatchedChangelog(self.table, self.writer)
 
-        def raw_topic(name: str) -> faust.TopicT:
-            return app.topic(
-                settings.topic(name), key_type=bytes, value_type=bytes,
-                key_serializer="raw", value_serializer="raw",
-            )
+        def topic(name: str) -> faust.TopicT:
+            return raw_topic(app, settings.topic(name))
 
-        self.alerts_topic = raw_topic("alerts")
-        self.signals_topic = raw_topic("coupon-signals")
-        self.stock_levels_topic = raw_topic("stock-levels")
-        self.pickup_levels_topic = raw_topic("pickup-levels")
-        self.stock_moves_topic = raw_topic("stock-moves")
-        self.lanes_topic = raw_topic("lanes")
+        self.alerts_topic = topic("alerts")
+        self.signals_topic = topic("coupon-signals")
+        self.stock_levels_topic = topic("stock-levels")
+        self.pickup_levels_topic = topic("pickup-levels")
+        self.stock_moves_topic = topic("stock-moves")
+        self.lanes_topic = topic("lanes")
         self.stock_moves = Forwarder(self.stock_moves_topic, partitions)
         self.lanes = Forwarder(self.lanes_topic, partitions)
-        self.shipping_topic = raw_topic("shipping")
+        self.shipping_topic = topic("shipping")
         self.shipping = Forwarder(self.shipping_topic, partitions)
         self.alerts_sent = 0
         self.on_alert: Callable[[Alert], None] | None = None
@@ -270,7 +276,7 @@ class DecisionLayer:
             lambda: self.rules, self.master, self.publish_signal, self.publish_pickup_level,
             room=self.publish_signal,
         )
-        self.actions_topic = raw_topic("actions")
+        self.actions_topic = topic("actions")
         stock_book = book("stock")
         self.actions = ActionBook(
             RuleState(changelog, "actions", ActionOrder), self.publish_action,
@@ -282,7 +288,7 @@ class DecisionLayer:
             lambda: self.rules, self.master, self.publish_signal, self.publish_stock_level,
             actions=self.actions,
         )
-        self.tasks_topic = raw_topic("tasks")
+        self.tasks_topic = topic("tasks")
         self.tasks = TaskBook(RuleState(changelog, "tasks", ShipmentTask), self.publish_task,
                               settings.language)
         self.lane_rules = LaneRules(RuleState(changelog, "lanes", Lane), book("lanes"),

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ctower.schemas.control import Alert, CouponSignal, PickupLevel, StockLevel
+from ctower.schemas.events import MINUTE
 from ctower.schemas.master_data import MasterData
 from ctower.schemas.tasks import ShipmentTask
 from ctower.tables.rules.alert_book import AlertBook, AlertEntry
@@ -31,8 +32,6 @@ from ctower.tables.rules.service import ServiceItem, ServiceRulesFamily
 from ctower.tables.rules.shipping import AwaitedOrder, ShippingEvent, ShippingRules
 from ctower.tables.rules.stock import StockItem, StockMove, StockRulesEngine
 from ctower.tables.rules.tasks import TaskBook
-
-MINUTE = 60_000
 
 
 class MemoryTable:

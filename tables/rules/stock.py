@@ -35,6 +35,7 @@ from msgspec import Struct
 
 from ctower.schemas.actions import ActionOrder
 from ctower.schemas.control import CouponSignal, StockLevel
+from ctower.schemas.events import MINUTE
 from ctower.schemas.master_data import MasterData
 from ctower.tables.rules.actions import ActionBook
 from ctower.tables.rules.alert_book import AlertBook, Finding
@@ -42,7 +43,6 @@ from ctower.tables.rules.config import Rules, StockRules
 from ctower.tables.rules.family import RuleFamily
 from ctower.tables.rules.rule_state import RuleState
 
-MINUTE = 60_000
 HOP = 5 * MINUTE
 _KEEP_MINUTES = 70
 """Minute buckets kept: the velocity hour and the demand baseline, plus a margin."""
