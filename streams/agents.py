@@ -189,7 +189,10 @@ def _offset_order(
         # before it.
         intake.request_seek(tp, offset)
 
-    return OffsetOrder(topic, position, settled, seek, kafka_first_offset(settings.bootstrap))
+    return OffsetOrder(
+        topic, position, settled, seek, kafka_first_offset(settings.bootstrap),
+        committed=_committed(app, topic),
+    )
 
 
 def _committed(app: faust.App, topic: str) -> Callable[[int], int | None]:
