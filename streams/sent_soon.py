@@ -5,10 +5,9 @@ that for every record it sends with ``send_soon`` as a side effect of a
 message: duplicate and late-event records, the lanes re-keyed to the rules,
 coupon decisions, shadow alerts. But the flush of Faust's buffer
 (``ProducerBuffer.flush_atmost``) gives up after 0.1 s without a send and
-returns with records still queued. On a busy machine the commit then went
-ahead, and a worker killed just after it lost those records for good: a
-clean-clone CI run found two duplicate records missing after a kill, although
-the changelog that said their messages were folded had been written.
+returns with records still queued (``tests/streams/test_sent_soon.py`` shows
+it). On a busy machine the commit could then go ahead, and a worker killed
+just after it would lose those records for good: the replay starts past them.
 
 So the futures of ``send_soon`` are tracked here, and the consumer
 (``streams/intake.py``) waits until Kafka has acknowledged all of them before
