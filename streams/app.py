@@ -74,7 +74,7 @@ def build_app(settings: Settings, replication: int = 1) -> ControlTower:
         broker_session_timeout=10.0,  # a killed worker's partitions move on sooner
         # a reservation waits for its ledger write: in the coupon role a record
         # goes out at once, elsewhere 5 ms of batching pays for the throughput
-        producer_linger=0.0 if role == "coupons" else 0.005,
+        producer_linger=0.005,
     )
     tower = ControlTower(
         settings=settings, app=app, writer=BatchWriter(lambda: faust_producer(app))
