@@ -38,10 +38,11 @@ def test_open_complaints_show_their_sla_state_and_the_hours_add_up_minutes(
         ticket(4, "closed", now - timedelta(hours=2)),              # answered in time
         ticket(5, "opened", now, kind="inquiry", topic="other"),    # the newest event
     ])
+    hour = now.replace(minute=0)  # K1's stores straddle an hour boundary on purpose
     dash_store.insert("service_minute", [
-        minute("S1", "K1", now - timedelta(minutes=3), 2),
-        minute("S2", "K1", now - timedelta(minutes=2), 3, inquiries=1),
-        minute("S2", "K2", now - timedelta(minutes=1), 1, closed=1),
+        minute("S1", "K1", hour - timedelta(minutes=1), 2),
+        minute("S2", "K1", hour, 3, inquiries=1),
+        minute("S2", "K2", hour, 1, closed=1),
     ])
     app = run_page("service")
     assert not app.exception and not app.error
