@@ -6,7 +6,8 @@ asserting them. Steps, each on a backlog already in Kafka so that every
 figure is a drain rate:
 
 1. the simulator produces N events (batch envelopes, and separately a
-   smaller run of one event per message);
+   smaller run of one event per message), from noon China time on a past
+   day, so the workload does not follow the clock;
 2. a bare aiokafka consumer reads and decodes them: the ceiling for Python;
 3. one worker process drains them with every table on: events/s, time to
    drain, peak RSS;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import json
 import math
@@ -71,10 +73,13 @@ def produce(
 ) -> int:
     """The simulator's first ``events`` events (less the streams ``without``) on
     the run's topics, ``batch`` per message."""
+    from ctower.simulator.clock import pinned_start
     from ctower.simulator.generator import SimConfig, Simulator
     from ctower.simulator.producer import send
 
-    items = Simulator(SimConfig(seed=seed, events=events)).items()
+    config = SimConfig(seed=seed, events=events)
+    start = pinned_start(events, config.sim_rate, int(time.time() * 1000))
+    items = Simulator(dataclasses.replace(config, start_ms=start)).items()
     if without:
         items = (item for item in items if item.stream not in without)
     with tqdm(total=events, desc=f"produce (batch {batch})", unit="ev", leave=False) as bar:

@@ -108,6 +108,22 @@ def plan_end(start_ms: int, events: int, sim_rate: float) -> int:
     return start_ms + hi
 
 
+def pinned_start(events: int, sim_rate: float, before_ms: int, local_hour: int = 12) -> int:
+    """The latest start at ``local_hour`` China time from which ``events`` events
+    end a minute before ``before_ms``.
+
+    A bench's workload must not follow the clock on the wall: the mix of
+    streams and the pressure on the rules change with the hour of the day,
+    so a run at 21:00 would measure another workload than one at 17:00.
+    Noon covers the lunch peak and, for a million events, the evening one.
+    """
+    local = before_ms + _LOCAL_OFFSET_MS
+    start = local - local % DAY_MS - _LOCAL_OFFSET_MS + local_hour * 3_600_000
+    while plan_end(start, events, sim_rate) > before_ms - 60_000:
+        start -= DAY_MS
+    return start
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 

@@ -15,6 +15,7 @@ from ctower.simulator.clock import (
     expected_events,
     iso,
     parse_start,
+    pinned_start,
     plan_end,
     plan_span,
 )
@@ -36,6 +37,17 @@ def test_plan_span_and_plan_end_invert_expected_events():
     assert plan_end(start, 100_000, 50) == pytest.approx(end, abs=2_000)
     # A day's worth at 1 event/s is 86,400 events, whatever the hour.
     assert expected_events(end, end + 86_400_000, 1.0) == pytest.approx(86_400)
+
+
+@pytest.mark.parametrize("hour, minute", [(0, 5), (11, 59), (12, 0), (17, 50), (21, 10)])
+def test_a_bench_workload_starts_at_noon_whatever_the_hour_it_runs(hour: int, minute: int):
+    now = datetime(2026, 3, 2, hour, minute, tzinfo=CHINA_TZ)
+    before = int(now.timestamp() * 1000)
+    start = pinned_start(1_000_000, 50, before)
+    at = datetime.fromtimestamp(start / 1000, CHINA_TZ)
+    assert (at.hour, at.minute, at.second) == (12, 0, 0)
+    assert plan_end(start, 1_000_000, 50) <= before - 60_000  # all of it in the past
+    assert plan_end(start + 86_400_000, 1_000_000, 50) > before - 60_000  # the latest such day
 
 
 def test_iso_round_trip_and_naive_start_is_china_time():
