@@ -20,24 +20,24 @@ from ctower.errors import CtowerError
 from ctower.settings import Settings, SettingsError, load_settings
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "kafka": ("ctower.broker.commands", "kafka"),
+    "kafka": ("ctower.devstack.broker.commands", "kafka"),
     "worker": ("ctower.cli", "worker"),
-    "sink": ("ctower.streams.sinks.command", "sink"),
+    "sink": ("ctower.sinks.clickhouse.command", "sink"),
     "simulate": ("ctower.simulator.command", "simulate"),
     "sql": ("ctower.sql_command", "sql"),
     "dashboard": ("ctower.dashboard.command", "dashboard"),
-    "demo": ("ctower.demo", "demo"),
-    "bench": ("ctower.bench", "bench"),
+    "demo": ("ctower.devstack.demo", "demo"),
+    "bench": ("ctower.bench.engine", "bench"),
     "settings": ("ctower.cli", "show_settings"),
-    "coupons": ("ctower.streams.coupon_command", "coupons"),
-    "actions": ("ctower.streams.actions_command", "actions"),
+    "coupons": ("ctower.coupons.command", "coupons"),
+    "actions": ("ctower.control.actions", "actions"),
     "warehouse": ("ctower.simulator.warehouse", "warehouse_command"),
-    "tasks": ("ctower.streams.tasks_command", "tasks_group"),
-    "alerts": ("ctower.streams.sinks.wechat.command", "alerts"),
+    "tasks": ("ctower.control.tasks", "tasks_group"),
+    "alerts": ("ctower.sinks.wechat.command", "alerts"),
     "health": ("ctower.health", "health"),
     "schemas": ("ctower.schemas.contracts", "schemas_command"),
     "record": ("ctower.simulator.recorder", "record_command"),
-    "backtest": ("ctower.tables.rules.backtest_command", "backtest"),
+    "backtest": ("ctower.rules.backtest_command", "backtest"),
 }
 
 

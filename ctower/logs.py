@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from ctower.settings import Settings
-from ctower.streams.sinks.wechat.webhooks import mask_secrets
+from ctower.sinks.wechat.webhooks import mask_secrets
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -82,8 +82,8 @@ FAULTS: tuple[Rule, ...] = (
     Rule("broker", "kafka", r"Error sending produce request|Got error produce response"),
     Rule("broker", "kafka", r"Request timed out after"),
     # the sink's own retries
-    Rule("broker", "ctower.streams.sinks.clickhouse", r"^offset commit failed"),
-    Rule("store", "ctower.streams.sinks.clickhouse", r"^insert into \S+ failed"),
+    Rule("broker", "ctower.sinks.clickhouse.sink", r"^offset commit failed"),
+    Rule("store", "ctower.sinks.clickhouse.sink", r"^insert into \S+ failed"),
 )
 """Records that say the broker or the store cannot be reached: what the
 clients log while they retry, as seen with the broker stopped under a

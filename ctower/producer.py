@@ -39,9 +39,9 @@ from types import TracebackType
 
 from kafka import KafkaProducer
 
-from ctower.broker.topics import partition_for
 from ctower.schemas.events import Event, encoder
 from ctower.settings import STREAMS, Settings
+from ctower.topics import partition_for
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class EventProducer:
         if batch < 1:
             raise ValueError("batch must be >= 1")
         if create_topics:
-            from ctower.broker.topics import ensure_topics
+            from ctower.topics import ensure_topics
 
             ensure_topics(settings)
         acks_value: str | int = "all" if acks == "all" else int(acks)

@@ -226,7 +226,7 @@ class Settings(BaseSettings):
     )
     rules_file: Path | None = Field(
         None,
-        description="TOML rules file (thresholds; see tables/rules/rules.toml), re-read when "
+        description="TOML rules file (thresholds; see rules/rules.toml), re-read when "
         "it changes; unset = the defaults.",
     )
     shadow_rules_file: Path | None = Field(

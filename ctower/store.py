@@ -3,7 +3,7 @@
 - Server mode (``http://host:8123``): everybody connects to the server.
 - Embedded mode (``chdb:///path``): only one process may open the path. The
   sink owns it (``owner=True``) and serves ClickHouse's HTTP interface on
-  127.0.0.1 (:mod:`ctower.store_server`); the dashboard and ``ctower sql``
+  127.0.0.1 (:mod:`ctower.devstack.store_front.server`); the dashboard and ``ctower sql``
   connect there, exactly as they would to a server. When no sink runs, they
   open the path themselves.
 """

@@ -70,8 +70,8 @@ def orders_section(ctx: PageContext) -> None:
 
 
 def answer_control(ctx: PageContext, words: dict[str, str]) -> None:
+    from ctower.control.actions import publish_status
     from ctower.schemas.actions import ActionStatus
-    from ctower.streams.actions_command import publish_status
 
     if not ctx.controls_configured or ctx.operator is None:
         st.caption(words["locked"])

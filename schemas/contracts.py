@@ -128,7 +128,7 @@ def _error(description: str) -> dict[str, Any]:
 
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the coupon API every worker serves."""
-    from ctower.streams.coupon_service import FORWARDED_HEADER, PolicyBody, ReserveBody
+    from ctower.coupons.service import FORWARDED_HEADER, PolicyBody, ReserveBody
     from ctower.tables.coupon_ledger import Reservation
 
     refs, components = msgspec.json.schema_components(

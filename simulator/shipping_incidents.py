@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ctower.rules.config import LogisticsRules
 from ctower.schemas.events import MINUTE
 from ctower.simulator.chain import ISO_CARRIERS
 from ctower.simulator.incidents import Incident
 from ctower.simulator.state import OrderState, ShipmentState
-from ctower.tables.rules.config import LogisticsRules
 
 if TYPE_CHECKING:
     from ctower.simulator.chain import Store

@@ -153,9 +153,9 @@ def run(settings: Any, config: WarehouseConfig, sim_rate: float,
     """Answer the orders of ``ct.actions`` until ``stop()``; returns the warehouse."""
     from kafka import KafkaConsumer
 
+    from ctower.control.actions import publish_status
     from ctower.health import Heartbeat
     from ctower.producer import EventProducer
-    from ctower.streams.actions_command import publish_status
 
     warehouse = warehouse or Warehouse(config)
     clock = EventClock(sim_rate)

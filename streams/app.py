@@ -10,7 +10,7 @@ The install steps, in the order they run:
 
 - ``streams/intake.py``: the consumer hands the agents' topics over a list
   at a time, and commits once Kafka has what was sent;
-- ``streams/decisions.py`` (the rules) and ``streams/coupon_service.py`` (the
+- ``streams/decisions.py`` (the rules) and ``coupons/service.py`` (the
   coupon ledger and API), as the worker's role says;
 - ``streams/agents.py``: an agent per raw stream and per internal topic;
 - ``streams/upkeep.py``: the once-a-second task and the revocation handler;
@@ -24,11 +24,11 @@ from typing import Any
 
 import faust
 
+from ctower.coupons.service import install_coupon_service
 from ctower.metrics import install_worker_metrics
 from ctower.settings import STREAMS, Settings
 from ctower.streams.agents import install_rule_agents, install_stream_agents
 from ctower.streams.batch_writer import BatchWriter, faust_producer
-from ctower.streams.coupon_service import install_coupon_service
 from ctower.streams.decisions import DecisionLayer
 from ctower.streams.intake import Intake
 from ctower.streams.tower import ControlTower

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from ctower.broker.topics import partition_for
+from ctower.topics import partition_for
 
 Record = tuple[bytes | None, bytes | None]
 

@@ -41,7 +41,23 @@ from typing import Any
 import faust
 import msgspec
 
-from ctower.broker.topics import partition_for
+from ctower.coupons.policy import campaign_partition
+from ctower.rules.actions import ActionBook
+from ctower.rules.alert_book import AlertBook, AlertEntry
+from ctower.rules.config import Rules, RulesError, RulesWatcher
+from ctower.rules.guides import GuideRulesFamily, GuideStore
+from ctower.rules.lanes import Lane, LaneEvent, LaneRules
+from ctower.rules.pickup import PickupQueue, PickupRules
+from ctower.rules.rule_state import FLUSH_INTERVAL_S, FLUSH_MAX_DIRTY, RuleState
+from ctower.rules.service import ServiceItem, ServiceRulesFamily
+from ctower.rules.shipping import (
+    SHIPPED_FULFILMENTS,
+    AwaitedOrder,
+    ShippingEvent,
+    ShippingRules,
+)
+from ctower.rules.stock import StockItem, StockMove, StockRulesEngine
+from ctower.rules.tasks import TaskBook
 from ctower.schemas.actions import ActionOrder, ActionStatus
 from ctower.schemas.control import Alert, CouponSignal, DeadLetter, PickupLevel, StockLevel
 from ctower.schemas.control import encoder as control_encoder
@@ -60,26 +76,10 @@ from ctower.schemas.tasks import ShipmentTask
 from ctower.schemas.wire import reject
 from ctower.settings import Settings, SettingsError
 from ctower.streams.batch_writer import BatchedChangelog, BatchWriter
-from ctower.streams.coupon_policy import campaign_partition
 from ctower.streams.faust_parts import raw_topic
 from ctower.streams.processing import RawMessage
 from ctower.streams.shadow import ShadowRules
-from ctower.tables.rules.actions import ActionBook
-from ctower.tables.rules.alert_book import AlertBook, AlertEntry
-from ctower.tables.rules.config import Rules, RulesError, RulesWatcher
-from ctower.tables.rules.guides import GuideRulesFamily, GuideStore
-from ctower.tables.rules.lanes import Lane, LaneEvent, LaneRules
-from ctower.tables.rules.pickup import PickupQueue, PickupRules
-from ctower.tables.rules.rule_state import FLUSH_INTERVAL_S, FLUSH_MAX_DIRTY, RuleState
-from ctower.tables.rules.service import ServiceItem, ServiceRulesFamily
-from ctower.tables.rules.shipping import (
-    SHIPPED_FULFILMENTS,
-    AwaitedOrder,
-    ShippingEvent,
-    ShippingRules,
-)
-from ctower.tables.rules.stock import StockItem, StockMove, StockRulesEngine
-from ctower.tables.rules.tasks import TaskBook
+from ctower.topics import partition_for
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ Faust's fetch interleaves the topics (round-robin), so a few messages per
 topic keep the streams together in event time. Whole fetches (hundreds of
 messages of one topic at once) let one stream run minutes of event time
 ahead of another in a fast replay, and the rules' event clock
-(``tables/rules/rule_state.py``) judged a refill or a stock-out that late: the
+(``rules/rule_state.py``) judged a refill or a stock-out that late: the
 decisions test failed 2 runs in 3 with whole fetches and passed 3 in 3 with
 one message and with 16 at a time. One at a time cost a queue round trip and
 a turn of the loop per message: 16 drained single-event messages about 30%

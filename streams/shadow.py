@@ -28,15 +28,15 @@ from typing import Any
 import faust
 import msgspec
 
+from ctower.coupons.policy import campaign_partition
+from ctower.rules.config import RulesError, RulesWatcher
+from ctower.rules.engine import MemoryTable, RuleEngine
 from ctower.schemas.control import Alert, CouponSignal
 from ctower.schemas.control import encoder as control_encoder
 from ctower.schemas.events import Pickup, Service
 from ctower.schemas.master_data import MasterData
 from ctower.settings import Settings, SettingsError
-from ctower.streams.coupon_policy import campaign_partition
 from ctower.streams.faust_parts import raw_topic
-from ctower.tables.rules.config import RulesError, RulesWatcher
-from ctower.tables.rules.engine import MemoryTable, RuleEngine
 
 log = logging.getLogger(__name__)
 

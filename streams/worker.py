@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 def run_worker(settings: Settings) -> None:
     """Run one worker until SIGTERM/SIGINT. Several workers share the partitions."""
-    from ctower.broker.topics import ensure_topics, replication_of
+    from ctower.topics import ensure_topics, replication_of
 
     configure_logging(settings)
     ensure_topics(settings)

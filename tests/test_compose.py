@@ -173,7 +173,7 @@ def test_healthchecks_restarts_limits_and_start_order(config: dict[str, Any]) ->
 def test_configs_are_mounted_from_the_repository(config: dict[str, Any]) -> None:
     configs = config["configs"]
     assert Path(configs["master_data"]["file"]) == ROOT / "deploy" / "master_data.json"
-    assert Path(configs["rules"]["file"]) == ROOT / "tables" / "rules" / "rules.toml"
+    assert Path(configs["rules"]["file"]) == ROOT / "rules" / "rules.toml"
     assert Path(configs["alert_routes"]["file"]) == ROOT / "deploy" / "alert-routes.toml"
     for entry in configs.values():
         assert Path(entry["file"]).is_file(), entry

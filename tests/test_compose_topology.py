@@ -239,11 +239,11 @@ def environment(env: dict[str, str]) -> Iterator[None]:
 
 
 def test_every_feature_finds_its_settings_in_compose(tmp_path: Path) -> None:
+    from ctower.rules.config import load_rules
     from ctower.schemas.master_data import load_master_data
     from ctower.settings import load_settings
-    from ctower.streams.sinks.wechat.routes import load_routes
-    from ctower.streams.sinks.wechat.webhooks import resolve_webhooks
-    from ctower.tables.rules.config import load_rules
+    from ctower.sinks.wechat.routes import load_routes
+    from ctower.sinks.wechat.webhooks import resolve_webhooks
 
     tokens = write_secrets(tmp_path / "secrets",
                            lambda robot: f"https://example.invalid/send?key={robot}-key-1234")
@@ -408,7 +408,7 @@ def _health(service: LocalService) -> subprocess.CompletedProcess[str]:
 def _send_pickups(topology: Topology, store: str, orders: list[str]) -> None:
     from kafka import KafkaProducer
 
-    from ctower.broker.topics import partition_for
+    from ctower.topics import partition_for
 
     ts = int(time.time() * 1000)
     value = json.dumps([{"ts": ts, "order_id": o, "store_id": store, "state": "arrived"}
@@ -475,7 +475,7 @@ def test_the_compose_topology_runs_every_feature(
             return owned if ok else None
 
         owned = poll(split, 90, "the workers never split the partitions", every=0.5)
-        from ctower.streams.coupon_policy import campaign_partition
+        from ctower.coupons.policy import campaign_partition
 
         partition = campaign_partition(RUSH_CAMPAIGN, 4)
         owner, other = (workers if partition in owned[0] else workers[::-1])

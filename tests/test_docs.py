@@ -1,5 +1,6 @@
 """The repository is self-contained: nothing in it cites notes that live outside it,
-and every ``docs/<name>.md`` it mentions exists. The operator's manual,
+every ``docs/<name>.md`` it mentions exists, and so does every path the README
+and the docs quote. The operator's manual,
 ``docs/operations.md``, names what the code has: every setting by its variable
 and default (so does the README's table), every topic, a runbook for every
 ``system_*`` alert kind.
@@ -45,6 +46,10 @@ FORBIDDEN = tuple(
 DOMAIN_ELSEWHERE = re.compile(r"(?<!docs/)" + re.escape("domain" + ".md"))
 """The domain page is named only by its path in the repository, ``docs/domain.md``."""
 DOC_PATH = re.compile(r"(?<![\w-])docs/([\w.-]+?)\.md\b")
+TOP_FOLDERS = ("streams", "tables", "rules", "coupons", "sinks", "dashboard", "schemas",
+               "simulator", "bench", "devstack", "ctower", "tests", "deploy", "docs")
+CODE_PATH = re.compile(r"`((?:" + "|".join(TOP_FOLDERS) + r")/[\w./-]*)`")
+"""A file or folder of the repository quoted as code in the README or a docs page."""
 
 
 def repository_files() -> list[Path]:
@@ -87,6 +92,17 @@ def test_every_docs_page_mentioned_exists() -> None:
             if not (ROOT / "docs" / f"{name}.md").is_file():
                 missing.append(f"{path.relative_to(ROOT).as_posix()}: docs/{name}.md")
     assert not missing, "mentioned but missing:\n" + "\n".join(missing)
+
+
+def test_every_path_the_readme_and_the_docs_quote_exists() -> None:
+    """Folders move (the layout is the process map); their readers must follow."""
+    assert [name for name in TOP_FOLDERS if not (ROOT / name).is_dir()] == []
+    missing = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for quoted in sorted(set(CODE_PATH.findall(page.read_text(encoding="utf-8")))):
+            if not (ROOT / quoted.rstrip(".")).exists():
+                missing.append(f"{page.relative_to(ROOT).as_posix()}: {quoted}")
+    assert not missing, "quoted but missing:\n" + "\n".join(missing)
 
 
 # --------------------------------------------------------------------------

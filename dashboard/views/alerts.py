@@ -159,8 +159,8 @@ def figures() -> None:
 
 def workflow(context: PageContext) -> None:
     """Owner, acknowledge, resolve with a note: an AlertAck record on ct.alert-acks."""
+    from ctower.control.alert_acks import publish_ack
     from ctower.schemas.control import AlertAck, AlertAction
-    from ctower.streams.alert_acks import publish_ack
 
     st.subheader(t["workflow"])
     if not context.controls_configured:

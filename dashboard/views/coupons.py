@@ -106,7 +106,7 @@ def policy_in_force(context: PageContext, campaign: str, store: str) -> dict[str
 
 
 def controls(context: PageContext) -> None:
-    from ctower.streams.coupon_policy import publish_policy
+    from ctower.coupons.policy import publish_policy
 
     st.subheader(t["controls"])
     if not context.controls_configured:

@@ -17,8 +17,8 @@ from ctower.dashboard.context import current, live, show, store_guard
 from ctower.dashboard.queries.guides import anchor, guide_days, open_by_guide, open_by_store
 from ctower.dashboard.readable import table
 from ctower.dashboard.regions import master_data
-from ctower.tables.rules.config import GuideRules, Rules, RulesError, load_rules
-from ctower.tables.rules.guides import local_hour
+from ctower.rules.config import GuideRules, Rules, RulesError, load_rules
+from ctower.rules.guides import local_hour
 
 WORDS: dict[str, dict[str, str]] = {
     "zh": {

@@ -18,7 +18,7 @@ from ctower.dashboard.queries.service import (
     sla_summary,
 )
 from ctower.dashboard.readable import table
-from ctower.tables.rules.config import Rules, RulesError, load_rules
+from ctower.rules.config import Rules, RulesError, load_rules
 
 WORDS: dict[str, dict[str, str]] = {
     "zh": {

@@ -157,7 +157,7 @@ def test_an_overdue_end_comes_before_the_next_start(
 def test_broker_and_store_outages_are_told_apart(
     outages: OutageFilter, clock: Clock, lines: list[tuple[int, str, dict[str, Any]]]
 ) -> None:
-    insert = record("ctower.streams.sinks.clickhouse", logging.WARNING,
+    insert = record("ctower.sinks.clickhouse.sink", logging.WARNING,
                     "insert into %s failed (%s); retrying in %.1fs", "scan_events", "refused", 0.5)
     assert outages.filter(insert) is False
     assert outages.filter(refused()) is False
@@ -197,7 +197,7 @@ def test_broker_and_store_outages_are_told_apart(
          "No node available for metadata refresh - backoff/retry"),
         ("kafka.producer.sender", logging.ERROR,
          "%s: Error sending produce request to node %d: %s"),
-        ("ctower.streams.sinks.clickhouse", logging.WARNING,
+        ("ctower.sinks.clickhouse.sink", logging.WARNING,
          "offset commit failed (%s); rows will be replayed"),
     ],
 )
@@ -365,8 +365,8 @@ def test_a_broker_outage_under_a_worker_is_a_few_lines(
     ctower_process: Callable[..., Any],
     poll: Callable[..., Any],
 ) -> None:
-    from ctower.broker.local import LocalKafka
-    from ctower.broker.topics import ensure_topics
+    from ctower.devstack.broker.local import LocalKafka
+    from ctower.topics import ensure_topics
 
     broker = LocalKafka(load_settings(data_dir=tmp_path / "kafka", kafka_port=free_port()))
     bootstrap = broker.up(timeout=180)

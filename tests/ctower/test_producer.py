@@ -10,10 +10,10 @@ import msgspec
 import pytest
 from kafka import KafkaConsumer
 
-from ctower.broker.topics import partition_for
 from ctower.producer import EventProducer
 from ctower.schemas.events import Coupon, Scan
 from ctower.settings import Settings
+from ctower.topics import partition_for
 
 pytestmark = pytest.mark.kafka
 

@@ -11,9 +11,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from ctower.devstack.store_front.server import StoreHttpServer
 from ctower.settings import Settings
 from ctower.sql_command import render, sql
-from ctower.store_server import StoreHttpServer
 
 
 def _env(settings: Settings) -> dict[str, str]:

@@ -20,10 +20,10 @@ from clickhouse_connect.driver.client import Client
 from streamlit.testing.v1 import AppTest
 
 from ctower.dashboard.command import PAGE
+from ctower.devstack.store_front.server import StoreHttpServer
 from ctower.schemas.migrations import apply_migrations
 from ctower.settings import Settings, load_settings
 from ctower.store import open_store
-from ctower.store_server import StoreHttpServer
 
 
 @dataclass

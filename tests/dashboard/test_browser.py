@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 
+from ctower.control.alert_acks import publish_ack
 from ctower.dashboard.context import PAGES
 from ctower.dashboard.i18n import LABELS
 from ctower.schemas.control import AlertAck
 from ctower.settings import Settings
 from ctower.store import open_store
-from ctower.streams.alert_acks import publish_ack
 
 pytestmark = [pytest.mark.kafka, pytest.mark.browser, pytest.mark.slow]
 

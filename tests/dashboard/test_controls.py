@@ -12,10 +12,10 @@ import pytest
 from kafka import KafkaConsumer
 from streamlit.testing.v1 import AppTest
 
-from ctower.broker.topics import ensure_topics
 from ctower.dashboard.coupon_controls import build_policy
 from ctower.schemas.control import AlertAck, CouponPolicy
 from ctower.settings import Settings
+from ctower.topics import ensure_topics
 
 TOKEN = "s3cret-Token"
 

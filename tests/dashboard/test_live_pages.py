@@ -17,9 +17,9 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from streamlit.testing.v1 import AppTest
 
-from ctower.broker.topics import ensure_topics
 from ctower.dashboard.live_sources import MIN_INTERVAL, Sampler, consumer_lag
 from ctower.settings import Settings
+from ctower.topics import ensure_topics
 
 from .test_pages import alert, metrics
 

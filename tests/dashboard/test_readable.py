@@ -25,7 +25,7 @@ from ctower.schemas.control import ALERT_ACTIONS, ALERT_KINDS, DELIVERY_RESULTS,
 from ctower.schemas.events import OriginType, ShipmentStatus
 from ctower.schemas.wire import REASONS
 from ctower.settings import STREAMS
-from ctower.streams.sinks.clickhouse import QUARANTINE_REASONS
+from ctower.sinks.clickhouse.quarantine import QUARANTINE_REASONS
 from ctower.tables.coupon_ledger import Reason, State
 
 SHANGHAI = "Asia/Shanghai"

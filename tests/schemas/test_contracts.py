@@ -105,7 +105,7 @@ def test_control_records_validate() -> None:
 def test_the_openapi_document_covers_every_route_of_the_coupon_service() -> None:
     document = published(contracts.OPENAPI_FILE)
     assert document["openapi"].startswith("3.1")
-    source = (ROOT / "streams" / "coupon_service.py").read_text(encoding="utf-8")
+    source = (ROOT / "coupons" / "service.py").read_text(encoding="utf-8")
     routes = set(re.findall(r'@app\.page\("([^"]+)"', source))
     assert routes == set(document["paths"]), "a route of the service is not documented"
     reserve = document["paths"]["/coupons/{campaign}/reserve"]["post"]

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from ctower.rules.alert_book import AlertBook, AlertEntry
+from ctower.rules.config import Rules
+from ctower.rules.rule_state import RuleState
+from ctower.rules.stock import StockItem, StockMove, StockRulesEngine
 from ctower.schemas.migrations import DDL_DIR, apply_migrations
-from ctower.tables.rules.alert_book import AlertBook, AlertEntry
-from ctower.tables.rules.config import Rules
-from ctower.tables.rules.rule_state import RuleState
-from ctower.tables.rules.stock import StockItem, StockMove, StockRulesEngine
 
 MINUTE = 60_000
 T0 = 1_763_000_000_000 - 1_763_000_000_000 % (5 * MINUTE)

@@ -12,13 +12,13 @@ from datetime import datetime
 
 import pytest
 
-from ctower.broker.topics import partition_for
 from ctower.schemas.events import Coupon, Inventory, Logistics, Order, Pickup, Scan
 from ctower.simulator.chain import build_chain
 from ctower.simulator.clock import CHINA_TZ, curve_at, local_hour
 from ctower.simulator.generator import SimConfig, Simulator
 from ctower.simulator.incidents import KINDS
 from ctower.simulator.items import wire_value
+from ctower.topics import partition_for
 
 NOON = int(datetime(2026, 11, 20, 10, 0, tzinfo=CHINA_TZ).timestamp() * 1000)
 

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from ctower.rules.backtest import run_backtest
+from ctower.rules.config import Rules
 from ctower.schemas.events import Logistics, Order, Service
 from ctower.schemas.master_data import load_master_data
 from ctower.simulator.chain import build_chain
@@ -21,8 +23,6 @@ from ctower.simulator.command import simulate
 from ctower.simulator.generator import SimConfig, Simulator
 from ctower.simulator.jsonl import read_jsonl
 from ctower.simulator.truth import load_truth
-from ctower.tables.rules.backtest import run_backtest
-from ctower.tables.rules.config import Rules
 from tests.simulator.conftest import RUN_SEED
 
 SLACK_MS = 5_000

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from ctower.broker.topics import partition_for
 from ctower.simulator.generator import SimConfig, Simulator
+from ctower.topics import partition_for
 
 
 def _incident(run, kind):

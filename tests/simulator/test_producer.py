@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from kafka import KafkaConsumer, TopicPartition
 
-from ctower.broker.topics import partition_for
 from ctower.schemas.events import EVENT_TYPES
 from ctower.settings import STREAMS, Settings
 from ctower.simulator.command import simulate
 from ctower.simulator.truth import load_truth
+from ctower.topics import partition_for
 
 
 def test_partition_for_matches_the_java_client():

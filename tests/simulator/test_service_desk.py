@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from ctower.rules.backtest import run_backtest
+from ctower.rules.config import Rules
 from ctower.schemas.events import Logistics, Service
 from ctower.simulator.generator import SimConfig, Simulator
 from ctower.simulator.items import wire_value
 from ctower.simulator.jsonl import read_jsonl
-from ctower.tables.rules.backtest import run_backtest
-from ctower.tables.rules.config import Rules
 
 SLACK_MS = 5_000
 

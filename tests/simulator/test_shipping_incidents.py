@@ -8,8 +8,8 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from ctower.tables.rules.backtest import BacktestResult, run_backtest
-from ctower.tables.rules.config import Rules
+from ctower.rules.backtest import BacktestResult, run_backtest
+from ctower.rules.config import Rules
 
 SLACK_MS = 5_000
 MIN = 60_000

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from ctower.broker.topics import ensure_topics
 from ctower.health import check
 from ctower.schemas.actions import ActionOrder, ActionStatus
 from ctower.schemas.control import encoder
 from ctower.schemas.events import Inventory
 from ctower.settings import Settings
 from ctower.simulator.warehouse import EventClock, Warehouse, WarehouseConfig, run
+from ctower.topics import ensure_topics
 
 T0 = 1_790_000_000_000
 MIN = 60_000

@@ -8,9 +8,9 @@ from collections import defaultdict
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from ctower.broker.topics import partition_for
 from ctower.settings import Settings
 from ctower.streams.batch_writer import BatchedChangelog, BatchWriter
+from ctower.topics import partition_for
 
 PARTITIONS = 3
 

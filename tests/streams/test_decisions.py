@@ -26,12 +26,12 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer
 
-from ctower.broker.topics import ensure_topics
+from ctower.control.actions import publish_status
 from ctower.schemas.actions import ActionStatus
 from ctower.settings import Settings
 from ctower.simulator.warehouse import Warehouse, WarehouseConfig
 from ctower.simulator.warehouse import run as run_warehouse
-from ctower.streams.actions_command import publish_status
+from ctower.topics import ensure_topics
 
 # solo: the simulator replays at 8x and the rules judge by an event clock over
 # the streams that feed them; when one stream's agent falls seconds behind the

@@ -18,12 +18,12 @@ import msgspec
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from ctower.broker.topics import ensure_topics
 from ctower.schemas.events import Logistics
 from ctower.schemas.master_data import GuideInfo, MasterData, RegionInfo, StoreInfo
 from ctower.settings import Settings
 from ctower.simulator.clock import CHINA_TZ
 from ctower.store import open_store
+from ctower.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
 

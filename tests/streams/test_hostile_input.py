@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from ctower.broker.topics import ensure_topics
 from ctower.settings import STREAMS, Settings
 from ctower.store import open_store
+from ctower.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
 
@@ -274,7 +274,7 @@ def test_a_dead_letter_kafka_refuses_holds_only_its_partition(
     written and the partition's events are counted, each once."""
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from ctower.broker.topics import partition_for
+    from ctower.topics import partition_for
 
     # small thresholds: the held partition is stuck within 5 s (above Faust's commit
     # interval, 2.8 s, which any partition may wait for); one dead letter in 4 s is

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from ctower.broker.topics import ensure_topics
 from ctower.settings import Settings
 from ctower.simulator.truth import aggregate_truth, load_truth, store_minute_truth
 from ctower.store import open_store
 from ctower.tables.aggregates import AGGREGATES, STORE_MINUTE
+from ctower.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
 

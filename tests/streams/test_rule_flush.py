@@ -15,7 +15,7 @@ from typing import Any
 import faust
 import pytest
 
-from ctower.broker.topics import partition_for
+from ctower.rules.rule_state import FLUSH_INTERVAL_S
 from ctower.schemas.control import StockLevel
 from ctower.settings import Settings
 from ctower.streams import decisions as decisions_module
@@ -23,7 +23,7 @@ from ctower.streams.batch_writer import BatchWriter
 from ctower.streams.dead_letters import DeadLetterOutbox
 from ctower.streams.decisions import DecisionLayer
 from ctower.streams.pending_acks import PendingAcks, persist_and_release
-from ctower.tables.rules.rule_state import FLUSH_INTERVAL_S
+from ctower.topics import partition_for
 
 
 async def nothing_to_write() -> None:
@@ -172,6 +172,6 @@ def test_levels_are_coalesced_to_the_latest_per_key(layer: Any) -> None:
 
 
 def _item() -> Any:
-    from ctower.tables.rules.stock import StockItem
+    from ctower.rules.stock import StockItem
 
     return StockItem(deltas=[], sales={}, scans={}, scan_marks=[])

@@ -22,12 +22,12 @@ import msgspec
 import pytest
 from kafka import KafkaProducer
 
-from ctower.broker.topics import ensure_topics
+from ctower.rules.config import DEFAULTS_FILE
 from ctower.schemas.events import Pickup, Service
 from ctower.schemas.master_data import CampaignInfo, MasterData, RegionInfo, StoreInfo
 from ctower.settings import Settings
 from ctower.store import open_store
-from ctower.tables.rules.config import DEFAULTS_FILE
+from ctower.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
 

@@ -18,9 +18,9 @@ import msgspec
 import pytest
 from kafka import KafkaProducer
 
-from ctower.broker.topics import ensure_topics
 from ctower.schemas.events import Event, Logistics, Order, OrderLine
 from ctower.settings import Settings
+from ctower.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
 

@@ -11,8 +11,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from ctower.broker.topics import ensure_topics
 from ctower.settings import Settings
+from ctower.topics import ensure_topics
 
 
 def test_sigterm_mid_stream_stops_the_worker_promptly_and_cleanly(

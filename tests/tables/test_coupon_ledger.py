@@ -3,7 +3,7 @@ signals, counting issued coupons exactly under replays.
 
 Kafka and Faust are replaced by one ordered changelog (what the broker would
 hold), so a crash can be tried at every position of it. The real-broker
-version (a worker process, HTTP, SIGKILL) is tests/streams/test_coupon_service.py.
+version (a worker process, HTTP, SIGKILL) is tests/coupons/test_service.py.
 """
 
 from __future__ import annotations

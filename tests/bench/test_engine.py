@@ -1,0 +1,134 @@
+"""``ctower bench``: the group keeps the throughput bench as its default, and the
+decisions bench's figures are computed and printed as documented. Nothing here
+runs a benchmark: their figures are for people, not assertions."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from ctower.bench import engine as bench_module
+from ctower.bench.decisions import AlertRun, percentile
+from ctower.bench.engine import WorkerCounter, decisions_result, decisions_result_line
+from ctower.cli import cli
+from ctower.settings import Settings
+
+
+def test_bench_lists_its_subcommands_and_each_has_help() -> None:
+    runner = CliRunner()
+    listing = runner.invoke(cli, ["bench", "--help"])
+    assert listing.exit_code == 0, listing.output
+    assert "--events" in listing.output  # the throughput bench's own options stay
+    for name in ("decisions", "dashboard"):
+        assert name in listing.output
+        answer = runner.invoke(cli, ["bench", name, "--help"])
+        assert answer.exit_code == 0, answer.output
+    assert "--event-rate" in runner.invoke(cli, ["bench", "decisions", "--help"]).output
+
+
+def test_bench_alone_runs_the_throughput_bench_and_a_subcommand_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(bench_module, "throughput", lambda *args: calls.append(args))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["bench", "--events", "5000", "--no-sink"]).exit_code == 0
+    assert calls == [(5000, 100, 200_000, 1, True, min(2, os.cpu_count() or 1))]
+    assert runner.invoke(cli, ["bench", "decisions", "--help"]).exit_code == 0
+    assert len(calls) == 1
+
+
+def test_percentile_interpolates_like_numpy_and_misses_make_the_tail_infinite() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+    one_miss = [float(v) for v in range(1, 200)] + [math.inf]  # 0.5% missed
+    assert percentile(one_miss, 99) == pytest.approx(198.01)
+    two_misses = [float(v) for v in range(1, 99)] + [math.inf, math.inf]  # 2% missed
+    assert percentile(two_misses, 99) == math.inf
+    assert percentile(two_misses, 50) == pytest.approx(50.5)
+
+
+def test_missed_and_skipped_probes_count_in_the_alert_percentiles() -> None:
+    run = AlertRun(probes=4, alert_timeout=10.0, latencies_ms=[100.0, 200.0],
+                   missed=["S001#3"], skipped=1)
+    assert sorted(run.with_misses()) == [100.0, 200.0, math.inf, math.inf]
+
+
+def test_result_takes_medians_over_reservation_runs_and_prints_the_documented_line() -> None:
+    runs = [[1.0, 2.0, 3.0], [10.0, 20.0, 30.0], [4.0, 5.0, 6.0]]
+    alerts = [float(v) for v in range(1, 101)]
+    figures = decisions_result(runs, alerts)
+    assert figures[0] == pytest.approx(5.0)  # the runs' p50s are 2, 20 and 5
+    assert figures[1] == pytest.approx(5.98)  # their p99s are 2.98, 29.8 and 5.98
+    assert figures[2:] == (pytest.approx(50.5), pytest.approx(99.01))
+    assert decisions_result_line(figures) == (
+        "RESULT reserve_p50_ms=5.0 reserve_p99_ms=6.0 alert_p50_ms=50.5 alert_p99_ms=99.0"
+    )
+    assert decisions_result_line((1.0, 2.0, 3.0, math.inf)).endswith("alert_p99_ms=inf")
+
+
+def test_the_worker_is_not_drained_while_its_rules_have_items_left(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+) -> None:
+    answers = [
+        {"scan": {"events": 100}, "decisions": {
+            "moves_forwarded": 40, "lane_events_forwarded": 5,
+            "stock-moves": {"items": 30}, "lanes": {"items": 5}}},
+        {"scan": {"events": 100}, "decisions": {
+            "moves_forwarded": 40, "lane_events_forwarded": 5,
+            "stock-moves": {"items": 40}, "lanes": {"items": 5}}},
+    ]
+
+    class Answer(io.BytesIO):
+        def __enter__(self) -> Answer:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            return None
+
+    monkeypatch.setattr(bench_module.urllib.request, "urlopen",
+                        lambda *_a, **_k: Answer(json.dumps(answers.pop(0)).encode()))
+    counter = WorkerCounter(Settings(data_dir=tmp_path))
+    assert counter() == 99  # every event folded, but 10 stock moves not yet applied
+    assert counter() == 100
+    assert counter.written(100).startswith("rule state 0.000")
+
+
+def test_the_counter_of_two_workers_sums_them_and_waits_for_the_rules_of_both(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With two workers, a worker's stock moves are applied by whichever owns
+    their key: only the sums say whether the rules have caught up."""
+    one = {"scan": {"events": 60}, "decisions": {
+        "moves_forwarded": 30, "lane_events_forwarded": 0,
+        "stock-moves": {"items": 10}, "lanes": {"items": 0}}}
+    other = {"scan": {"events": 40}, "decisions": {
+        "moves_forwarded": 10, "lane_events_forwarded": 0,
+        "stock-moves": {"items": 25}, "lanes": {"items": 0}}}
+    answers = [one, other, one, {**other, "decisions": {
+        **other["decisions"], "stock-moves": {"items": 30}}}]
+
+    class Answer(io.BytesIO):
+        def __enter__(self) -> Answer:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            return None
+
+    monkeypatch.setattr(bench_module.urllib.request, "urlopen",
+                        lambda *_a, **_k: Answer(json.dumps(answers.pop(0)).encode()))
+    workers = [Settings(data_dir=tmp_path, worker_web_port=port) for port in (7001, 7002)]
+    counter = WorkerCounter(workers)
+    assert counter() == 99  # 35 of the 40 moves applied, though one worker applied more
+    assert counter() == 100
+    assert counter.last["decisions"]["moves_forwarded"] == 40
