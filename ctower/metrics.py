@@ -83,11 +83,11 @@ class _Stoppable:
 
 class GcCollector(Collector):
     """CPython's collections per generation, and the time spent in them
-    (``streams/gc_tuning.py`` keeps the pauses): a full collection stops the
+    (``ctower/gc_tuning.py`` keeps the pauses): a full collection stops the
     whole process, its HTTP answers included."""
 
     def collect(self) -> Iterator[Metric]:
-        from ctower.streams.gc_tuning import pauses, watch_pauses
+        from ctower.gc_tuning import pauses, watch_pauses
 
         watch_pauses()
         collections = CounterMetricFamily(

@@ -248,7 +248,7 @@ AlertKind = Literal[
     "complaint_sla",
     "guide_capacity",
     "guide_late",
-    # the pipeline about itself (streams/watch.py): same record, same routes
+    # the pipeline about itself (ctower/system_alerts.py): same record, same routes
     "system_stream_silent",
     "system_lag_growing",
     "system_dead_letter_rate",

@@ -9,11 +9,11 @@ from typing import Any
 import faust
 from faust.types import TableT
 
+from ctower.gc_tuning import gc_stats
 from ctower.settings import Settings
 from ctower.streams.batch_writer import BatchWriter
 from ctower.streams.dead_letters import DeadLetterOutbox
 from ctower.streams.decisions import DecisionLayer
-from ctower.streams.gc_tuning import gc_stats
 from ctower.streams.offset_order import OffsetOrder
 from ctower.streams.pending_acks import PendingAcks
 from ctower.streams.processing import StreamProcessor

@@ -6,10 +6,10 @@ import logging
 
 import faust
 
+from ctower.gc_tuning import tune_for_streaming
 from ctower.logs import configure_logging
 from ctower.settings import Settings
 from ctower.streams.app import build_app
-from ctower.streams.gc_tuning import tune_for_streaming
 
 log = logging.getLogger(__name__)
 

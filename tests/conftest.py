@@ -413,6 +413,28 @@ def webhook_server() -> Iterator[FakeWebhook]:
 # folder, a real StoreHttpServer on a free port, real clickhouse-connect
 # clients, and a real second process when a test is about two processes.
 
+class FakeClock:
+    """A wall clock the test moves (``clock.now += 1``), for code that takes a clock."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def offline_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for code that needs no broker nor store (data in tmp_path): unlike
+    ``settings_factory``, they start no broker."""
+    return lambda **overrides: load_settings(data_dir=tmp_path / "data", **overrides)
+
+
 @pytest.fixture
 def store_settings(tmp_path: Path) -> Settings:
     """Embedded store in tmp_path, front on a free port."""

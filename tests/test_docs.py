@@ -23,7 +23,7 @@ from pydantic_core import PydanticUndefined
 
 from ctower.schemas.control import SYSTEM_ALERT_KINDS, AlertKind
 from ctower.settings import CONTROL_TOPICS, SECRET_FIELDS, STREAMS, Settings
-from ctower.streams.watch import ACTIONS, RUNBOOKS
+from ctower.system_alerts import ACTIONS, RUNBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -237,8 +237,9 @@ def test_the_secret_settings_are_marked_secret() -> None:
 
 def system_alert_kinds() -> set[str]:
     """Every system kind the code knows: ``AlertKind``'s, ``SYSTEM_ALERT_KINDS``
-    and each one ``streams/watch.py`` names."""
-    watch = (ROOT / "streams" / "watch.py").read_text(encoding="utf-8")
+    and each one a watch names (the worker's, the sink's, their words)."""
+    watch = "".join((ROOT / path).read_text(encoding="utf-8") for path in (
+        "streams/watch.py", "sinks/clickhouse/watch.py", "ctower/system_alerts.py"))
     return (
         {kind for kind in get_args(AlertKind) if kind.startswith("system_")}
         | set(SYSTEM_ALERT_KINDS)

@@ -519,10 +519,11 @@ class ClickHouseSink:
         return self._store_ok
 
     async def _watch(self, stop: asyncio.Event) -> None:
-        """Once a second: the sink's system alerts (``streams/watch.py``), sent
+        """Once a second: the sink's system alerts (``sinks/clickhouse/watch.py``), sent
         by its own producer; the inserts may be blocked, this loop is not."""
         from ctower.logs import MaskingFilter
-        from ctower.streams.watch import KafkaAlertPublisher, SinkWatch, SystemAlerts
+        from ctower.sinks.clickhouse.watch import SinkWatch
+        from ctower.system_alerts import KafkaAlertPublisher, SystemAlerts
 
         publisher = KafkaAlertPublisher(self.settings)
         mask = MaskingFilter(self.settings.secret_values()).mask

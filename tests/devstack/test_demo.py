@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from ctower.gc_tuning import THRESHOLDS
 from ctower.settings import Settings
 from ctower.store import open_store
-from ctower.streams.gc_tuning import THRESHOLDS
 
 pytestmark = pytest.mark.kafka
 
@@ -69,7 +69,7 @@ def test_demo_runs_the_pipeline_and_ctrl_c_stops_it(
         with urllib.request.urlopen(stats_url, timeout=5) as answer:
             stats = json.load(answer)
         assert stats["decisions"]["master_data_stores"] == len(master["stores"]) > 0
-        # the worker runs with the collector tuned for streaming (streams/gc_tuning.py)
+        # the worker runs with the collector tuned for streaming (ctower/gc_tuning.py)
         assert stats["gc"]["thresholds"] == list(THRESHOLDS)
         assert stats["gc"]["frozen_objects"] > 0
         demo.send_signal(signal.SIGINT)

@@ -1,43 +1,21 @@
-"""System alerts (streams/watch.py): each condition, injected on a fake clock,
-fires once and resolves once it clears; a restarted process resolves what its
-predecessor opened. The live processes' side is in the worker's and the sink's
-own tests (test_hostile_input.py, sinks/test_quarantine.py)."""
+"""The worker's system alerts (streams/watch.py): each condition, injected on a
+fake clock, fires once and resolves once it clears. The live worker's side is in
+its own tests (test_hostile_input.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
 from faust.types import TP
 
-from ctower.schemas.control import SYSTEM_ALERT_KINDS, Alert
-from ctower.settings import Settings, load_settings
-from ctower.streams.watch import (
-    SinkWatch,
-    SystemAlerts,
-    TowerSignals,
-    WorkerWatch,
-    remembered_open,
-)
+from ctower.schemas.control import Alert
+from ctower.settings import Settings
+from ctower.streams.watch import TowerSignals, WorkerWatch
+from ctower.system_alerts import SystemAlerts
 from ctower.tables.aggregates import STORE_MINUTE
 from ctower.tables.window_state import WindowState
-
-
-@pytest.fixture
-def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
-    """No broker: the watch only reads counters and writes its file."""
-    return lambda **overrides: load_settings(data_dir=tmp_path / "data", **overrides)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeWorker:
@@ -60,7 +38,7 @@ class FakeWorker:
         return dict(self.parts)
 
 
-def _alerts(settings: Settings, sent: list[Alert], clock: Clock, name: str = "w") -> SystemAlerts:
+def _alerts(settings: Settings, sent: list[Alert], clock: Any, name: str = "w") -> SystemAlerts:
     return SystemAlerts(settings, name, "worker-a", sent.append, wall=clock)
 
 
@@ -68,7 +46,7 @@ def _kinds(sent: list[Alert]) -> list[tuple[str, str]]:
     return [(a.kind, a.status) for a in sent]
 
 
-def _run(watch: WorkerWatch, clock: Clock, seconds: int,
+def _run(watch: WorkerWatch, clock: Any, seconds: int,
          each: Callable[[], Any] = lambda: None) -> None:
     for _ in range(seconds):
         clock.now += 1
@@ -76,18 +54,21 @@ def _run(watch: WorkerWatch, clock: Clock, seconds: int,
         watch.check()
 
 
-def _worker(settings_factory: Callable[..., Settings], **overrides: Any) -> tuple[
-        WorkerWatch, FakeWorker, Clock, list[Alert]]:
+def _worker(offline_settings: Callable[..., Settings], clock: Any, **overrides: Any) -> tuple[
+        WorkerWatch, FakeWorker, Any, list[Alert]]:
     off = {"system_stream_silent_min_seconds": 0, "system_lag_growing_seconds": 0,
            "system_dead_letters_per_minute": 0, "system_partition_stuck_seconds": 0}
-    settings = settings_factory(**{**off, **overrides})
-    clock, sent, fake = Clock(), [], FakeWorker()
+    settings = offline_settings(**{**off, **overrides})
+    sent: list[Alert] = []
+    fake = FakeWorker()
     watch = WorkerWatch(settings, _alerts(settings, sent, clock), fake, clock=clock)
     return watch, fake, clock, sent
 
 
-def test_a_stream_silent_past_its_usual_gap_alerts_and_resolves(settings_factory) -> None:
-    watch, fake, clock, sent = _worker(settings_factory, system_stream_silent_min_seconds=5,
+def test_a_stream_silent_past_its_usual_gap_alerts_and_resolves(
+    offline_settings, clock
+) -> None:
+    watch, fake, clock, sent = _worker(offline_settings, clock, system_stream_silent_min_seconds=5,
                                        system_stream_silent_factor=3)
 
     def every_two_seconds() -> None:
@@ -110,8 +91,10 @@ def test_a_stream_silent_past_its_usual_gap_alerts_and_resolves(settings_factory
     assert sent[1].alert_id == sent[0].alert_id
 
 
-def test_lag_growing_for_the_window_alerts_and_resolves_when_it_falls(settings_factory) -> None:
-    watch, fake, clock, sent = _worker(settings_factory, system_lag_growing_seconds=10,
+def test_lag_growing_for_the_window_alerts_and_resolves_when_it_falls(
+    offline_settings, clock
+) -> None:
+    watch, fake, clock, sent = _worker(offline_settings, clock, system_lag_growing_seconds=10,
                                        system_lag_min_growth=100)
     lag = [0]
 
@@ -128,8 +111,10 @@ def test_lag_growing_for_the_window_alerts_and_resolves_when_it_falls(settings_f
     assert _kinds(sent)[1:] == [("system_lag_growing", "resolved")]
 
 
-def test_a_dead_letter_rate_above_the_threshold_alerts_and_resolves(settings_factory) -> None:
-    watch, fake, clock, sent = _worker(settings_factory, system_dead_letters_per_minute=30,
+def test_a_dead_letter_rate_above_the_threshold_alerts_and_resolves(
+    offline_settings, clock
+) -> None:
+    watch, fake, clock, sent = _worker(offline_settings, clock, system_dead_letters_per_minute=30,
                                        system_dead_letter_window_seconds=10)
     fake.letters = {"not_json": 3}  # 18 a minute: under
     _run(watch, clock, 2)
@@ -142,8 +127,10 @@ def test_a_dead_letter_rate_above_the_threshold_alerts_and_resolves(settings_fac
     assert _kinds(sent)[1:] == [("system_dead_letter_rate", "resolved")]
 
 
-def test_a_partition_that_does_not_move_with_messages_waiting_is_stuck(settings_factory) -> None:
-    watch, fake, clock, sent = _worker(settings_factory, system_partition_stuck_seconds=5)
+def test_a_partition_that_does_not_move_with_messages_waiting_is_stuck(
+    offline_settings, clock
+) -> None:
+    watch, fake, clock, sent = _worker(offline_settings, clock, system_partition_stuck_seconds=5)
     fake.parts = {("ct.scan", 0): (10, 0), ("ct.scan", 1): (7, 3)}
     _run(watch, clock, 5)
     assert sent == []
@@ -153,63 +140,6 @@ def test_a_partition_that_does_not_move_with_messages_waiting_is_stuck(settings_
     fake.parts[("ct.scan", 1)] = (8, 2)  # it moved
     _run(watch, clock, 1)
     assert _kinds(sent)[1:] == [("system_partition_stuck", "resolved")]
-
-
-def test_the_sink_behind_and_its_store_unreachable_alert_and_resolve(settings_factory) -> None:
-    settings = settings_factory(system_sink_behind_seconds=5,
-                                system_store_unreachable_seconds=2)
-    clock, sent = Clock(), []
-
-    class FakeSink:
-        behind_s: float | None = 1.0
-        failing: float | None = None
-        ok = True
-
-        def behind(self) -> tuple[float | None, int | None]:
-            return self.behind_s, 50
-
-        def store_failing(self) -> tuple[float | None, str, str]:
-            return self.failing, "scan_events", "connection refused"
-
-        def store_ok(self) -> bool:
-            return self.ok
-
-    sink = FakeSink()
-    watch = SinkWatch(settings, SystemAlerts(settings, "sink", "sink-a", sent.append, clock),
-                      sink)
-    watch.check()
-    sink.failing, sink.behind_s = 3.0, 6.0
-    watch.check()
-    assert sorted(_kinds(sent)) == [("system_sink_behind", "open"),
-                                    ("system_store_unreachable", "open")]
-    down = next(a for a in sent if a.kind == "system_store_unreachable")
-    assert down.severity == "critical" and "scan_events" in down.message
-    sink.failing, sink.behind_s = None, 0.1
-    watch.check()
-    assert sorted(_kinds(sent)[2:]) == [("system_sink_behind", "resolved"),
-                                        ("system_store_unreachable", "resolved")]
-
-
-def test_a_restarted_process_resolves_what_its_predecessor_opened(settings_factory) -> None:
-    settings = settings_factory()
-    clock, sent = Clock(), []
-    first = SystemAlerts(settings, "sink", "sink-a", sent.append, clock)
-    first.judge("system_store_unreachable", "", True, {"table": "t"})
-    assert list(remembered_open(settings, "sink")) == ["system_store_unreachable|sink-a"]
-    again = SystemAlerts(settings, "sink", "sink-a", sent.append, clock)
-    again.judge("system_store_unreachable", "", None, {})  # cannot tell: nothing changes
-    assert len(sent) == 1
-    again.judge("system_store_unreachable", "", False, {})
-    assert [a.status for a in sent] == ["open", "resolved"]
-    assert sent[0].alert_id == sent[1].alert_id
-    assert remembered_open(settings, "sink") == {}
-
-
-def test_every_system_kind_has_words_in_both_languages() -> None:
-    from ctower.streams.watch import ACTIONS, MESSAGES
-
-    for lang in ("zh", "en"):
-        assert set(MESSAGES[lang]) == set(SYSTEM_ALERT_KINDS) == set(ACTIONS[lang])
 
 
 def test_reading_partitions_during_a_recovery_loads_no_state(memory_table: Any) -> None:

@@ -1,4 +1,4 @@
-"""The collector settings the stream processes run with (streams/gc_tuning.py)."""
+"""The collector settings the stream processes run with (ctower/gc_tuning.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ctower.streams.gc_tuning import THRESHOLDS, gc_stats, pauses, tune_for_streaming
+from ctower.gc_tuning import THRESHOLDS, gc_stats, pauses, tune_for_streaming
 
 
 @pytest.fixture
