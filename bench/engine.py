@@ -169,9 +169,11 @@ def drain(
                 now = time.perf_counter()
                 if now - progressed > STALL_SECONDS:
                     tail = logs[0].read_text(errors="replace")[-3000:]
+                    where = (count.stall_report(log.parent)
+                             if isinstance(count, WorkerCounter) else "")
                     raise click.ClickException(
                         f"{command} counted nothing new in {STALL_SECONDS:.0f} s "
-                        f"({done_count:,} of {expected:,}):\n{tail}"
+                        f"({done_count:,} of {expected:,}){where}:\n{tail}"
                     )
                 time.sleep(0.1)
                 now_count = count()
@@ -217,6 +219,24 @@ class WorkerCounter:
         if events and not self.rules_caught_up():
             events -= 1  # not drained while the rules have re-keyed items left to apply
         return events
+
+    def stall_report(self, into: Path) -> str:
+        """Each worker's whole /stats/ in ``into/stall.<i>.json``, and where
+        partitions wait for an offset (what a stalled drain looks at first)."""
+        waits = []
+        for i, url in enumerate(self.urls):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    stats = json.load(answer)
+            except OSError as exc:
+                waits.append(f"worker {i}: no /stats/ ({exc})")
+                continue
+            (into / f"stall.{i}.json").write_text(json.dumps(stats, indent=1))
+            for topic, order in stats.get("offset_order", {}).items():
+                for partition, wait in order.get("waiting", {}).items():
+                    waits.append(f"worker {i}: {topic}[{partition}] waits for offset "
+                                 f"{wait['expected']} after {wait['seeks']} seeks")
+        return f"; stats in {into}/stall.*.json; " + ("; ".join(waits) or "no partition waits")
 
     def rules_caught_up(self) -> bool:
         decisions = self.last.get("decisions", {})

@@ -213,8 +213,19 @@ class OffsetOrder:
         self._waiting.pop(partition, None)
         self._last.pop(partition, None)
 
-    def stats(self) -> dict[str, int]:
-        return {"let_go": self.let_go, "seeks": self.seeks, "holes": self.holes}
+    def stats(self) -> dict[str, object]:
+        """Totals, and each partition waiting for its next offset: which offset,
+        for how long, after how many seeks (what a stalled partition shows)."""
+        now = self.clock()
+        waiting = {
+            str(partition): {
+                "expected": w.expected, "seeks": w.seeks,
+                "since_seek_s": None if w.seeks == 0 else round(now - w.sought_at, 1),
+            }
+            for partition, w in sorted(self._waiting.items())
+        }
+        return {"let_go": self.let_go, "seeks": self.seeks, "holes": self.holes,
+                "waiting": waiting}
 
 
 def let_go(consumer: ConsumerT, message: Message) -> None:

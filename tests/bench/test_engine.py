@@ -77,6 +77,20 @@ def test_result_takes_medians_over_reservation_runs_and_prints_the_documented_li
     assert decisions_result_line((1.0, 2.0, 3.0, math.inf)).endswith("alert_p99_ms=inf")
 
 
+class _Answer(io.BytesIO):
+    def __enter__(self) -> _Answer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+
+def _serve_stats(monkeypatch: pytest.MonkeyPatch, answers: list[dict[str, Any]]) -> None:
+    """The workers' /stats/ answers, in the order the bench asks."""
+    monkeypatch.setattr(bench_module.urllib.request, "urlopen",
+                        lambda *_a, **_k: _Answer(json.dumps(answers.pop(0)).encode()))
+
+
 def test_the_worker_is_not_drained_while_its_rules_have_items_left(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
 ) -> None:
@@ -89,15 +103,7 @@ def test_the_worker_is_not_drained_while_its_rules_have_items_left(
             "stock-moves": {"items": 40}, "lanes": {"items": 5}}},
     ]
 
-    class Answer(io.BytesIO):
-        def __enter__(self) -> Answer:
-            return self
-
-        def __exit__(self, *_: object) -> None:
-            return None
-
-    monkeypatch.setattr(bench_module.urllib.request, "urlopen",
-                        lambda *_a, **_k: Answer(json.dumps(answers.pop(0)).encode()))
+    _serve_stats(monkeypatch, answers)
     counter = WorkerCounter(Settings(data_dir=tmp_path))
     assert counter() == 99  # every event folded, but 10 stock moves not yet applied
     assert counter() == 100
@@ -118,17 +124,23 @@ def test_the_counter_of_two_workers_sums_them_and_waits_for_the_rules_of_both(
     answers = [one, other, one, {**other, "decisions": {
         **other["decisions"], "stock-moves": {"items": 30}}}]
 
-    class Answer(io.BytesIO):
-        def __enter__(self) -> Answer:
-            return self
-
-        def __exit__(self, *_: object) -> None:
-            return None
-
-    monkeypatch.setattr(bench_module.urllib.request, "urlopen",
-                        lambda *_a, **_k: Answer(json.dumps(answers.pop(0)).encode()))
+    _serve_stats(monkeypatch, answers)
     workers = [Settings(data_dir=tmp_path, worker_web_port=port) for port in (7001, 7002)]
     counter = WorkerCounter(workers)
     assert counter() == 99  # 35 of the 40 moves applied, though one worker applied more
     assert counter() == 100
     assert counter.last["decisions"]["moves_forwarded"] == 40
+
+
+def test_a_stalled_drain_says_which_partitions_wait_and_keeps_every_worker_s_stats(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    waiting = {"offset_order": {"scan": {"let_go": 5, "seeks": 3, "holes": 0, "waiting": {
+        "2": {"expected": 4100, "seeks": 3, "since_seek_s": 0.4}}}}}
+    idle = {"offset_order": {"scan": {"let_go": 0, "seeks": 0, "holes": 0, "waiting": {}}}}
+    _serve_stats(monkeypatch, [idle, waiting])
+    workers = [Settings(data_dir=tmp_path, worker_web_port=port) for port in (7001, 7002)]
+    report = WorkerCounter(workers).stall_report(tmp_path)
+    assert report.endswith("worker 1: scan[2] waits for offset 4100 after 3 seeks")
+    assert json.loads((tmp_path / "stall.1.json").read_text()) == waiting
+    assert json.loads((tmp_path / "stall.0.json").read_text()) == idle

@@ -136,7 +136,7 @@ def test_the_order_folds_every_offset_once_after_a_stale_prefetch(memory_table: 
     folded = deliver(order, proc, stale_prefetch_then_seek())
     assert folded[:19] == list(range(136, 155))
     assert scans_counted(proc) == 200
-    assert order.stats() == {"let_go": 17, "seeks": 0, "holes": 0}
+    assert order.stats() == {"let_go": 17, "seeks": 0, "holes": 0, "waiting": {}}
     assert consumer.seeks == []  # not settled: Faust seeks, not us
 
 
@@ -149,6 +149,8 @@ def test_a_settled_worker_seeks_back_and_again_while_the_seek_is_undone(
     deliver(order, proc, scans(range(10)))
     deliver(order, proc, scans(range(14, 18)))  # 10..13 went missing on the way
     assert consumer.seeks == [(0, 10)]  # once, not once a message
+    consumer.now += 0.5
+    assert order.stats()["waiting"] == {"0": {"expected": 10, "seeks": 1, "since_seek_s": 0.5}}
     # Faust's fetch loop, still draining an older batch, dropped what the seek
     # brought: later offsets keep coming, and after a while the seek is asked again
     deliver(order, proc, scans(range(18, 22)))
@@ -158,7 +160,7 @@ def test_a_settled_worker_seeks_back_and_again_while_the_seek_is_undone(
     assert consumer.seeks == [(0, 10), (0, 10)]
     deliver(order, proc, scans(range(10, 30)))  # what the second seek brings
     assert scans_counted(proc) == 30
-    assert order.stats() == {"let_go": 10, "seeks": 2, "holes": 0}
+    assert order.stats() == {"let_go": 10, "seeks": 2, "holes": 0, "waiting": {}}
     assert consumer.probes == []  # two seeks, then Kafka would have been asked
 
 
