@@ -12,13 +12,14 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ctower.settings import Settings
+from ctower.simulator.clock import pinned_start
 from ctower.simulator.truth import aggregate_truth, load_truth, store_minute_truth
 from ctower.store import open_store
 from ctower.tables.aggregates import AGGREGATES, STORE_MINUTE
@@ -235,9 +236,13 @@ def test_resent_events_count_once_in_every_window_family_across_a_kill(
     settings = settings_factory(idle_close_seconds=REPLAY_IDLE_CLOSE)
     sink, worker = start_pipeline(settings, ctower_process)
     truth_path = tmp_path / "truth.json"
-    # about two hours of events ending an hour ago: the last 15-minute window is
-    # closed by the idle close, not still open at the end of the test
-    start = (datetime.now(UTC) - timedelta(hours=3)).isoformat(timespec="seconds")
+    # events from noon China time, ending at least an hour ago: the last
+    # 15-minute window is closed by the idle close, not still open at the end of
+    # the test. Not "three hours ago": at night in China 40k events at 6/s
+    # reached hours into the future, and the simulator refused the run (CI at
+    # 16:35 UTC: "the worker never got going")
+    start_ms = pinned_start(40_000, 6, int(time.time() * 1000) - 3_600_000)
+    start = datetime.fromtimestamp(start_ms / 1000, UTC).isoformat(timespec="seconds")
     simulator = start_simulator(
         env_for(settings), 21, truth_path, "max", 40_000, 6,
         "--start", start, "--duplicates", "0.05",
