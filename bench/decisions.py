@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import math
 import multiprocessing
@@ -265,8 +264,7 @@ def run_background(
     """Send the simulator's events at ``rate`` per second for at most ``seconds``,
     re-timed to now; none of ``quiet_stores``' pickups. Runs in its own process;
     ``sent`` counts what was handed to the producer."""
-    from ctower.simulator.clock import pinned_start
-    from ctower.simulator.generator import SimConfig, Simulator
+    from ctower.simulator.generator import Simulator, pinned_config
     from ctower.simulator.items import encode_event
     from ctower.simulator.producer import KafkaSink
 
@@ -276,9 +274,7 @@ def run_background(
     n = 0
     try:
         while not stop.is_set():
-            config = SimConfig(seed=seed, events=int(rate * seconds) + 10_000)
-            start = pinned_start(config.events or 0, config.sim_rate, int(time.time() * 1000))
-            pool = Simulator(dataclasses.replace(config, start_ms=start))
+            pool = Simulator(pinned_config(seed, int(rate * seconds) + 10_000))
             for item in pool.items():
                 event = item.event
                 if event is None or item.late_ms:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import importlib
 import json
 import math
@@ -73,13 +72,10 @@ def produce(
 ) -> int:
     """The simulator's first ``events`` events (less the streams ``without``) on
     the run's topics, ``batch`` per message."""
-    from ctower.simulator.clock import pinned_start
-    from ctower.simulator.generator import SimConfig, Simulator
+    from ctower.simulator.generator import Simulator, pinned_config
     from ctower.simulator.producer import send
 
-    config = SimConfig(seed=seed, events=events)
-    start = pinned_start(events, config.sim_rate, int(time.time() * 1000))
-    items = Simulator(dataclasses.replace(config, start_ms=start)).items()
+    items = Simulator(pinned_config(seed, events)).items()
     if without:
         items = (item for item in items if item.stream not in without)
     with tqdm(total=events, desc=f"produce (batch {batch})", unit="ev", leave=False) as bar:

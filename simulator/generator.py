@@ -31,6 +31,7 @@ heap ties broken by a sequence number, ids derived from a run tag of
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import math
@@ -42,7 +43,14 @@ from typing import Any
 from ctower.schemas.events import Event
 from ctower.simulator import incidents as incident_kinds
 from ctower.simulator.chain import Chain, Store, build_chain
-from ctower.simulator.clock import cumulative_minutes, curve_at, now_ms, plan_end, plan_span
+from ctower.simulator.clock import (
+    cumulative_minutes,
+    curve_at,
+    now_ms,
+    pinned_start,
+    plan_end,
+    plan_span,
+)
 from ctower.simulator.coupons import Coupons
 from ctower.simulator.hooks import IncidentHooks
 from ctower.simulator.items import Item
@@ -83,6 +91,15 @@ class SimConfig:
     incidents: tuple[str, ...] = ()
     stores_per_region: int = 10
     n_skus: int = 600
+
+
+def pinned_config(seed: int, events: int) -> SimConfig:
+    """``events`` events of ``seed`` from noon China time on the latest past day
+    that fits (:func:`~ctower.simulator.clock.pinned_start`): what the benches
+    replay, the same hours whenever they run."""
+    config = SimConfig(seed=seed, events=events)
+    return dataclasses.replace(
+        config, start_ms=pinned_start(events, config.sim_rate, now_ms()))
 
 
 @dataclass(slots=True)
