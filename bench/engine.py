@@ -234,6 +234,12 @@ class WorkerCounter:
                                  f"{wait['expected']} after {wait['seeks']} seeks")
         return f"; stats in {into}/stall.*.json; " + ("; ".join(waits) or "no partition waits")
 
+    def unstuck(self) -> int:
+        """Seeks of partitions whose expected offset stood still while Kafka held
+        it (``streams/offset_order.py``), over every worker and topic."""
+        orders = self.last.get("offset_order", {})
+        return sum(int(order.get("unstuck", 0)) for order in orders.values())
+
     def rules_caught_up(self) -> bool:
         decisions = self.last.get("decisions", {})
         return all(
@@ -270,7 +276,9 @@ def _summed(answers: list[dict[str, Any]]) -> dict[str, Any]:
             for name, value in values.items():
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     into[name] = into.get(name, 0) + value
-                elif isinstance(value, dict) and name in ("stock-moves", "lanes"):
+                elif isinstance(value, dict) and (
+                    name in ("stock-moves", "lanes") or section == "offset_order"
+                ):
                     sub = into.setdefault(name, {})
                     for key, number in value.items():
                         if isinstance(number, int | float) and not isinstance(number, bool):
@@ -376,8 +384,14 @@ def scale_out(settings: Settings, workers: int, sent: int) -> Drain:
         })
         one.data_dir.mkdir(parents=True, exist_ok=True)
         every.append(one)
-    return drain(every, "worker", WorkerCounter(every), sent,
-                 settings.data_dir / f"workers{workers}.log")
+    counter = WorkerCounter(every)
+    drained = drain(every, "worker", counter, sent, settings.data_dir / f"workers{workers}.log")
+    unstuck = counter.unstuck()
+    if unstuck:
+        # a partition's messages went missing between the fetch and its agent
+        # around the hand-over, and the offset order sought them back
+        click.echo(f"  partitions sought back after standing still: {unstuck}")
+    return drained
 
 
 class BenchGroup(click.Group):

@@ -189,9 +189,23 @@ def _offset_order(
         # before it.
         intake.request_seek(tp, offset)
 
+    def ends() -> dict[int, int]:
+        consumer = app.consumer
+        found = {}
+        for tp in consumer.assignment():
+            if tp.topic != topic:
+                continue
+            try:
+                end = consumer.highwater(tp)
+            except Exception:  # revoked meanwhile: nothing to check
+                continue
+            if end is not None:
+                found[tp.partition] = end
+        return found
+
     return OffsetOrder(
         topic, position, settled, seek, kafka_first_offset(settings.bootstrap),
-        committed=_committed(app, topic),
+        committed=_committed(app, topic), ends=ends,
     )
 
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
@@ -52,6 +52,10 @@ RESEEK_SECONDS = 1.0
 """Between two seeks of a partition still getting messages ahead of their turn."""
 SEEKS_BEFORE_PROBE = 2
 """Seeks that did not bring the expected offset before Kafka is asked whether it exists."""
+STILL_SECONDS = 5.0
+"""A partition Kafka holds more of, whose expected offset has not moved for this
+long, is sought back to it. Long enough that a busy agent's queued lists are
+taken first (a needless seek costs a re-read, never a count)."""
 
 
 @dataclass(slots=True)
@@ -80,6 +84,7 @@ class OffsetOrder:
         first_offset: Callable[[TP, int], Awaitable[int | None]],
         clock: Callable[[], float] = time.monotonic,
         committed: Callable[[int], int | None] | None = None,
+        ends: Callable[[], Mapping[int, int]] | None = None,
     ) -> None:
         self.topic = topic
         self.position = position
@@ -92,16 +97,23 @@ class OffsetOrder:
         self.committed = committed
         """Partition -> the group's committed offset (where a fetch starts after an
         assignment; None: nothing committed, or not known)."""
+        self.ends = ends
+        """Each partition assigned here -> the offset after the last one Kafka
+        holds, as the consumer last saw it (None: no check for still partitions)."""
         self._last: dict[int, int] = {}
         """Partition -> the last offset admitted since it was assigned here."""
         self._waiting: dict[int, _Waiting] = {}
         self._floor: dict[int, int] = {}
         """Partition -> first offset after a hole Kafka confirmed."""
+        self._still: dict[int, tuple[int, float]] = {}
+        """Partition behind its end -> (expected offset, when it was first seen)."""
         self.let_go = 0
         """Messages that came ahead of their turn (they come again)."""
         self.seeks = 0
         self.holes = 0
         """Stretches of offsets Kafka does not have, stepped over."""
+        self.unstuck = 0
+        """Seeks of a partition whose expected offset stood still while Kafka held it."""
 
     def expected(self, partition: int) -> int:
         """The offset that must come next: the state's next one, or earlier while
@@ -192,6 +204,41 @@ class OffsetOrder:
             self.seeks += 1
             waiting.seeks += 1
             waiting.sought_at = now
+        if self.ends is not None:
+            await self._unstick(now)
+
+    async def _unstick(self, now: float) -> None:
+        """Seek a partition back to its expected offset when Kafka holds it and
+        it has not come for ``STILL_SECONDS`` (see the module's docstring)."""
+        assert self.ends is not None
+        ends = self.ends()
+        for partition in [p for p in self._still if p not in ends]:
+            del self._still[partition]
+        for partition, end in ends.items():
+            expected = self.expected(partition)
+            if end <= expected or partition in self._waiting:
+                self._still.pop(partition, None)  # caught up, or a seek is under way
+                continue
+            seen = self._still.get(partition)
+            if seen is None or seen[0] != expected:
+                self._still[partition] = (expected, now)
+                continue
+            tp = TP(self.topic, partition)
+            if now - seen[1] < STILL_SECONDS or not self.settled(tp):
+                continue
+            log.warning(
+                "%s:%d has waited %.0f s for offset %d while Kafka holds up to %d; "
+                "seeking back to it (its messages went missing on the way)",
+                self.topic, partition, now - seen[1], expected, end - 1,
+            )
+            try:
+                await self.seek(tp, expected)
+            except Exception:
+                log.warning("could not seek %s to %d", tp, expected, exc_info=True)
+                continue
+            self.seeks += 1
+            self.unstuck += 1
+            self._still[partition] = (expected, now)
 
     async def rewind(self, partition: int) -> None:
         """Seek the partition back to its next offset: messages let go for a
@@ -212,6 +259,7 @@ class OffsetOrder:
         partition's next fetch starts from the commit."""
         self._waiting.pop(partition, None)
         self._last.pop(partition, None)
+        self._still.pop(partition, None)
 
     def stats(self) -> dict[str, object]:
         """Totals, and each partition waiting for its next offset: which offset,
@@ -225,7 +273,7 @@ class OffsetOrder:
             for partition, w in sorted(self._waiting.items())
         }
         return {"let_go": self.let_go, "seeks": self.seeks, "holes": self.holes,
-                "waiting": waiting}
+                "unstuck": self.unstuck, "waiting": waiting}
 
 
 def let_go(consumer: ConsumerT, message: Message) -> None:

@@ -144,3 +144,19 @@ def test_a_stalled_drain_says_which_partitions_wait_and_keeps_every_worker_s_sta
     assert report.endswith("worker 1: scan[2] waits for offset 4100 after 3 seeks")
     assert json.loads((tmp_path / "stall.1.json").read_text()) == waiting
     assert json.loads((tmp_path / "stall.0.json").read_text()) == idle
+
+
+def test_the_counter_adds_up_the_partitions_each_worker_sought_back_after_standing_still(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What the two-worker bench prints when messages went missing on the way."""
+    def order(unstuck: int) -> dict[str, Any]:
+        return {"let_go": 0, "seeks": unstuck, "holes": 0, "unstuck": unstuck, "waiting": {}}
+
+    one = {"scan": {"events": 60}, "offset_order": {"scan": order(1), "coupon": order(2)}}
+    other = {"scan": {"events": 40}, "offset_order": {"scan": order(0), "coupon": order(4)}}
+    _serve_stats(monkeypatch, [one, other])
+    workers = [Settings(data_dir=tmp_path, worker_web_port=port) for port in (7001, 7002)]
+    counter = WorkerCounter(workers)
+    assert counter() == 100
+    assert counter.unstuck() == 7

@@ -25,6 +25,7 @@ from ctower.settings import Settings
 from ctower.streams.offset_order import (
     RESEEK_SECONDS,
     SEEKS_BEFORE_PROBE,
+    STILL_SECONDS,
     OffsetOrder,
     kafka_first_offset,
     let_go,
@@ -136,7 +137,7 @@ def test_the_order_folds_every_offset_once_after_a_stale_prefetch(memory_table: 
     folded = deliver(order, proc, stale_prefetch_then_seek())
     assert folded[:19] == list(range(136, 155))
     assert scans_counted(proc) == 200
-    assert order.stats() == {"let_go": 17, "seeks": 0, "holes": 0, "waiting": {}}
+    assert order.stats() == {"let_go": 17, "seeks": 0, "holes": 0, "unstuck": 0, "waiting": {}}
     assert consumer.seeks == []  # not settled: Faust seeks, not us
 
 
@@ -160,7 +161,7 @@ def test_a_settled_worker_seeks_back_and_again_while_the_seek_is_undone(
     assert consumer.seeks == [(0, 10), (0, 10)]
     deliver(order, proc, scans(range(10, 30)))  # what the second seek brings
     assert scans_counted(proc) == 30
-    assert order.stats() == {"let_go": 10, "seeks": 2, "holes": 0, "waiting": {}}
+    assert order.stats() == {"let_go": 10, "seeks": 2, "holes": 0, "unstuck": 0, "waiting": {}}
     assert consumer.probes == []  # two seeks, then Kafka would have been asked
 
 
@@ -360,3 +361,63 @@ def test_a_hole_in_a_replay_is_stepped_over_too(memory_table: Any) -> None:
         consumer.now += RESEEK_SECONDS
     assert consumer.probes == [10]
     assert deliver(order, proc, scans(range(15, 30))) == list(range(15, 30))
+
+
+def test_a_partition_whose_last_messages_went_missing_is_sought_back_once_it_stands_still(
+    memory_table: Any,
+) -> None:
+    """The two-worker bench stall: 10..13 were read by the fetch loop and never
+    reached the agent, and nothing came after them to ask for a seek. Kafka
+    holds up to 13 (its end is 14), so once the partition has stood still for
+    STILL_SECONDS it is sought back to 10; a partition at its end is not."""
+    proc = processor(memory_table)
+    consumer = Consumer(settled=True)
+    ends = {0: 14, 1: 0}
+    order = OffsetOrder(
+        TOPIC, proc.position, consumer.settled, consumer.seek, consumer.first_offset,
+        clock=lambda: consumer.now, ends=lambda: ends,
+    )
+    deliver(order, proc, scans(range(10)))
+
+    asyncio.run(order.retry())
+    consumer.now += STILL_SECONDS - 0.5
+    asyncio.run(order.retry())
+    assert consumer.seeks == []  # not still for long enough yet
+    consumer.now += 0.5
+    asyncio.run(order.retry())
+    assert consumer.seeks == [(0, 10)]
+    assert order.stats()["unstuck"] == 1
+    asyncio.run(order.retry())
+    assert consumer.seeks == [(0, 10)]  # not again at once
+
+    deliver(order, proc, scans(range(10, 14)))  # what the seek brings
+    assert scans_counted(proc) == 14
+    for _ in range(3):
+        consumer.now += STILL_SECONDS
+        asyncio.run(order.retry())
+    assert consumer.seeks == [(0, 10)]  # at its end now
+
+
+def test_a_partition_that_moves_or_waits_for_a_seek_is_not_sought_as_still(
+    memory_table: Any,
+) -> None:
+    """A busy partition whose expected offset keeps moving is left alone, and so
+    is one the offset order already seeks for (RESEEK_SECONDS does that)."""
+    proc = processor(memory_table)
+    consumer = Consumer(settled=True)
+    order = OffsetOrder(
+        TOPIC, proc.position, consumer.settled, consumer.seek, consumer.first_offset,
+        clock=lambda: consumer.now, ends=lambda: {0: 1_000},
+    )
+    for start in range(0, 100, 10):
+        deliver(order, proc, scans(range(start, start + 10)))
+        consumer.now += STILL_SECONDS - 1
+        asyncio.run(order.retry())
+    assert consumer.seeks == []
+    deliver(order, proc, scans(range(105, 107)))  # ahead of its turn: a seek to 100
+    assert consumer.seeks == [(0, 100)]
+    for _ in range(3):
+        consumer.now += STILL_SECONDS
+        asyncio.run(order.retry())
+    assert order.stats()["unstuck"] == 0
+    assert set(consumer.seeks) == {(0, 100)}  # the waiting partition's own re-seeks
