@@ -166,15 +166,6 @@ class Settings(BaseSettings):
         "<app_id>-coupons; what `ctower coupons serve` runs). Run aggregate and coupons "
         "side by side to keep reservations fast while the aggregation is saturated.",
     )
-    worker_nice: int | None = Field(
-        None,
-        ge=0,
-        le=19,
-        description="CPU niceness a worker lowers itself to at start (0 = as started, 19 = "
-        "yields the most). Unset = 10 for the aggregate role, so that on a shared host "
-        "a saturated aggregation gives way to `ctower coupons serve` and the broker, whose "
-        "answers someone waits for; 0 for the all and coupons roles.",
-    )
     worker_web_bind: str | None = Field(
         None,
         description="Address the worker web server listens on (0.0.0.0 in a container); "
@@ -542,13 +533,6 @@ class Settings(BaseSettings):
     def worker_bind(self) -> str:
         """Where the worker web server listens."""
         return self.worker_web_bind or self.worker_web_host
-
-    @property
-    def worker_niceness(self) -> int:
-        """The niceness a worker of this role runs at (see ``worker_nice``)."""
-        if self.worker_nice is not None:
-            return self.worker_nice
-        return 10 if self.worker_role == "aggregate" else 0
 
     @property
     def worker_url(self) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import faust
 
@@ -20,7 +19,6 @@ def run_worker(settings: Settings) -> None:
     from ctower.topics import ensure_topics, replication_of
 
     configure_logging(settings)
-    lower_priority(settings.worker_niceness)
     ensure_topics(settings)
     # Faust creates the changelogs itself and needs a number: the one the
     # cluster gave our topics (1 on the local broker, its default elsewhere)
@@ -41,19 +39,3 @@ def run_worker(settings: Settings) -> None:
     worker.spinner = None
     tune_for_streaming()
     worker.execute_from_commandline()
-
-
-def lower_priority(niceness: int) -> None:
-    """Run at ``niceness`` (never higher than the process started at).
-
-    An aggregation draining a backlog takes every cycle it gets; the coupon
-    service and the broker answer requests someone waits for. On a shared
-    host the kernel then gives them the core first (the decisions bench's
-    reservation p99 with one core busy was 162 ms with every process at 0).
-    Raising niceness needs no privilege; lowering it would, so a process
-    already nicer than asked stays as it is.
-    """
-    current = os.nice(0)
-    if niceness > current:
-        os.nice(niceness - current)
-        log.info("worker niceness %d (was %d)", niceness, current)

@@ -269,15 +269,3 @@ def test_a_bad_secret_file_names_the_variable(
 def test_a_password_in_a_store_url_is_masked_when_shown() -> None:
     shown = load_settings(store_dsn="http://reader:pw-in-url@db.example:8123").public_dict()
     assert "pw-in-url" not in json.dumps(shown)
-
-
-def test_an_aggregating_worker_yields_the_cpu_unless_told_otherwise(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    assert Settings(worker_role="aggregate").worker_niceness == 10
-    assert Settings(worker_role="coupons").worker_niceness == 0
-    assert Settings().worker_niceness == 0
-    assert Settings(worker_role="aggregate", worker_nice=0).worker_niceness == 0
-    monkeypatch.setenv("CTOWER_WORKER_NICE", "20")
-    with pytest.raises(SettingsError, match="CTOWER_WORKER_NICE"):
-        load_settings()

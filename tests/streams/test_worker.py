@@ -54,17 +54,3 @@ def _events(url: str) -> int:
             return sum(s.get("events", 0) for s in json.load(answer).values())
     except OSError:
         return 0
-
-
-def test_a_worker_lowers_its_priority_to_its_niceness_and_never_raises_it() -> None:
-    """Run in a child: niceness cannot be taken back in the test process."""
-    script = (
-        "import os\n"
-        "from ctower.streams.worker import lower_priority\n"
-        "lower_priority(7); a = os.nice(0)\n"
-        "lower_priority(3); b = os.nice(0)\n"
-        "print(a, b)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True, timeout=60).stdout.split()
-    assert out == ["7", "7"]
