@@ -174,9 +174,10 @@ class StockRulesEngine(RuleFamily):
         self.signal = signal
         self.level = level
         self.actions = actions
-        self._ahead: dict[int, list[tuple[int, str]]] = {}
-        """Per partition, (ts, key) of moves that arrived ahead of the clock: the key
-        is judged again when the clock reaches ts. Not persisted: the moves are in the
+        self._ahead: dict[int, list[tuple[int, str, bool]]] = {}
+        """Per partition, (ts, key, is a scan) of moves that arrived ahead of the clock:
+        the key is judged again when the clock reaches ts (a scan's only if it matters
+        then, as for a scan that arrives on time). Not persisted: the moves are in the
         key's state, so after a restart they count from the key's next evaluation."""
         self._trimmed: dict[str, int] = {}
         """Key -> the event minute it was last trimmed at (see :meth:`_trim`)."""
@@ -219,7 +220,9 @@ class StockRulesEngine(RuleFamily):
             state.put(partition, key, item)
             # looked up each time: an evaluation between two messages takes the set away
             if move.ts > now:
-                heapq.heappush(self._ahead.setdefault(partition, []), (move.ts, key))
+                heapq.heappush(
+                    self._ahead.setdefault(partition, []), (move.ts, key, move.kind == "scan")
+                )
             elif move.kind != "scan" or self._scan_matters(partition, key, item, now):
                 self.touch(partition, key)
         self.evaluate_if_time_passed(partition)
@@ -246,11 +249,26 @@ class StockRulesEngine(RuleFamily):
         )
 
     def due(self, partition: int, now: int) -> set[str]:
-        """The keys touched, and those whose moves from ahead the clock has reached."""
+        """The keys touched, and those whose moves from ahead the clock has reached.
+
+        A scan from ahead is asked :meth:`_scan_matters` once the clock reaches it,
+        as one that arrived on time is on arrival. Draining a backlog, nearly every
+        move arrives ahead of the clock (the slowest of a dozen sources), and judging
+        a key for each scan so was most of the rules' work: 163k judgements for 238k
+        moves of 300k events, against 300 for the keys touched on time."""
         keys = super().due(partition, now)
         ahead = self._ahead.get(partition)
+        unmoved: set[str] = set()  # keys whose scans do not matter now: asked once
         while ahead and ahead[0][0] <= now:
-            keys.add(heapq.heappop(ahead)[1])
+            _, key, scan = heapq.heappop(ahead)
+            if scan and key not in keys:
+                if key in unmoved:
+                    continue
+                item = self.state.get(partition, key)
+                if item is None or not self._scan_matters(partition, key, item, now):
+                    unmoved.add(key)
+                    continue
+            keys.add(key)
         return keys
 
     def pending(self) -> list[int]:
