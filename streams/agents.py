@@ -189,23 +189,13 @@ def _offset_order(
         # before it.
         intake.request_seek(tp, offset)
 
-    def ends() -> dict[int, int]:
-        consumer = app.consumer
-        found = {}
-        for tp in consumer.assignment():
-            if tp.topic != topic:
-                continue
-            try:
-                end = consumer.highwater(tp)
-            except Exception:  # revoked meanwhile: nothing to check
-                continue
-            if end is not None:
-                found[tp.partition] = end
-        return found
+    def fetched() -> dict[int, int]:
+        return {tp.partition: offset for tp, offset in intake.fetched.items()
+                if tp.topic == topic}
 
     return OffsetOrder(
         topic, position, settled, seek, kafka_first_offset(settings.bootstrap),
-        committed=_committed(app, topic), ends=ends,
+        committed=_committed(app, topic), fetched=fetched,
     )
 
 

@@ -72,6 +72,11 @@ class Intake:
         self.seeks: dict[TP, tuple[int, int]] = {}
         """Partition -> (offset, consumer generation) of a seek asked for and
         not made yet."""
+        self.fetched: dict[TP, int] = {}
+        """Partition -> the last offset the fetch loop took from Kafka since its
+        last seek, whatever became of the message: what tells a partition whose
+        messages went missing on the way (``streams/offset_order.py``) from one
+        not fetched yet."""
         self.sent: SentSoon | None = None
         """The producer's ``send_soon`` records, delivered before each commit (set by
         :meth:`install`)."""
@@ -198,6 +203,18 @@ class IntakeConsumer(AIOKafkaConsumer):
         )
         return committed
 
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Faust's revocation; what was read of the partitions goes with them."""
+        for tp in revoked:
+            self.intake.fetched.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
+    async def perform_seek(self) -> None:
+        """Faust's seek of every partition to its commit (a rebalance's recovery):
+        nothing is read since."""
+        self.intake.fetched.clear()
+        await super().perform_seek()
+
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
         # Faust's Consumer._drain_messages, with the registered topics put on
         # their agents' queues instead of awaited one by one through the callback.
@@ -205,6 +222,7 @@ class IntakeConsumer(AIOKafkaConsumer):
         getmany = self.getmany
         queues = self.intake.queues
         seeks = self.intake.seeks
+        fetched = self.intake.fetched
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
         get_read_offset = self._read_offset.__getitem__
@@ -225,6 +243,7 @@ class IntakeConsumer(AIOKafkaConsumer):
                     continue
                 batches: dict[str, list[Message]] = {}
                 async for tp, message in ait:
+                    fetched[tp] = message.offset
                     if seeks and tp in seeks and seeks[tp][1] == message.generation_id:
                         continue  # fetched before a seek asked for: comes again after it
                     offset = message.offset
@@ -289,6 +308,8 @@ class IntakeConsumer(AIOKafkaConsumer):
             return
         try:
             await self.seek_wait(due)
+            for tp, offset in due.items():
+                self.intake.fetched[tp] = offset - 1
         except Exception:
             # asked again before the next fetch, unless a rebalance came
             # meanwhile (its recovery seeks the partition then)

@@ -198,3 +198,29 @@ def test_a_seek_made_while_a_fetch_is_handed_over_is_undone() -> None:
     folded = asyncio.run(run())
     assert folded != list(range(LOG_END))
     assert len(folded) < LOG_END
+
+
+def test_the_fetch_loop_says_how_far_it_read_and_a_seek_takes_it_back() -> None:
+    """What the offset order tells a partition whose messages went missing on
+    the way from one not fetched yet by (``OffsetOrder`` seeks the first back):
+    the last offset the loop took from Kafka, whatever became of it."""
+
+    async def run() -> tuple[dict[TP, int], dict[TP, int]]:
+        intake = Intake(SimpleNamespace(consumer_generation_id=1))  # type: ignore[arg-type]
+        queue = intake.queues[TOPIC] = queue_of(4)
+        rig = FetchLoopRig(intake, position=0)
+
+        async def losing_agent() -> None:
+            while True:
+                await queue.get()  # every list lost on the way
+
+        task = asyncio.ensure_future(losing_agent())
+        fetcher = SimpleNamespace(_stopped=asyncio.Event())
+        await asyncio.wait_for(IntakeConsumer._drain_messages(rig, fetcher), 5)  # type: ignore[arg-type]
+        task.cancel()
+        read = dict(intake.fetched)
+        intake.request_seek(PARTITION, 40)
+        await rig._make_seeks()  # type: ignore[arg-type]
+        return read, dict(intake.fetched)
+
+    assert asyncio.run(run()) == ({PARTITION: LOG_END - 1}, {PARTITION: 39})
