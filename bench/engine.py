@@ -53,6 +53,9 @@ class Drain:
     rss_mb: float
     profile: list[tuple[str, float]] = field(default_factory=list)
     """Functions by share of own time while draining (py-spy), largest first."""
+    cpu_seconds: float = 0.0
+    """CPU time the processes used from the first event to the last: steadier than
+    the rate on shared cores, where waiting for a core shows as a lower rate."""
 
     @property
     def events_per_s(self) -> float:
@@ -65,6 +68,12 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a live process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def produce(
@@ -151,7 +160,7 @@ def drain(
         )
         for one, path in zip(every, logs, strict=True)
     ]
-    first = 0.0
+    first = cpu_first = 0.0
     done_count = 0
     sampler: Profile | None = None
     top: list[tuple[str, float]] = []
@@ -177,6 +186,7 @@ def drain(
                     continue
                 if now_count and not first:
                     first = time.perf_counter()
+                    cpu_first = sum(cpu_seconds(proc.pid) for proc in procs)
                     if profile:
                         sampler = Profile(procs[0].pid, logs[0].with_suffix(".pyspy.txt"))
                 if now_count > done_count:
@@ -184,13 +194,14 @@ def drain(
                 bar.update(now_count - done_count)
                 done_count = now_count
         done = time.perf_counter()
+        cpu = sum(cpu_seconds(proc.pid) for proc in procs) - cpu_first
         rss = max(peak_rss_mb(proc.pid) for proc in procs)
         if sampler is not None:
             top = sampler.stop()
     finally:
         for proc in procs:
             stop(proc)
-    return Drain(done_count, done - first, done - started, rss, top)
+    return Drain(done_count, done - first, done - started, rss, top, cpu)
 
 
 class WorkerCounter:
@@ -351,7 +362,7 @@ def measure_case(
                    profile=True)
     click.echo(f"  one worker: {worker.events_per_s:,.0f} events/s "
                f"(drained {worker.events:,} in {worker.total_seconds:.1f} s from start, "
-               f"peak RSS {worker.rss_mb:.0f} MB)")
+               f"peak RSS {worker.rss_mb:.0f} MB; {cpu_line(worker)})")
     if worker.profile:
         click.echo("  where the worker's time went (py-spy, own time, top 10):")
         for name, share in worker.profile[:10]:
@@ -361,7 +372,7 @@ def measure_case(
     if workers > 1:
         scaled = scale_out(settings, workers, sent)
         click.echo(f"  {workers} workers: {scaled.events_per_s:,.0f} events/s "
-                   f"(drained in {scaled.total_seconds:.1f} s from start), "
+                   f"(drained in {scaled.total_seconds:.1f} s from start; {cpu_line(scaled)}), "
                    f"{scaled.events_per_s / worker.events_per_s:.2f}x one worker")
     sink = None
     if with_sink:
@@ -371,6 +382,14 @@ def measure_case(
                    f"(drained in {sink.total_seconds:.1f} s from start, "
                    f"peak RSS {sink.rss_mb:.0f} MB)")
     return raw, worker, sink, scaled
+
+
+def cpu_line(drained: Drain) -> str:
+    """CPU per million events and the cores it kept busy: whether a worker waited
+    for a core (less than one) or for Kafka."""
+    per_million = drained.cpu_seconds * 1_000_000 / drained.events if drained.events else 0.0
+    cores = drained.cpu_seconds / drained.seconds if drained.seconds else 0.0
+    return f"{per_million:.1f} CPU s per million events, {cores:.2f} cores busy"
 
 
 def scale_out(settings: Settings, workers: int, sent: int) -> Drain:

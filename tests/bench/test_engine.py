@@ -160,3 +160,23 @@ def test_the_counter_adds_up_the_partitions_each_worker_sought_back_after_standi
     counter = WorkerCounter(workers)
     assert counter() == 100
     assert counter.unstuck() == 7
+
+
+def test_the_drain_reports_the_cpu_a_process_spent_and_the_cores_it_kept_busy() -> None:
+    import subprocess
+    import sys
+    import time
+
+    spin = "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.5:\n" \
+           "    pass\nprint('done', flush=True)\nsys.stdin.read()\n"
+    proc = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "done\n"
+        spent = bench_module.cpu_seconds(proc.pid)
+        time.sleep(0.3)  # waiting on stdin: no more CPU
+        assert 0.5 <= spent <= bench_module.cpu_seconds(proc.pid) < spent + 0.1
+    finally:
+        proc.communicate("", timeout=10)
+    drained = bench_module.Drain(2_000_000, 10.0, 12.0, 300.0, [], 8.0)
+    assert bench_module.cpu_line(drained) == "4.0 CPU s per million events, 0.80 cores busy"
