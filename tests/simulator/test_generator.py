@@ -8,7 +8,7 @@ import sys
 import textwrap
 import time
 from collections import Counter, defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
@@ -271,3 +271,15 @@ def test_active_campaign_raises_its_skus(day_run):
     share_in = inside["campaign"] / inside["all"]
     share_out = outside["campaign"] / outside["all"]
     assert share_in > 1.3 * share_out
+
+
+def test_a_run_ending_now_never_reaches_past_now_even_at_night():
+    """At 02:45 China time the plan for these events was 35 minutes out: the
+    last event came after now, and its windows stayed open through the
+    pipeline test (clean-clone CI at 18:20 UTC). The run stops at now instead,
+    a few events short of the budget."""
+    now = int(datetime(2026, 11, 19, 18, 45, tzinfo=UTC).timestamp() * 1000)
+    sim = Simulator(SimConfig(seed=11, events=20_000, sim_rate=4), now=now)
+    items = list(sim.items())
+    assert max(item.ts for item in items) <= now
+    assert 19_000 <= sum(item.units for item in items) < 20_000
