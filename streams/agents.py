@@ -162,7 +162,7 @@ def _agent_body(
                 processor.absorb(RawMessage(message.partition, message.offset, message.value))
                 pending.events.append(message)
                 if pending.due():
-                    await pending.settle()
+                    await pending.settle(wait=False)  # folds on while it is written
 
     agent.__name__ = f"{processor.stream}_agent"
     return agent

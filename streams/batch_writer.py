@@ -85,8 +85,11 @@ class BatchWriter:
         Returns once it is all there, including what a write already under way
         (a scheduled one) took: the lock is taken even with nothing new.
         """
-        pending, self.pending = self.pending, defaultdict(list)
         async with self._lock:
+            # taken under the lock: writers that queued behind a write go out
+            # as one (each taking its own share sent a batch per partition that
+            # waited for the previous one to leave: a round trip per settle)
+            pending, self.pending = self.pending, defaultdict(list)
             if not pending:
                 return  # what an earlier write took is in the producer now
             producer = self._producer()

@@ -52,5 +52,6 @@ class ControlTower:
         stats["dead_letter_outbox"] = {
             name: outbox.stats() for name, outbox in self.outboxes.items()
         }
+        stats["settle"] = {name: pending.stats() for name, pending in self.pending.items()}
         stats["gc"] = gc_stats()
         return stats

@@ -26,7 +26,7 @@ def install_upkeep(tower: ControlTower) -> None:
     async def close_idle_windows() -> None:
         recovered = tables_recovered(app)
         for name, pending in tower.pending.items():
-            if pending.events:
+            if pending.events or pending.in_flight:
                 await pending.settle()  # a quiet stream's last messages
             await pending.retry_dead_letters()
             for partition in pending.outbox.take_resumed():
@@ -45,7 +45,7 @@ def install_upkeep(tower: ControlTower) -> None:
 
     async def release_for_shutdown() -> None:
         for pending in tower.pending.values():
-            if pending.events:
+            if pending.events or pending.in_flight:
                 await pending.settle()
             # waiting for a dead letter: not acked, not in the way of the stop
             pending.let_go_waiting(app.consumer)

@@ -119,6 +119,85 @@ def test_held_batches_are_acked_only_after_the_timer_has_written_the_state() -> 
     assert pending.held == [9]  # settled after the timer took the held list
 
 
+def test_an_agent_folds_on_while_its_batch_is_written_and_acks_follow_the_writes() -> None:
+    """settle(wait=False) hands the write to a task: the agent goes on folding,
+    its messages are acked only once their write is done, in settle order, and
+    no more than WRITES_IN_FLIGHT settles are under way."""
+    processor = Processor()
+    gates: list[asyncio.Event] = []
+
+    async def write() -> None:
+        gate = asyncio.Event()
+        gates.append(gate)
+        await gate.wait()
+
+    pending = PendingAcks(processor, 10, 0.2, write, no_letters())  # type: ignore[arg-type]
+    consumer = pending.consumer = Consumer()
+    processor.durable = [True, True, True]
+
+    async def run() -> list[Any]:
+        seen = []
+        pending.events.extend([1, 2])  # type: ignore[arg-type]
+        await pending.settle(wait=False)  # returns with its write under way
+        seen.append((list(consumer.acked), len(pending.in_flight)))
+        pending.events.extend([3])  # type: ignore[arg-type]
+        second = asyncio.ensure_future(pending.settle(wait=False))
+        await asyncio.sleep(0.01)
+        seen.append((second.done(), list(consumer.acked)))  # two in flight: waits
+        gates[0].set()
+        await second
+        seen.append((list(consumer.acked), len(pending.in_flight)))
+        last = asyncio.ensure_future(pending.settle())  # the timer's: waits for all
+        await asyncio.sleep(0.01)
+        seen.append(last.done())
+        gates[1].set()
+        await last
+        seen.append((list(consumer.acked), len(pending.in_flight)))
+        return seen
+
+    assert asyncio.run(run()) == [
+        ([], 1), (False, []), ([1, 2], 1), False, ([1, 2, 3], 0),
+    ]
+
+
+def test_writers_queued_behind_a_write_go_out_as_one() -> None:
+    """What each settle added while another write held the writer goes in the
+    next write, whole: the writers behind it return without a write of their own."""
+    sent: list[list[bytes]] = []
+
+    class Producer:
+        def create_batch(self) -> Any:
+            return Batch()
+
+        async def send_batch(self, batch: Any, topic: str, partition: int) -> None:
+            sent.append(batch.values)
+            await asyncio.sleep(0.01)
+
+    class Batch:
+        def __init__(self) -> None:
+            self.values: list[bytes] = []
+
+        def append(self, key: Any, value: bytes, timestamp: Any) -> object:
+            self.values.append(value)
+            return object()
+
+    writer = BatchWriter(lambda: Producer())  # type: ignore[arg-type, return-value]
+
+    async def run() -> None:
+        writer.add("t", 0, b"k", b"a")
+        first = asyncio.ensure_future(writer.write())
+        await asyncio.sleep(0)  # the first write holds the writer
+        writes = []
+        for value in (b"b", b"c", b"d"):  # three settles, each starting its write
+            writer.add("t", 0, b"k", value)
+            writes.append(asyncio.ensure_future(writer.write()))
+            await asyncio.sleep(0)
+        await asyncio.gather(first, *writes)
+
+    asyncio.run(run())
+    assert sent == [[b"a"], [b"b", b"c", b"d"]]
+
+
 @pytest.fixture
 def layer(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, memory_table: Any
