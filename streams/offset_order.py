@@ -127,7 +127,8 @@ class OffsetOrder:
         self.holes = 0
         """Stretches of offsets Kafka does not have, stepped over."""
         self.unstuck = 0
-        """Seeks of a partition whose expected offset stood still while Kafka held it."""
+        """Seeks of a partition whose expected offset stood still after the fetch
+        loop had read it (see the module's docstring)."""
 
     def expected(self, partition: int) -> int:
         """The offset that must come next: the state's next one, or earlier while
