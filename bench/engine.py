@@ -246,8 +246,8 @@ class WorkerCounter:
         return f"; stats in {into}/stall.*.json; " + ("; ".join(waits) or "no partition waits")
 
     def unstuck(self) -> int:
-        """Seeks of partitions whose expected offset stood still while Kafka held
-        it (``streams/offset_order.py``), over every worker and topic."""
+        """Seeks of partitions whose expected offset stood still after the fetch
+        loop had read it (``streams/offset_order.py``), over every worker and topic."""
         orders = self.last.get("offset_order", {})
         return sum(int(order.get("unstuck", 0)) for order in orders.values())
 
