@@ -15,8 +15,8 @@ topics registered with an :class:`Intake` go in short lists
 the loop let run after each so the streams advance together; every other
 topic (the coupon service's) takes Faust's usual path. What Faust's stream did per message
 (tracking it as unacknowledged, acking it) the agent does itself, and the
-agent's offset order (``OffsetOrder``) already makes whatever a rebalance or a
-cleared queue drops come again in order.
+agent's offset order (``OffsetOrder``) already makes whatever a rebalance
+drops come again in order.
 
 What it costs in Faust conventions: these agents do not iterate their stream
 (``stream.events()``, ``stream.take()``, processors and sensors on the stream
@@ -90,12 +90,24 @@ class Intake:
         self.seeks[tp] = (offset, self.app.consumer_generation_id)
 
     def queue(self, topic: str) -> ThrowableQueue:
-        """Its agent's queue of fetched lists; cleared by Faust's flow control
-        when a rebalance starts, as its own agents' queues are."""
+        """Its agent's queue of fetched lists.
+
+        Not cleared by Faust's flow control, as its own agents' queues are: it
+        clears them on every ``resume()``, and a rebalance's recovery resumes
+        the flow twice, the second time only after its seek of every partition
+        to its commit (``perform_seek``). Whatever the fetch loop handed over
+        from the sought offsets while that seek was awaited was cleared, never
+        read again (the loop had read it) and never asked for again (nothing
+        came after it): the small topics' last messages of a two-worker bench
+        drain went so, and the partitions stood still until the offset order
+        sought them back (``streams/offset_order.py``). Lists left from before
+        a rebalance need no clearing: the agent drops what it takes while the
+        flow is suspended or of an earlier generation (:func:`fetched`).
+        """
         queue = self.queues.get(topic)
         if queue is None:
             queue = self.queues[topic] = self.app.FlowControlQueue(
-                maxsize=FETCHES_QUEUED, clear_on_resume=True,
+                maxsize=FETCHES_QUEUED, clear_on_resume=False,
             )
         return queue
 
@@ -267,6 +279,12 @@ class IntakeConsumer(AIOKafkaConsumer):
                             await sleep(0)
                             since_yield = 0
                         await self.wait_first(callback(message), suspended())
+                    if message.generation_id != self.app.consumer_generation_id:
+                        # a rebalance came while the loop waited (a commit, a
+                        # hand-over): its recovery sought the partition to its
+                        # commit, and this message's offset as the read one
+                        # would drop what the seek brings as read already
+                        break
                     set_read_offset(tp, offset)
                 for topic, messages in batches.items():
                     if not messages:

@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 
+import faust
 from faust.types import TP, Message
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
@@ -117,9 +118,12 @@ class FetchLoopRig:
             self.empty_fetches += 1
             if self.empty_fetches > 3:
                 self._stopped.set()
+        generation = self.app.consumer_generation_id
         for offset in range(first, self.position):
+            if self.app.consumer_generation_id != generation:
+                return  # Faust's getmany gives up the rest of a fetch so
             yield PARTITION, Message(
-                TOPIC, 0, offset, 0.0, 0, [], b"k", b"v", None, generation_id=1,
+                TOPIC, 0, offset, 0.0, 0, [], b"k", b"v", None, generation_id=generation,
             )
 
     async def seek_wait(self, partitions: dict[TP, int]) -> None:
@@ -137,16 +141,21 @@ class FetchLoopRig:
 
 
 async def fold_in_order(
-    rig: FetchLoopRig, queue: ThrowableQueue, seek: Callable[[int], Awaitable[None]]
+    rig: FetchLoopRig, queue: ThrowableQueue, seek: Callable[[int], Awaitable[None]],
+    asked: set[int] | None = None,
 ) -> list[int]:
     """Run the fetch loop and an agent that folds offsets in order and asks
-    once for a seek back when a message comes ahead of its turn."""
+    once for a seek back when a message comes ahead of its turn (the offsets
+    it asked for go in ``asked``); it drops a message of an earlier generation,
+    as the agents' ``fetched`` does."""
     folded: list[int] = []
-    asked: set[int] = set()
+    asked = set() if asked is None else asked
 
     async def agent() -> None:
         while True:
             for message in await queue.get():
+                if message.generation_id != rig.app.consumer_generation_id:
+                    continue
                 expected = len(folded)
                 if message.offset == expected:
                     folded.append(message.offset)
@@ -224,3 +233,67 @@ def test_the_fetch_loop_says_how_far_it_read_and_a_seek_takes_it_back() -> None:
         return read, dict(intake.fetched)
 
     assert asyncio.run(run()) == ({PARTITION: LOG_END - 1}, {PARTITION: 39})
+
+
+class RebalanceInCommitRig(FetchLoopRig):
+    """A commit the loop makes mid-fetch lasts a whole rebalance: the group's
+    generation moves on and the recovery seeks the partition to its commit."""
+
+    def __init__(self, intake: Intake, commit_at: int, committed: int) -> None:
+        super().__init__(intake, position=0)
+        self._commit_every = 1
+        self._n_acked = 1  # every message asks for a commit
+        self.commit_at = commit_at
+        self.committed = committed
+        self.handed = 0
+
+    async def commit(self) -> None:
+        self._n_acked = 1
+        self.handed += 1
+        if self.handed != self.commit_at:
+            return
+        self.app.consumer_generation_id += 1
+        self.intake.fetched.clear()
+        self.position = self.committed
+        self._read_offset[PARTITION] = self.committed
+
+
+def test_a_message_fetched_before_a_rebalance_does_not_move_the_read_offset() -> None:
+    """The loop waited in a commit while the group rebalanced. Taking the
+    message it held as read put the read offset past the recovery's seek, the
+    fetch from the commit dropped what came before it as read already, and
+    only a seek the agent asked for brought it back."""
+
+    async def run() -> tuple[list[int], set[int]]:
+        intake = Intake(SimpleNamespace(consumer_generation_id=1))  # type: ignore[arg-type]
+        queue = intake.queues[TOPIC] = queue_of(4)
+        rig = RebalanceInCommitRig(intake, commit_at=30, committed=10)
+        intake.app = rig.app  # type: ignore[assignment]
+        asked: set[int] = set()
+
+        async def ask(offset: int) -> None:
+            intake.request_seek(PARTITION, offset)
+
+        return await fold_in_order(rig, queue, ask, asked), asked
+
+    folded, asked = asyncio.run(run())
+    assert folded == list(range(LOG_END))
+    assert asked == set()  # the fetch from the commit brought every offset in turn
+
+
+def test_a_list_handed_over_while_the_recovery_seeks_outlives_the_flows_resume() -> None:
+    """A recovery resumes the flow after its seek of every partition to its
+    commit, and a resume clears the queues Faust's flow control manages: the
+    lists the loop handed over from the sought offsets meanwhile were lost,
+    and a partition with nothing after them stood still."""
+
+    async def run() -> int:
+        app = faust.App("intake-resume-test", broker="kafka://127.0.0.1:1")
+        intake = Intake(app)
+        queue = intake.queue(TOPIC)
+        app.flow_control.resume()  # the recovery's first resume (changelogs read)
+        queue.put_nowait([Message(TOPIC, 0, 7, 0.0, 0, [], b"k", b"v", None)])
+        app.flow_control.resume()  # after the seek of the streams' partitions
+        return queue.qsize()
+
+    assert asyncio.run(run()) == 1
