@@ -187,6 +187,13 @@ class Settings(BaseSettings):
     )
     batch_max_messages: int = Field(2_000, ge=1, description="Messages per processing batch.")
     batch_within_seconds: float = Field(0.2, gt=0, description="Longest wait to fill a batch.")
+    standby_replicas: int = Field(
+        0, ge=0, le=8,
+        description="Standby copies of each state partition kept warm by other workers "
+        "(Faust's table_standby_replicas). 0: a worker taking partitions over reads "
+        "their changelog; 1: it has them at once, but every worker applies every other "
+        "worker's state writes as they come.",
+    )
     ts_max_past_days: float = Field(
         400.0, gt=0, description="Events older than this are malformed (dead-lettered)."
     )

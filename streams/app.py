@@ -72,6 +72,9 @@ def build_app(settings: Settings, replication: int = 1) -> ControlTower:
         web_in_thread=False,
         stream_buffer_maxsize=max(4096, settings.batch_max_messages * 2),
         broker_session_timeout=10.0,  # a killed worker's partitions move on sooner
+        # each standby applies another worker's every state write, message by
+        # message on Faust's path (docs/operations.md, "Standby replicas")
+        table_standby_replicas=settings.standby_replicas,
         # a reservation waits for its ledger write: in the coupon role a record
         # goes out at once, elsewhere 5 ms of batching pays for the throughput
         producer_linger=0.005,

@@ -40,6 +40,7 @@ def test_kafka_bootstrap_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         ("CTOWER_STORE_DSN", "postgres://x", "CTOWER_STORE_DSN"),
         ("CTOWER_TOPIC_PREFIX", "bad prefix!", "CTOWER_TOPIC_PREFIX"),
         ("CTOWER_GRACE_SECONDS", "-1", "CTOWER_GRACE_SECONDS"),
+        ("CTOWER_STANDBY_REPLICAS", "-1", "CTOWER_STANDBY_REPLICAS"),
         ("CTOWER_LANGUAGE", "fr", "CTOWER_LANGUAGE"),
         ("CTOWER_WORKER_ADVERTISED_URL", "worker-1:6066", "CTOWER_WORKER_ADVERTISED_URL"),
         ("CTOWER_WORKER_WEB_BIND", "0.0.0.0/0", "CTOWER_WORKER_WEB_BIND"),
