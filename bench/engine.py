@@ -56,6 +56,9 @@ class Drain:
     cpu_seconds: float = 0.0
     """CPU time the processes used from the first event to the last: steadier than
     the rate on shared cores, where waiting for a core shows as a lower rate."""
+    broker_cpu_seconds: float | None = None
+    """CPU time the project's own broker used over the same span (None: a cluster
+    elsewhere): what the workers' writes and fetches cost on the shared cores."""
 
     @property
     def events_per_s(self) -> float:
@@ -74,6 +77,11 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a live process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_local_broker: list[int] = []
+"""The pid of the project's own broker while :func:`kafka_for` holds it up (a run's
+settings cannot find it: their data folder is the run's)."""
 
 
 def produce(
@@ -160,7 +168,8 @@ def drain(
         )
         for one, path in zip(every, logs, strict=True)
     ]
-    first = cpu_first = 0.0
+    first = cpu_first = broker_first = 0.0
+    broker = _local_broker[-1] if _local_broker else None
     done_count = 0
     sampler: Profile | None = None
     top: list[tuple[str, float]] = []
@@ -187,6 +196,7 @@ def drain(
                 if now_count and not first:
                     first = time.perf_counter()
                     cpu_first = sum(cpu_seconds(proc.pid) for proc in procs)
+                    broker_first = cpu_seconds(broker) if broker is not None else 0.0
                     if profile:
                         sampler = Profile(procs[0].pid, logs[0].with_suffix(".pyspy.txt"))
                 if now_count > done_count:
@@ -195,13 +205,14 @@ def drain(
                 done_count = now_count
         done = time.perf_counter()
         cpu = sum(cpu_seconds(proc.pid) for proc in procs) - cpu_first
+        broker_cpu = cpu_seconds(broker) - broker_first if broker is not None else None
         rss = max(peak_rss_mb(proc.pid) for proc in procs)
         if sampler is not None:
             top = sampler.stop()
     finally:
         for proc in procs:
             stop(proc)
-    return Drain(done_count, done - first, done - started, rss, top, cpu)
+    return Drain(done_count, done - first, done - started, rss, top, cpu, broker_cpu)
 
 
 class WorkerCounter:
@@ -386,10 +397,18 @@ def measure_case(
 
 def cpu_line(drained: Drain) -> str:
     """CPU per million events and the cores it kept busy: whether a worker waited
-    for a core (less than one) or for Kafka."""
-    per_million = drained.cpu_seconds * 1_000_000 / drained.events if drained.events else 0.0
+    for a core (less than one) or for Kafka; and the local broker's CPU per
+    million, which shares the cores (what bounds the scale-out on two)."""
+
+    def per_million(seconds: float) -> float:
+        return seconds * 1_000_000 / drained.events if drained.events else 0.0
+
     cores = drained.cpu_seconds / drained.seconds if drained.seconds else 0.0
-    return f"{per_million:.1f} CPU s per million events, {cores:.2f} cores busy"
+    line = (f"{per_million(drained.cpu_seconds):.1f} CPU s per million events, "
+            f"{cores:.2f} cores busy")
+    if drained.broker_cpu_seconds is not None:
+        line += f"; the broker {per_million(drained.broker_cpu_seconds):.1f} CPU s per million"
+    return line
 
 
 def scale_out(settings: Settings, workers: int, sent: int) -> Drain:
@@ -472,10 +491,14 @@ def kafka_for(settings: Settings) -> Iterator[None]:
     started_broker = broker is not None and not broker.status().running
     if broker is not None:
         broker.up()
+        pid = broker.status().pid
+        if pid is not None:
+            _local_broker.append(pid)
     click.echo(f"cores: {os.cpu_count()}, {load_average()}, Kafka: {settings.bootstrap}")
     try:
         yield
     finally:
+        _local_broker.clear()
         if started_broker and broker is not None:
             broker.down()
 

@@ -180,3 +180,7 @@ def test_the_drain_reports_the_cpu_a_process_spent_and_the_cores_it_kept_busy() 
         proc.communicate("", timeout=10)
     drained = bench_module.Drain(2_000_000, 10.0, 12.0, 300.0, [], 8.0)
     assert bench_module.cpu_line(drained) == "4.0 CPU s per million events, 0.80 cores busy"
+    with_broker = bench_module.Drain(2_000_000, 10.0, 12.0, 300.0, [], 8.0, 3.0)
+    assert bench_module.cpu_line(with_broker) == (
+        "4.0 CPU s per million events, 0.80 cores busy; the broker 1.5 CPU s per million"
+    )
