@@ -215,14 +215,41 @@ def drain(
     return Drain(done_count, done - first, done - started, rss, top, cpu, broker_cpu)
 
 
+def end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
+    """(stream, partition) -> its end offset: where a drain of the backlog ends."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    stream_of = {settings.topic(stream): stream for stream in STREAMS}
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None,
+                             enable_auto_commit=False, client_id="ctower-bench")
+    try:
+        tps = [TopicPartition(topic, p) for topic in stream_of
+               for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends: dict[Any, int] = consumer.end_offsets(tps)
+    finally:
+        consumer.close()
+    return {(stream_of[tp.topic], tp.partition): end for tp, end in ends.items()}
+
+
 class WorkerCounter:
     """Events the workers have folded, from their /stats/; keeps the last
-    answers so the bench can say what the rules wrote besides."""
+    answers so the bench can say what the rules wrote besides.
 
-    def __init__(self, settings: Settings | list[Settings]) -> None:
+    With ``ends`` (:func:`end_offsets`), the count stays below ``expected``
+    until every stream partition is folded to its end by some worker: a
+    partition folded again after it changed hands counts its events twice in
+    the sums (a three-worker drain once counted 501,398 of 500,000), so the
+    sums alone could end a drain early."""
+
+    def __init__(
+        self, settings: Settings | list[Settings],
+        ends: dict[tuple[str, int], int] | None = None, expected: int = 0,
+    ) -> None:
         every = settings if isinstance(settings, list) else [settings]
         self.urls = [f"http://127.0.0.1:{one.worker_web_port}/stats/" for one in every]
         self.last: dict[str, Any] = {}
+        self.ends = ends
+        self.expected = expected
 
     def __call__(self) -> int | None:
         answers = []
@@ -236,7 +263,22 @@ class WorkerCounter:
         events: int = sum(s.get("events", 0) for s in self.last.values() if isinstance(s, dict))
         if events and not self.rules_caught_up():
             events -= 1  # not drained while the rules have re-keyed items left to apply
+        if self.ends is not None and not self.at_the_ends(answers):
+            events = min(events, self.expected - 1)
         return events
+
+    def at_the_ends(self, answers: list[dict[str, Any]]) -> bool:
+        """Whether every stream partition with messages is folded to its last
+        offset by one of the workers (``positions`` in each stream's /stats/)."""
+        assert self.ends is not None
+        folded: dict[tuple[str, int], int] = {}
+        for answer in answers:
+            for stream, section in answer.items():
+                positions = section.get("positions") if isinstance(section, dict) else None
+                for partition, offset in (positions or {}).items():
+                    key = (stream, int(partition))
+                    folded[key] = max(folded.get(key, -1), offset)
+        return all(folded.get(key, -1) >= end - 1 for key, end in self.ends.items() if end)
 
     def stall_report(self, into: Path) -> str:
         """Each worker's whole /stats/ in ``into/stall.<i>.json``, and where
@@ -368,7 +410,7 @@ def measure_case(
     sent = produce(settings, events, batch, seed)
     raw = asyncio.run(bare_consume(settings, sent))
     click.echo(f"  bare aiokafka + decode: {raw.events_per_s:,.0f} events/s")
-    counter = WorkerCounter(settings)
+    counter = WorkerCounter(settings, end_offsets(settings), sent)
     worker = drain(settings, "worker", counter, sent, settings.data_dir / "worker.log",
                    profile=True)
     click.echo(f"  one worker: {worker.events_per_s:,.0f} events/s "
@@ -422,7 +464,7 @@ def scale_out(settings: Settings, workers: int, sent: int) -> Drain:
         })
         one.data_dir.mkdir(parents=True, exist_ok=True)
         every.append(one)
-    counter = WorkerCounter(every)
+    counter = WorkerCounter(every, end_offsets(settings), sent)
     drained = drain(every, "worker", counter, sent, settings.data_dir / f"workers{workers}.log")
     unstuck = counter.unstuck()
     if unstuck:

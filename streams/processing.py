@@ -168,4 +168,7 @@ class StreamProcessor:
             "windows_closed": self.state.windows_closed,
             "late_events": self.state.late_events,
             "replayed_skips": self.state.replayed_skips,
+            # how far each partition held here is folded: ``events`` counts a
+            # message again when a partition is folded again after a hand-over
+            "positions": {str(p): offset for p, offset in self.state.positions().items()},
         }

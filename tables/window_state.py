@@ -226,6 +226,10 @@ class WindowState:
         messages carry on (``streams/offset_order.py``)."""
         return self.partition(partition).last_offset
 
+    def positions(self) -> dict[int, int]:
+        """Each partition held here -> the last source offset folded in."""
+        return {partition: part.last_offset for partition, part in self._parts.items()}
+
     # --------------------------------------------------------------- updates
     def apply(self, partition: int, offset: int, contributions: Contributions) -> None:
         """Fold one message's contributions in, skipping keys that already hold it."""

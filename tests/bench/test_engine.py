@@ -132,6 +132,25 @@ def test_the_counter_of_two_workers_sums_them_and_waits_for_the_rules_of_both(
     assert counter.last["decisions"]["moves_forwarded"] == 40
 
 
+def test_a_drain_ends_only_once_every_partition_is_folded_to_its_end(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A partition that changed hands is folded again from its last commit, and
+    the sums count those events twice: here they reach 110 of 100 while scan[1]
+    is folded to offset 7 of 9."""
+    def answer(events: int, positions: dict[str, int]) -> dict[str, Any]:
+        return {"scan": {"events": events, "positions": positions}}
+
+    answers = [answer(70, {"0": 4}), answer(40, {"1": 7}),
+               answer(70, {"0": 4}), answer(42, {"1": 9})]
+    _serve_stats(monkeypatch, answers)
+    workers = [Settings(data_dir=tmp_path, worker_web_port=port) for port in (7001, 7002)]
+    ends = {("scan", 0): 5, ("scan", 1): 10, ("order", 0): 0}  # order[0] has no message
+    counter = WorkerCounter(workers, ends, expected=100)
+    assert counter() == 99
+    assert counter() == 112
+
+
 def test_a_stalled_drain_says_which_partitions_wait_and_keeps_every_worker_s_stats(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
