@@ -64,7 +64,11 @@ def test_local_up_status_down(
         assert "running    yes" in running.output and "answers    yes" in running.output
         assert str(tmp_path / "data" / "kafka" / "broker.log") in running.output
 
-        assert runner.invoke(kafka, ["topics"], env=env).output.strip() == "all topics exist"
+        # the last line: a loaded machine can log one bootstrap timeout of the
+        # admin client before its retry answers (seen in CI at 22:00 UTC)
+        again = runner.invoke(kafka, ["topics"], env=env)
+        assert again.exit_code == 0, again.output
+        assert again.output.strip().splitlines()[-1] == "all topics exist"
     finally:
         down = runner.invoke(kafka, ["down"], env=env)
     assert down.exit_code == 0, down.output
