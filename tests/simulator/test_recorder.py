@@ -60,10 +60,13 @@ def test_record_writes_every_message_once_and_replays_byte_for_byte(settings_fac
     )
     # the malformed incident's messages and the envelopes come back as raw lines
     # with what the decoder refuses in them; valid single events as event lines
-    # most of them: a run ending now stops at now, a few events short of its
-    # budget at night (2,887 valid single events at 06:00 China time, 2,900 was
-    # the bound before; the malformed incident takes the rest)
-    assert sum(1 for i in items if i.event is not None) >= 2800
+    # all but the malformed incident's of the first run's messages (those before
+    # the mark); not a fixed count: a run ending now stops at now, short of its
+    # budget at night (2,887 and 2,797 valid single events at 06:00 and 06:10
+    # China time failed fixed bounds in CI)
+    first_run = sum(1 for r in held if r.timestamp < mark)
+    assert first_run > 2000
+    assert sum(1 for i in items if i.event is not None) >= 0.9 * first_run
     assert any(i.rejections for i in items)
     assert any(i.event is None and not i.rejections and len(i.contained) > 1 for i in items)
 
