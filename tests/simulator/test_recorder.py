@@ -65,7 +65,7 @@ def test_record_writes_every_message_once_and_replays_byte_for_byte(settings_fac
     # budget at night (2,887 and 2,797 valid single events at 06:00 and 06:10
     # China time failed fixed bounds in CI)
     first_run = sum(1 for r in held if r.timestamp < mark)
-    assert first_run > 2000
+    assert first_run > 1000  # 2,684 at 06:23 China time, fewer each quarter hour then
     assert sum(1 for i in items if i.event is not None) >= 0.9 * first_run
     assert any(i.rejections for i in items)
     assert any(i.event is None and not i.rejections and len(i.contained) > 1 for i in items)
