@@ -59,6 +59,11 @@ class Drain:
     broker_cpu_seconds: float | None = None
     """CPU time the project's own broker used over the same span (None: a cluster
     elsewhere): what the workers' writes and fetches cost on the shared cores."""
+    finished_at: float = 0.0
+    """``time.perf_counter()`` at the last event."""
+    all_working_per_s: float | None = None
+    """Several workers: events per second once every one of them folds
+    (:meth:`WorkerCounter.all_working_rate`)."""
 
     @property
     def events_per_s(self) -> float:
@@ -212,7 +217,7 @@ def drain(
     finally:
         for proc in procs:
             stop(proc)
-    return Drain(done_count, done - first, done - started, rss, top, cpu, broker_cpu)
+    return Drain(done_count, done - first, done - started, rss, top, cpu, broker_cpu, done)
 
 
 def end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
@@ -250,6 +255,14 @@ class WorkerCounter:
         self.last: dict[str, Any] = {}
         self.ends = ends
         self.expected = expected
+        self.furthest: dict[tuple[str, int], int] = {}
+        """(stream, partition) -> the furthest offset any worker ever folded:
+        a worker reports only the partitions it holds, and one taken over is
+        folded again from its last commit, behind where the last owner was."""
+        self.all_folding: tuple[float, int] | None = None
+        """When every worker had folded its first events, and how many of the
+        backlog's events were folded by then (:meth:`backlog_folded`): the
+        start of the span where all of them work, after the group's join."""
 
     def __call__(self) -> int | None:
         answers = []
@@ -260,25 +273,48 @@ class WorkerCounter:
             except OSError:
                 return None
         self.last = _summed(answers)
-        events: int = sum(s.get("events", 0) for s in self.last.values() if isinstance(s, dict))
+        events = _events(self.last)
+        for key, offset in _positions(answers).items():
+            self.furthest[key] = max(self.furthest.get(key, -1), offset)
+        if self.all_folding is None and self.ends is not None and all(
+            _events(answer) for answer in answers
+        ):
+            self.all_folding = (time.perf_counter(), self.backlog_folded())
         if events and not self.rules_caught_up():
             events -= 1  # not drained while the rules have re-keyed items left to apply
-        if self.ends is not None and not self.at_the_ends(answers):
+        if self.ends is not None and not self.at_the_ends():
             events = min(events, self.expected - 1)
         return events
 
-    def at_the_ends(self, answers: list[dict[str, Any]]) -> bool:
+    def at_the_ends(self) -> bool:
         """Whether every stream partition with messages is folded to its last
         offset by one of the workers (``positions`` in each stream's /stats/)."""
         assert self.ends is not None
-        folded: dict[tuple[str, int], int] = {}
-        for answer in answers:
-            for stream, section in answer.items():
-                positions = section.get("positions") if isinstance(section, dict) else None
-                for partition, offset in (positions or {}).items():
-                    key = (stream, int(partition))
-                    folded[key] = max(folded.get(key, -1), offset)
+        folded = self.furthest
         return all(folded.get(key, -1) >= end - 1 for key, end in self.ends.items() if end)
+
+    def backlog_folded(self) -> int:
+        """The backlog's events folded by some worker, from the partitions'
+        positions (the share of the backlog's messages behind them): unlike the
+        summed ``events``, a partition folded again after it changed hands
+        does not count twice."""
+        assert self.ends is not None
+        folded = self.furthest
+        messages = sum(self.ends.values())
+        behind = sum(min(folded.get(key, -1) + 1, end) for key, end in self.ends.items())
+        return round(self.expected * behind / messages) if messages else 0
+
+    def all_working_rate(self, drained: Drain) -> float | None:
+        """Events per second from the moment every worker had folded to the end
+        of ``drained`` (None if that moment never came, or came at the end):
+        the group's throughput once its join is over, which the whole drain
+        dilutes (one worker drains alone until the other is in; the group then
+        stands still while partitions change hands)."""
+        if self.all_folding is None or not drained.finished_at:
+            return None
+        at, folded = self.all_folding
+        seconds = drained.finished_at - at
+        return (drained.events - folded) / seconds if seconds > 0.5 else None
 
     def stall_report(self, into: Path) -> str:
         """Each worker's whole /stats/ in ``into/stall.<i>.json``, and where
@@ -324,6 +360,22 @@ class WorkerCounter:
             "lane records": decisions.get("lane_records", 0),
         }
         return ", ".join(f"{kind} {n / max(events, 1):.3f}" for kind, n in kinds.items())
+
+
+def _events(answer: dict[str, Any]) -> int:
+    return sum(s.get("events", 0) for s in answer.values() if isinstance(s, dict))
+
+
+def _positions(answers: list[dict[str, Any]]) -> dict[tuple[str, int], int]:
+    """(stream, partition) -> the furthest offset any worker folded."""
+    folded: dict[tuple[str, int], int] = {}
+    for answer in answers:
+        for stream, section in answer.items():
+            positions = section.get("positions") if isinstance(section, dict) else None
+            for partition, offset in (positions or {}).items():
+                key = (stream, int(partition))
+                folded[key] = max(folded.get(key, -1), offset)
+    return folded
 
 
 def _summed(answers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -427,6 +479,10 @@ def measure_case(
         click.echo(f"  {workers} workers: {scaled.events_per_s:,.0f} events/s "
                    f"(drained in {scaled.total_seconds:.1f} s from start; {cpu_line(scaled)}), "
                    f"{scaled.events_per_s / worker.events_per_s:.2f}x one worker")
+        if scaled.all_working_per_s:
+            click.echo(f"  {workers} workers once every one folds (the join over): "
+                       f"{scaled.all_working_per_s:,.0f} events/s, "
+                       f"{scaled.all_working_per_s / worker.events_per_s:.2f}x one worker")
     sink = None
     if with_sink:
         sink = drain(settings, "sink", store_counter(settings), sent,
@@ -471,6 +527,7 @@ def scale_out(settings: Settings, workers: int, sent: int) -> Drain:
         # a partition's messages went missing between the fetch and its agent
         # around the hand-over, and the offset order sought them back
         click.echo(f"  partitions sought back after standing still: {unstuck}")
+    drained.all_working_per_s = counter.all_working_rate(drained)
     return drained
 
 
@@ -598,6 +655,7 @@ def throughput(
             settings, "batched", events, batch, seed, not no_sink, workers
         )
     ratio = worker.events_per_s / raw.events_per_s if raw.events_per_s else 0.0
+    joined = (scaled.all_working_per_s or 0.0) if scaled else worker.events_per_s
     # in a fresh process: memory freed by the runs above would hide the growth
     measure = "from ctower.bench.engine import dedup_memory_mb; print(dedup_memory_mb())"
     dedup_mb = float(subprocess.run(
@@ -608,7 +666,8 @@ def throughput(
         f"RESULT events_per_s={worker.events_per_s:.0f} raw_events_per_s={raw.events_per_s:.0f} "
         f"ratio={ratio:.3f} rss_mb={worker.rss_mb:.0f} dedup_mb_per_million={dedup_mb:.0f} "
         f"single_events_per_s={single:.0f} "
-        f"scale_out={scaled.events_per_s / worker.events_per_s if scaled else 1.0:.2f}"
+        f"scale_out={scaled.events_per_s / worker.events_per_s if scaled else 1.0:.2f} "
+        f"scale_out_joined={joined / worker.events_per_s:.2f}"
     )
 
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from ctower.bench import engine as bench_module
 from ctower.bench.decisions import AlertRun, percentile
-from ctower.bench.engine import WorkerCounter, decisions_result, decisions_result_line
+from ctower.bench.engine import Drain, WorkerCounter, decisions_result, decisions_result_line
 from ctower.cli import cli
 from ctower.settings import Settings
 
@@ -149,6 +149,34 @@ def test_a_drain_ends_only_once_every_partition_is_folded_to_its_end(
     counter = WorkerCounter(workers, ends, expected=100)
     assert counter() == 99
     assert counter() == 112
+
+
+def test_the_group_s_rate_once_joined_counts_the_backlog_behind_the_furthest_folds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Worker 0 folds alone, then hands scan[1] to worker 1, which folds it
+    again from its last commit: the partition stays counted where worker 0
+    had got to, so neither the refold nor worker 0's silence on scan[1]
+    inflates the rate measured from the moment both fold."""
+    def answer(events: int, positions: dict[str, int]) -> dict[str, Any]:
+        return {"scan": {"events": events, "positions": positions}}
+
+    answers = [answer(60, {"0": 3, "1": 5}), answer(0, {}),  # worker 1 not in yet
+               answer(60, {"0": 3}), answer(10, {"1": 1}),  # both fold: scan[1] refolded
+               answer(100, {"0": 9}), answer(110, {"1": 9})]  # at the ends
+    _serve_stats(monkeypatch, answers)
+    workers = [Settings(data_dir=tmp_path, worker_web_port=port) for port in (7001, 7002)]
+    counter = WorkerCounter(workers, {("scan", 0): 10, ("scan", 1): 10}, expected=200)
+    assert counter() == 60
+    assert counter.all_folding is None
+    assert counter() == 70
+    assert counter.all_folding is not None
+    joined_at, folded = counter.all_folding
+    assert folded == 100  # offsets 0-3 and 0-5 of 10 each: 10 of 20 messages
+    assert counter() == 210
+    drained = Drain(200, 9.0, 10.0, 0.0, finished_at=joined_at + 2.0)
+    assert counter.all_working_rate(drained) == pytest.approx(50.0)
+    assert counter.all_working_rate(Drain(200, 9.0, 10.0, 0.0)) is None  # never finished
 
 
 def test_a_stalled_drain_says_which_partitions_wait_and_keeps_every_worker_s_stats(
