@@ -33,6 +33,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -59,11 +60,12 @@ class Drain:
     broker_cpu_seconds: float | None = None
     """CPU time the project's own broker used over the same span (None: a cluster
     elsewhere): what the workers' writes and fetches cost on the shared cores."""
-    finished_at: float = 0.0
-    """``time.perf_counter()`` at the last event."""
     all_working_per_s: float | None = None
-    """Several workers: events per second once every one of them folds
+    """Several workers: events per second while every one of them folds
     (:meth:`WorkerCounter.all_working_rate`)."""
+    heaviest_share: float | None = None
+    """Several workers: the largest share of the backlog's messages in the
+    partitions one worker held at the end (a half each is balanced)."""
 
     @property
     def events_per_s(self) -> float:
@@ -217,23 +219,16 @@ def drain(
     finally:
         for proc in procs:
             stop(proc)
-    return Drain(done_count, done - first, done - started, rss, top, cpu, broker_cpu, done)
+    return Drain(done_count, done - first, done - started, rss, top, cpu, broker_cpu)
 
 
 def end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     """(stream, partition) -> its end offset: where a drain of the backlog ends."""
-    from kafka import KafkaConsumer, TopicPartition
+    from ctower.topics import end_offsets as topic_ends
 
     stream_of = {settings.topic(stream): stream for stream in STREAMS}
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None,
-                             enable_auto_commit=False, client_id="ctower-bench")
-    try:
-        tps = [TopicPartition(topic, p) for topic in stream_of
-               for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        ends: dict[Any, int] = consumer.end_offsets(tps)
-    finally:
-        consumer.close()
-    return {(stream_of[tp.topic], tp.partition): end for tp, end in ends.items()}
+    return {(stream_of[topic], p): end
+            for (topic, p), end in topic_ends(settings.bootstrap, stream_of).items()}
 
 
 class WorkerCounter:
@@ -249,6 +244,7 @@ class WorkerCounter:
     def __init__(
         self, settings: Settings | list[Settings],
         ends: dict[tuple[str, int], int] | None = None, expected: int = 0,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         every = settings if isinstance(settings, list) else [settings]
         self.urls = [f"http://127.0.0.1:{one.worker_web_port}/stats/" for one in every]
@@ -259,10 +255,12 @@ class WorkerCounter:
         """(stream, partition) -> the furthest offset any worker ever folded:
         a worker reports only the partitions it holds, and one taken over is
         folded again from its last commit, behind where the last owner was."""
-        self.all_folding: tuple[float, int] | None = None
-        """When every worker had folded its first events, and how many of the
-        backlog's events were folded by then (:meth:`backlog_folded`): the
-        start of the span where all of them work, after the group's join."""
+        self.clock = clock
+        self._answers: list[dict[str, Any]] = []
+        self.history: list[tuple[float, list[int], int]] = []
+        """(time, each worker's events folded, :meth:`backlog_folded`) at each
+        count, with ``ends``: when every worker folds, and when the first ran
+        out of work."""
 
     def __call__(self) -> int | None:
         answers = []
@@ -272,14 +270,14 @@ class WorkerCounter:
                     answers.append(json.load(answer))
             except OSError:
                 return None
+        self._answers = answers
         self.last = _summed(answers)
         events = _events(self.last)
         for key, offset in _positions(answers).items():
             self.furthest[key] = max(self.furthest.get(key, -1), offset)
-        if self.all_folding is None and self.ends is not None and all(
-            _events(answer) for answer in answers
-        ):
-            self.all_folding = (time.perf_counter(), self.backlog_folded())
+        if self.ends is not None:
+            each = [_events(answer) for answer in answers]
+            self.history.append((self.clock(), each, self.backlog_folded()))
         if events and not self.rules_caught_up():
             events -= 1  # not drained while the rules have re-keyed items left to apply
         if self.ends is not None and not self.at_the_ends():
@@ -304,17 +302,44 @@ class WorkerCounter:
         behind = sum(min(folded.get(key, -1) + 1, end) for key, end in self.ends.items())
         return round(self.expected * behind / messages) if messages else 0
 
-    def all_working_rate(self, drained: Drain) -> float | None:
-        """Events per second from the moment every worker had folded to the end
-        of ``drained`` (None if that moment never came, or came at the end):
-        the group's throughput once its join is over, which the whole drain
-        dilutes (one worker drains alone until the other is in; the group then
-        stands still while partitions change hands)."""
-        if self.all_folding is None or not drained.finished_at:
+    def all_working_rate(self) -> float | None:
+        """Events of the backlog per second while every worker folds: from the
+        moment the last one folded its first events to the moment the first
+        one folded its last (None if that span is under a second).
+
+        The whole drain mixes this with the join (one worker drains alone
+        until the other is in, then the group stands still while partitions
+        change hands) and with the skew of the keys: once the lighter worker's
+        partitions are at their ends it idles while the other finishes."""
+        history = self.history
+        start = next((i for i, (_, each, _) in enumerate(history) if all(each)), None)
+        if start is None:
             return None
-        at, folded = self.all_folding
-        seconds = drained.finished_at - at
-        return (drained.events - folded) / seconds if seconds > 0.5 else None
+        last_growth = [history[start][0]] * len(history[start][1])
+        for (_, before, _), (at, each, _) in pairwise(history[start:]):
+            for worker, (then, now) in enumerate(zip(before, each, strict=True)):
+                if now > then:
+                    last_growth[worker] = at
+        end = min(last_growth)
+        began, _, folded_then = history[start]
+        folded_at_end = max(folded for at, _, folded in history if at <= end)
+        seconds = end - began
+        return (folded_at_end - folded_then) / seconds if seconds >= 1.0 else None
+
+    def heaviest_share(self) -> float | None:
+        """The largest share of the backlog's messages in the partitions one
+        worker held at the end: how evenly the keys' hashes split the work."""
+        if self.ends is None or not self._answers:
+            return None
+        owner: dict[tuple[str, int], tuple[int, int]] = {}  # partition -> (offset, worker)
+        for worker, answer in enumerate(self._answers):
+            for key, offset in _positions([answer]).items():
+                if offset > owner.get(key, (-1, 0))[0]:
+                    owner[key] = (offset, worker)
+        held = [0] * len(self._answers)
+        for key, (_, worker) in owner.items():
+            held[worker] += self.ends.get(key, 0)
+        return max(held) / sum(held) if sum(held) else None
 
     def stall_report(self, into: Path) -> str:
         """Each worker's whole /stats/ in ``into/stall.<i>.json``, and where
@@ -480,9 +505,11 @@ def measure_case(
                    f"(drained in {scaled.total_seconds:.1f} s from start; {cpu_line(scaled)}), "
                    f"{scaled.events_per_s / worker.events_per_s:.2f}x one worker")
         if scaled.all_working_per_s:
-            click.echo(f"  {workers} workers once every one folds (the join over): "
+            click.echo(f"  {workers} workers while every one folds: "
                        f"{scaled.all_working_per_s:,.0f} events/s, "
-                       f"{scaled.all_working_per_s / worker.events_per_s:.2f}x one worker")
+                       f"{scaled.all_working_per_s / worker.events_per_s:.2f}x one worker "
+                       f"(one worker's partitions held "
+                       f"{scaled.heaviest_share or 0:.0%} of the backlog)")
     sink = None
     if with_sink:
         sink = drain(settings, "sink", store_counter(settings), sent,
@@ -527,7 +554,8 @@ def scale_out(settings: Settings, workers: int, sent: int) -> Drain:
         # a partition's messages went missing between the fetch and its agent
         # around the hand-over, and the offset order sought them back
         click.echo(f"  partitions sought back after standing still: {unstuck}")
-    drained.all_working_per_s = counter.all_working_rate(drained)
+    drained.all_working_per_s = counter.all_working_rate()
+    drained.heaviest_share = counter.heaviest_share()
     return drained
 
 
@@ -667,7 +695,7 @@ def throughput(
         f"ratio={ratio:.3f} rss_mb={worker.rss_mb:.0f} dedup_mb_per_million={dedup_mb:.0f} "
         f"single_events_per_s={single:.0f} "
         f"scale_out={scaled.events_per_s / worker.events_per_s if scaled else 1.0:.2f} "
-        f"scale_out_joined={joined / worker.events_per_s:.2f}"
+        f"scale_out_parallel={joined / worker.events_per_s:.2f}"
     )
 
 

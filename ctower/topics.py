@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from kafka import KafkaAdminClient
@@ -120,6 +121,22 @@ def ensure_topics(settings: Settings, timeout: float = 30) -> list[str]:
     finally:
         with contextlib.suppress(Exception):
             admin.close()
+
+
+def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the offset its next message will get, for every
+    partition of ``topics``: where a reader of what is there now stops."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             enable_auto_commit=False, client_id="ctower-ends")
+    try:
+        tps = [TopicPartition(topic, p) for topic in topics
+               for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends: dict[Any, int] = consumer.end_offsets(tps) if tps else {}
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): end for tp, end in ends.items()}
 
 
 def replication_of(settings: Settings, timeout: float = 30) -> int:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from ctower.bench import engine as bench_module
 from ctower.bench.decisions import AlertRun, percentile
-from ctower.bench.engine import Drain, WorkerCounter, decisions_result, decisions_result_line
+from ctower.bench.engine import WorkerCounter, decisions_result, decisions_result_line
 from ctower.cli import cli
 from ctower.settings import Settings
 
@@ -151,32 +151,55 @@ def test_a_drain_ends_only_once_every_partition_is_folded_to_its_end(
     assert counter() == 112
 
 
-def test_the_group_s_rate_once_joined_counts_the_backlog_behind_the_furthest_folds(
+def test_the_group_s_rate_is_measured_while_every_worker_folds_from_the_furthest_offsets(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Worker 0 folds alone, then hands scan[1] to worker 1, which folds it
-    again from its last commit: the partition stays counted where worker 0
-    had got to, so neither the refold nor worker 0's silence on scan[1]
-    inflates the rate measured from the moment both fold."""
+    again from its last commit, then runs out of work while worker 1 goes on.
+    The rate counts the backlog behind the furthest offsets (scan[1] stays
+    counted where worker 0 had got to) from the moment both fold to the
+    moment the first one stops."""
     def answer(events: int, positions: dict[str, int]) -> dict[str, Any]:
         return {"scan": {"events": events, "positions": positions}}
 
     answers = [answer(60, {"0": 3, "1": 5}), answer(0, {}),  # worker 1 not in yet
-               answer(60, {"0": 3}), answer(10, {"1": 1}),  # both fold: scan[1] refolded
-               answer(100, {"0": 9}), answer(110, {"1": 9})]  # at the ends
+               answer(60, {"0": 3}), answer(10, {"1": 1}),  # both fold: scan[1] again
+               answer(100, {"0": 9}), answer(40, {"1": 6}),  # worker 0 at its end
+               answer(100, {"0": 9}), answer(110, {"1": 9})]  # worker 1 at its end
     _serve_stats(monkeypatch, answers)
+    times = iter([0.0, 10.0, 14.0, 20.0])
     workers = [Settings(data_dir=tmp_path, worker_web_port=port) for port in (7001, 7002)]
-    counter = WorkerCounter(workers, {("scan", 0): 10, ("scan", 1): 10}, expected=200)
-    assert counter() == 60
-    assert counter.all_folding is None
-    assert counter() == 70
-    assert counter.all_folding is not None
-    joined_at, folded = counter.all_folding
-    assert folded == 100  # offsets 0-3 and 0-5 of 10 each: 10 of 20 messages
-    assert counter() == 210
-    drained = Drain(200, 9.0, 10.0, 0.0, finished_at=joined_at + 2.0)
-    assert counter.all_working_rate(drained) == pytest.approx(50.0)
-    assert counter.all_working_rate(Drain(200, 9.0, 10.0, 0.0)) is None  # never finished
+    counter = WorkerCounter(workers, {("scan", 0): 10, ("scan", 1): 10}, expected=200,
+                            clock=lambda: next(times))
+    assert [counter(), counter(), counter(), counter()] == [60, 70, 140, 210]
+    # offsets 0-3 and 0-5 of 10 each when both fold (10 of 20 messages: 100
+    # events), 0-9 and 0-6 when worker 0 stops (17 of 20: 170 events), 4 s apart
+    assert counter.all_working_rate() == pytest.approx((170 - 100) / 4)
+    assert counter.heaviest_share() == pytest.approx(0.5)  # 10 messages each
+
+
+def test_the_heaviest_share_is_the_backlog_in_the_partitions_one_worker_holds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Worker 0 still reports scan[1] at offset 4, from before it handed it to
+    worker 1, which folded it to its end: scan[1] is worker 1's."""
+    _serve_stats(monkeypatch, [{"scan": {"events": 9, "positions": {"0": 9, "1": 4}}},
+                               {"scan": {"events": 9, "positions": {"1": 29, "2": 19}}}])
+    workers = [Settings(data_dir=tmp_path, worker_web_port=port) for port in (7001, 7002)]
+    ends = {("scan", 0): 10, ("scan", 1): 30, ("scan", 2): 20}
+    counter = WorkerCounter(workers, ends, expected=60)
+    counter()
+    assert counter.heaviest_share() == pytest.approx(50 / 60)
+
+
+def test_no_rate_while_every_worker_folds_when_one_never_folded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _serve_stats(monkeypatch, [{"scan": {"events": 50, "positions": {"0": 9}}}, {}])
+    workers = [Settings(data_dir=tmp_path, worker_web_port=port) for port in (7001, 7002)]
+    counter = WorkerCounter(workers, {("scan", 0): 10}, expected=50)
+    assert counter() == 50
+    assert counter.all_working_rate() is None
 
 
 def test_a_stalled_drain_says_which_partitions_wait_and_keeps_every_worker_s_stats(

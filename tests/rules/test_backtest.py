@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -21,6 +20,7 @@ from ctower.simulator.command import simulate
 from ctower.simulator.items import Item, wire_value
 from ctower.simulator.jsonl import JsonlWriter
 from ctower.simulator.recorder import record_command
+from ctower.topics import end_offsets
 
 MINUTE = 60_000
 MASTER = MasterData(
@@ -132,20 +132,12 @@ def test_identical_rules_show_an_empty_diff_and_a_throttle_change_shows_decision
 
 
 def _topic_offsets(settings: Settings) -> dict[tuple[str, int], int]:
-    from kafka import TopicPartition
-
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap)
     try:
-        tps = [
-            TopicPartition(topic, p)
-            for topic in sorted(consumer.topics())
-            if topic.startswith(settings.topic_prefix)
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        ends: dict[Any, int] = consumer.end_offsets(tps)
-        return {(tp.topic, tp.partition): n for tp, n in ends.items()}
+        topics = sorted(t for t in consumer.topics() if t.startswith(settings.topic_prefix))
     finally:
         consumer.close()
+    return end_offsets(settings.bootstrap, topics)
 
 
 @pytest.mark.kafka

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer
 
 from ctower.schemas.migrations import apply_migrations
 from ctower.settings import Settings
 from ctower.sinks.clickhouse.sink import ClickHouseSink
 from ctower.store import open_store
+from ctower.topics import end_offsets
 
 pytestmark = pytest.mark.kafka
 
@@ -59,16 +60,6 @@ def committed(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
     finally:
         admin.close()
     return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
-
-
-def end_offsets(bootstrap: str, topic: str) -> dict[tuple[str, int], int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        ends = consumer.end_offsets(parts)
-    finally:
-        consumer.close()
-    return {(tp.topic, tp.partition): end for tp, end in ends.items()}
 
 
 async def drain(sink: ClickHouseSink, messages: int, timeout: float = 60) -> None:
@@ -320,7 +311,7 @@ def test_revoked_partitions_are_flushed_and_committed_before_they_move(
             await until(lambda: a.stats.rows["scan_events"] == 2000, task_a,
                         "the revocation to flush sink A", timeout=30)
             group = committed(settings.bootstrap, a.group_id)
-            assert group == end_offsets(settings.bootstrap, topic)
+            assert group == end_offsets(settings.bootstrap, [topic])
 
             await asyncio.to_thread(
                 produce, settings.bootstrap,
@@ -495,8 +486,7 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
     # Restart, let it drain, stop it with SIGTERM (drain and commit).
     second = sink_process(settings, log)
     try:
-        ends = {**end_offsets(bootstrap, topics["scan_events"]),
-                **end_offsets(bootstrap, topics["inventory_events"])}
+        ends = end_offsets(bootstrap, [topics["scan_events"], topics["inventory_events"]])
         assert sum(ends.values()) == len(messages)
 
         def all_committed() -> bool:
