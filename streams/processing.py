@@ -152,6 +152,12 @@ class StreamProcessor:
             return self.after_flush() is not False
         return True
 
+    def forget_seen(self) -> None:
+        """Identities past the horizon go from the partitions no batch touched
+        (once a second, from the upkeep: :meth:`flush` covers the others)."""
+        if self.seen is not None:
+            self.seen.forget_past_horizon(self.state.owns)
+
     def drop(self, partition: int) -> None:
         """Forget a partition given to another worker (its state moves with it)."""
         self.state.drop(partition)

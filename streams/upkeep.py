@@ -1,8 +1,9 @@
 """What runs beside the agents: once a second, at a revocation, at the stop.
 
 Once a second a quiet stream's last batch settles, dead letters are tried
-again, windows close on idle time, recovered partitions are adopted and the
-rules' state is written (the rules' batches are acked with that write). A
+again, windows close on idle time, a quiet partition forgets the identities
+past the horizon, recovered partitions are adopted and the rules' state is
+written (the rules' batches are acked with that write). A
 revocation persists and acks everything first, then lets the partitions go.
 """
 
@@ -36,6 +37,7 @@ def install_upkeep(tower: ControlTower) -> None:
             if recovered:
                 processor.state.adopt(active_partitions(app, tower.window_tables[stream]))
             processor.state.tick(caught_up=_caught_up(app, processor.topic))
+            processor.forget_seen()
         if recovered and decisions is not None:
             decisions.adopt(active_partitions(app, decisions.table))
             decisions.tick()

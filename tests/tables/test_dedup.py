@@ -160,3 +160,24 @@ def test_nothing_a_replay_may_need_is_forgotten_before_it_is_committed(memory_ta
     committed[0] = 2  # "far" committed: a replay starts after it; "a" may go
     seen.flush(0)
     assert seen.size == 1
+
+
+def test_a_quiet_partition_forgets_past_the_horizon_once_its_offsets_are_committed(
+    memory_table,
+) -> None:
+    """A small stream read to its end before the first commit got no batch to
+    flush after it: its identities stayed until its next message. The
+    worker's once-a-second call forgets them, in the partitions it owns."""
+    committed: dict[int, int | None] = {0: None, 1: None}
+    seen = SeenEvents(memory_table, horizon_ms=5 * BUCKET_MS, budget=SeenBudget(10_000),
+                      committed=committed.get)
+    for partition in (0, 1):
+        seen.filter(partition, 0, [scan(f"a{partition}", ts=T0)])
+        seen.filter(partition, 1, [scan(f"far{partition}", ts=T0 + 60 * BUCKET_MS)])
+        seen.flush(partition)
+    assert seen.size == 4  # nothing committed when the batches were flushed
+    committed.update({0: 2, 1: 2})  # the commit comes after the partitions went quiet
+    assert seen.forget_past_horizon(lambda partition: partition == 0) == 1
+    assert seen.size == 3  # "a0" went; partition 1 is not this worker's to tidy
+    kept, resent = seen.filter(0, 2, [scan("far0", ts=T0 + 60 * BUCKET_MS)])
+    assert ids(kept) == [] and len(resent) == 1  # within the horizon: still a re-send
