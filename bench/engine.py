@@ -683,7 +683,7 @@ def throughput(
             settings, "batched", events, batch, seed, not no_sink, workers
         )
     ratio = worker.events_per_s / raw.events_per_s if raw.events_per_s else 0.0
-    joined = (scaled.all_working_per_s or 0.0) if scaled else worker.events_per_s
+    parallel = (scaled.all_working_per_s or 0.0) if scaled else worker.events_per_s
     # in a fresh process: memory freed by the runs above would hide the growth
     measure = "from ctower.bench.engine import dedup_memory_mb; print(dedup_memory_mb())"
     dedup_mb = float(subprocess.run(
@@ -695,7 +695,7 @@ def throughput(
         f"ratio={ratio:.3f} rss_mb={worker.rss_mb:.0f} dedup_mb_per_million={dedup_mb:.0f} "
         f"single_events_per_s={single:.0f} "
         f"scale_out={scaled.events_per_s / worker.events_per_s if scaled else 1.0:.2f} "
-        f"scale_out_parallel={joined / worker.events_per_s:.2f}"
+        f"scale_out_parallel={parallel / worker.events_per_s:.2f}"
     )
 
 

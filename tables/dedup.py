@@ -230,9 +230,7 @@ class SeenEvents:
             return
         if part.new:
             self._write_new(partition, part)
-        replayable = self._replayable_newest(partition, part)
-        if replayable is not None:
-            self._forget(partition, part, replayable - self.horizon_ms)
+        self._forget_past_horizon(partition, part)
         self.budget.enforce()
 
     def forget_past_horizon(self, owns: Callable[[int], bool]) -> int:
@@ -245,14 +243,16 @@ class SeenEvents:
         its end before the first commit, and every one of its identities was
         still held at the end (47k of the inventory stream's in a 1M-event
         drain). The worker calls this once a second."""
-        forgotten = 0
-        for partition, part in self._parts.items():
-            if not owns(partition):
-                continue
-            replayable = self._replayable_newest(partition, part)
-            if replayable is not None:
-                forgotten += self._forget(partition, part, replayable - self.horizon_ms)
-        return forgotten
+        return sum(
+            self._forget_past_horizon(partition, part)
+            for partition, part in self._parts.items() if owns(partition)
+        )
+
+    def _forget_past_horizon(self, partition: int, part: _Partition) -> int:
+        replayable = self._replayable_newest(partition, part)
+        if replayable is None:
+            return 0
+        return self._forget(partition, part, replayable - self.horizon_ms)
 
     def _replayable_newest(self, partition: int, part: _Partition) -> int | None:
         """The newest event time of the messages a replay would not read again."""
