@@ -118,7 +118,9 @@ class AlertRun:
     sent_events_per_s: float = 0.0
     """Background events sent per second while the probes ran."""
     consumed_events_per_s: float = 0.0
-    """Events the worker processed per second while the probes ran."""
+    """Events the workers processed per second while the probes ran (the
+    aggregation's and, in the production split, the coupon server's: the
+    coupon stream is the coupon server's alone)."""
     seconds: float = 0.0
 
     def with_misses(self) -> list[float]:
@@ -248,13 +250,17 @@ class _Prober:
         return True
 
 
-async def _worker_events(session: aiohttp.ClientSession, url: str) -> int | None:
-    try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as answer:
-            stats = await answer.json()
-    except (aiohttp.ClientError, TimeoutError, ValueError):
-        return None
-    return sum(int(stats.get(stream, {}).get("events", 0)) for stream in STREAMS)
+async def _worker_events(session: aiohttp.ClientSession, urls: list[str]) -> int | None:
+    """Events folded by the workers at ``urls``, summed (None: one did not answer)."""
+    total = 0
+    for url in urls:
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as answer:
+                stats = await answer.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        total += sum(int(stats.get(stream, {}).get("events", 0)) for stream in STREAMS)
+    return total
 
 
 def run_background(
@@ -306,7 +312,7 @@ def run_background(
 
 async def _run(
     settings: Settings, rate: int, seconds: float, probes: int, seed: int, batch: int,
-    warmup: float, alert_timeout: float,
+    warmup: float, alert_timeout: float, also_counted: list[Settings],
 ) -> AlertRun:
     assert settings.master_data_file is not None
     master = load_master_data(settings.master_data_file)
@@ -336,7 +342,8 @@ async def _run(
     prober = _Prober(settings, producer, f"probe{int(time.time())}")
     reader_ready = asyncio.Event()
     reader = asyncio.create_task(prober.alerts.read(settings, reader_ready))
-    stats_url = f"http://{settings.worker_web_host}:{settings.worker_web_port}/stats/"
+    stats_urls = [f"http://{one.worker_web_host}:{one.worker_web_port}/stats/"
+                  for one in [settings, *also_counted]]
     run = AlertRun(probes=probes, alert_timeout=alert_timeout)
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -354,7 +361,7 @@ async def _run(
             await asyncio.sleep(max(0.0, warmup - PREFILL_GAP))
             if not background.is_alive():
                 raise BenchError(f"the background producer exited ({background.exitcode})")
-            consumed_from = await _worker_events(session, stats_url)
+            consumed_from = await _worker_events(session, stats_urls)
             sent_from = sent.value
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -387,7 +394,7 @@ async def _run(
                 await asyncio.sleep(max(0.0, started + seconds - loop.time()))
                 run.seconds = loop.time() - started
                 sent_to = sent.value
-                consumed_to = await _worker_events(session, stats_url)
+                consumed_to = await _worker_events(session, stats_urls)
                 await asyncio.gather(*tasks)
             run.sent_events_per_s = (sent_to - sent_from) / run.seconds
             if consumed_from is not None and consumed_to is not None:
@@ -417,9 +424,13 @@ def bench_alert_latency(
     batch: int = 100,
     warmup: float = 10.0,
     alert_timeout: float = 10.0,
+    also_counted: list[Settings] | None = None,
 ) -> AlertRun:
     """Probe the running worker of ``settings`` ``probes`` times over ``seconds``
     while a background producer sends ``rate`` events/s (``batch`` per message).
+    The events processed are counted over that worker and ``also_counted``
+    (the coupon server of the production split, which alone takes the coupon
+    stream: counted without it, a worker keeping up looked 5% behind).
 
     ``settings.master_data_file`` must be the worker's, from the simulator's
     chain of ``seed`` (the probes use its stores and capacities). Raises
@@ -430,7 +441,8 @@ def bench_alert_latency(
         raise BenchError("rate, seconds and probes must be positive")
     if settings.master_data_file is None:
         raise BenchError("the probes need the worker's CTOWER_MASTER_DATA_FILE (store capacities)")
-    return asyncio.run(_run(settings, rate, seconds, probes, seed, batch, warmup, alert_timeout))
+    return asyncio.run(_run(settings, rate, seconds, probes, seed, batch, warmup, alert_timeout,
+                            also_counted or []))
 
 
 def summary(run: AlertRun) -> str:
@@ -444,7 +456,7 @@ def summary(run: AlertRun) -> str:
         + f", {len(run.early)} early, {run.skipped} skipped (no store free), "
           f"{run.late_starts} started late, {run.stray_alerts} stray alerts",
         f"  background while probing: {run.sent_events_per_s:,.0f} events/s sent, "
-        f"{run.consumed_events_per_s:,.0f} events/s processed by the worker",
+        f"{run.consumed_events_per_s:,.0f} events/s processed by the workers",
     ]
     if run.missed:
         lines.append(

@@ -952,7 +952,8 @@ def _decisions_pass(
             click.echo(f"\n[event to alert] {probes} probes over {seconds:g} s, background "
                        f"{event_rate:,} events/s ({batch} per message)")
             run = bench_alert_latency(settings, event_rate, seconds, probes, seed, batch,
-                                      alert_timeout=alert_timeout)
+                                      alert_timeout=alert_timeout,
+                                      also_counted=[coupon_settings])
             click.echo(f"  {worker_gc(settings)}")
     except BenchError as exc:
         raise click.ClickException(f"{exc}\n(worker log: {log})") from None
