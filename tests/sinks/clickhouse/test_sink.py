@@ -308,8 +308,10 @@ def test_revoked_partitions_are_flushed_and_committed_before_they_move(
             assert committed(settings.bootstrap, a.group_id) == {}
 
             task_b = asyncio.create_task(b.run(stop_b))
-            await until(lambda: a.stats.rows["scan_events"] == 2000, task_a,
-                        "the revocation to flush sink A", timeout=30)
+            # The rows count as soon as the insert returns; the commit is the
+            # await after it, so the broker is asked only once it is counted.
+            await until(lambda: a.stats.rows["scan_events"] == 2000 and a.stats.commits == 1,
+                        task_a, "the revocation to flush and commit sink A", timeout=30)
             group = committed(settings.bootstrap, a.group_id)
             assert group == end_offsets(settings.bootstrap, [topic])
 
