@@ -11,6 +11,12 @@ core busy elsewhere), that delay is in the latency as well, and
 :attr:`ReservationRun.client_late_ms` says how much of it there was, so a
 tail can be told apart from the worker's.
 
+The server's own share is read from its ``/metrics`` before and after the
+timed requests (the ``ctower_reservation_seconds`` histogram: from the
+handler's start to its answer, the wait for Kafka's acknowledgement
+included). A tail that the handler does not have is outside it: the client,
+the loop's queue in front of the handler, the cores.
+
 The campaigns get a policy with a cap far above what the run can reach, so
 every request does the full work of a grant: check every cap, count, and
 wait until Kafka has acknowledged the count.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 import urllib.error
@@ -27,6 +34,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
 from ctower.coupons.policy import publish_policy
@@ -50,6 +58,48 @@ class ReservationRun:
     client_late_ms: list[float] = field(default_factory=list)
     """Due -> the request's task started: the client's own delay, per request."""
     failures: dict[str, int] = field(default_factory=dict)
+    handler_buckets: dict[float, float] | None = None
+    """The server's reservation histogram over the timed requests: bucket bound
+    (s) -> requests handled within it; None when /metrics did not answer."""
+
+    def handler_within(self, bound_s: float) -> float | None:
+        """Share of the timed requests the server's handler answered within ``bound_s``
+        (a bucket bound of the histogram)."""
+        buckets = self.handler_buckets
+        if not buckets or not buckets.get(math.inf):
+            return None
+        return buckets.get(bound_s, math.nan) / buckets[math.inf]
+
+    def handler_p99_bound(self) -> float | None:
+        """The smallest bucket bound (s) within which the handler answered 99%."""
+        buckets = self.handler_buckets
+        if not buckets or not buckets.get(math.inf):
+            return None
+        total = buckets[math.inf]
+        return min(bound for bound, count in buckets.items() if count >= 0.99 * total)
+
+
+RESERVATION_HISTOGRAM = "ctower_reservation_seconds"
+
+
+def reservation_buckets(exposition: str) -> dict[float, float]:
+    """Bucket bound (s) -> cumulative count of the reservation histogram in a
+    Prometheus exposition (empty when it has none)."""
+    for family in text_string_to_metric_families(exposition):
+        if family.name == RESERVATION_HISTOGRAM:
+            return {float(sample.labels["le"]): sample.value for sample in family.samples
+                    if sample.name == f"{RESERVATION_HISTOGRAM}_bucket"}
+    return {}
+
+
+async def _scrape(session: aiohttp.ClientSession, url: str) -> dict[float, float] | None:
+    try:
+        async with session.get(url) as answer:
+            if answer.status != 200:
+                return None
+            return reservation_buckets(await answer.text())
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
 
 
 def bench_campaigns(campaigns: int) -> list[str]:
@@ -127,6 +177,8 @@ async def _fire(
         # warm-up: connections opened and code paths hot before the clock starts
         await asyncio.gather(*(one(url, body, loop.time(), None) for url, body in plan[:200]))
         failures.clear()
+        metrics_url = f"http://{settings.worker_web_host}:{settings.worker_web_port}/metrics"
+        before = await _scrape(session, metrics_url)
         tasks: list[asyncio.Task[None]] = []
         with tqdm(total=total, unit="req", desc=f"reserve @ {rate}/s", leave=False) as progress:
             start = loop.time() + 0.05
@@ -141,6 +193,11 @@ async def _fire(
                 if sent < total:
                     await asyncio.sleep(max(0.0, start + sent / rate - loop.time()))
             await asyncio.gather(*tasks)
+        after = await _scrape(session, metrics_url)
+        if before is not None and after:
+            run.handler_buckets = {
+                bound: count - before.get(bound, 0.0) for bound, count in after.items()
+            }
     return run
 
 

@@ -16,7 +16,12 @@ from click.testing import CliRunner
 
 from ctower.bench import engine as bench_module
 from ctower.bench.decisions import AlertRun, percentile
-from ctower.bench.engine import WorkerCounter, decisions_result, decisions_result_line
+from ctower.bench.engine import (
+    WorkerCounter,
+    decisions_result,
+    decisions_result_line,
+    run_p99s,
+)
 from ctower.cli import cli
 from ctower.settings import Settings
 
@@ -75,6 +80,9 @@ def test_result_takes_medians_over_reservation_runs_and_prints_the_documented_li
         "RESULT reserve_p50_ms=5.0 reserve_p99_ms=6.0 alert_p50_ms=50.5 alert_p99_ms=99.0"
     )
     assert decisions_result_line((1.0, 2.0, 3.0, math.inf)).endswith("alert_p99_ms=inf")
+    # the median hides the drain's run: each run's p99 is printed too, in run order
+    assert run_p99s(runs) == "3.0 / 29.8 / 6.0"
+    assert run_p99s([]) == "none"
 
 
 class _Answer(io.BytesIO):
