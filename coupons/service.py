@@ -65,6 +65,7 @@ from ctower.schemas.events import Coupon
 from ctower.schemas.master_data import MasterData, load_master_data
 from ctower.schemas.wire import reject
 from ctower.settings import Settings
+from ctower.streams.batch_writer import AckedChangelog, faust_producer
 from ctower.streams.faust_parts import raw_topic, tables_recovered
 from ctower.tables.coupon_ledger import CouponLedger
 
@@ -128,8 +129,9 @@ class CouponService:
             partitions=settings.topic_partitions,
             extra_topic_configs=LEDGER_CHANGELOG_CONFIGS,
         )
+        self.changelog = AckedChangelog(self.table, lambda: faust_producer(app))
         self.ledger = CouponLedger(
-            table=self.table,
+            table=self.changelog,
             default_window_ms=settings.coupon_default_window_seconds * 1000,
             known_campaigns=_known_campaigns(master),
             campaign_stores=_campaign_stores(master),
@@ -215,6 +217,12 @@ class CouponService:
     def flush(self) -> None:
         """Write what changed (the coupon stream's counts among it) to the changelog."""
         self.ledger.flush_all()
+
+    async def handed_over(self) -> None:
+        """Return once what :meth:`flush` wrote is in the producer: the coupon
+        stream's messages are acknowledged only then (Faust's commit flushes
+        the producer, not what has yet to reach it)."""
+        await self.changelog.handed_over()
 
     def on_policy(
         self, partition: int, offset: int, key: bytes | None, value: bytes | None

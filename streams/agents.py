@@ -8,7 +8,7 @@ are absorbed by a processor and acked once persisted (``streams/pending_acks.py`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import faust
@@ -100,7 +100,11 @@ def install_stream_agents(tower: ControlTower, intake: Intake, streams: tuple[st
             after_flush=after_flush,
         )
         tower.processors[stream] = processor
-        _install_agent(tower, intake, stream, topic_name, processor, outbox)
+        write: Callable[[], Awaitable[None]] = tower.writer.write
+        if stream == "coupon":
+            assert coupons is not None
+            write = _both(tower.writer.write, coupons.handed_over)
+        _install_agent(tower, intake, stream, topic_name, processor, outbox, write)
 
 
 def install_rule_agents(tower: ControlTower, intake: Intake) -> None:
@@ -121,15 +125,27 @@ def _outbox(tower: ControlTower, name: str, topic: str) -> DeadLetterOutbox:
     return outbox
 
 
+def _both(
+    first: Callable[[], Awaitable[None]], second: Callable[[], Awaitable[None]]
+) -> Callable[[], Awaitable[None]]:
+    async def write() -> None:
+        await first()
+        await second()
+
+    return write
+
+
 def _install_agent(
     tower: ControlTower, intake: Intake, name: str, topic: str,
     processor: StreamProcessor | RuleProcessor, outbox: DeadLetterOutbox,
+    write: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
+    """``write``: what a settle awaits before its acks (default: the tower's writer)."""
     app, settings = tower.app, tower.settings
     source = raw_topic(app, topic)
     pending = tower.pending[name] = PendingAcks(
         processor, settings.batch_max_messages, settings.batch_within_seconds,
-        tower.writer.write, outbox,
+        write or tower.writer.write, outbox,
     )
     order = tower.orders[name] = _offset_order(app, intake, settings, topic, processor.position)
     app.agent(source, name=f"{name}-agent")(

@@ -133,3 +133,102 @@ class BatchedChangelog:
     def send_changelog(self, partition: int | None, key: Any, value: Any) -> None:
         assert partition is not None, "rule state always names its partition"
         self.writer.add(self.topic, partition, key, value)
+
+
+class AckedChangelog:
+    """A Faust table whose changelog records go straight to aiokafka, each
+    with a future that Kafka's acknowledgement completes.
+
+    For the coupon ledger, whose reservations answer only once their records
+    are acknowledged. Through Faust's ``send_soon`` every record waited in
+    one queue that a single task hands to aiokafka a record at a time, and a
+    partition's full batch stopped that task until the batch left: in the
+    decisions bench, while the aggregation drained its backlog, records
+    waited there up to a quarter of a second (p99) with the event loop
+    itself never late by more than 20 ms. Here the records of one turn of
+    the loop are handed over per partition, in order, and one partition
+    waiting for room in its batch holds no other.
+    """
+
+    def __init__(self, table: Any, producer: Callable[[], AIOKafkaProducer]) -> None:
+        self.table = table
+        self._producer = producer
+        self.topic = table.changelog_topic.get_topic_name()
+        self._gathering: dict[int, tuple[list[Record], asyncio.Future[None]]] = {}
+        self._handing: dict[int, asyncio.Task[None]] = {}
+        """Per partition, the last hand-over to the producer: the next one waits for it."""
+        self._scheduled: asyncio.Handle | None = None
+
+    @property
+    def data(self) -> Any:
+        return self.table.data
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any) -> asyncio.Future[None]:
+        """Queue a record for this turn's batch of its partition; the future is
+        the batch's, done once Kafka acknowledged it."""
+        assert partition is not None, "the ledger always names its partition"
+        gathering = self._gathering.get(partition)
+        if gathering is None:
+            loop = asyncio.get_running_loop()
+            gathering = self._gathering[partition] = ([], loop.create_future())
+            if self._scheduled is None:
+                self._scheduled = loop.call_soon(self._hand_over_all)
+        gathering[0].append((key, value))
+        return gathering[1]
+
+    def _hand_over_all(self) -> None:
+        self._scheduled = None
+        gathered, self._gathering = self._gathering, {}
+        for partition, (records, acked) in gathered.items():
+            previous = self._handing.get(partition)
+            self._handing[partition] = asyncio.ensure_future(
+                self._hand_over(partition, records, acked, previous)
+            )
+
+    async def _hand_over(
+        self, partition: int, records: list[Record], acked: asyncio.Future[None],
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # its outcome is its own batch's
+        try:
+            producer = self._producer()
+            send = producer.send
+            # appended to the partition's open batch (a batch of our own per
+            # turn would wait for the one before it to leave: one a request)
+            sent = [await send(self.topic, value, key=key, partition=partition)
+                    for key, value in records]
+        except Exception as exc:  # not handed over: the batch's records are not durable
+            if not acked.done():
+                acked.set_exception(exc)
+            return
+        _complete_when_all(sent, acked)
+
+    async def handed_over(self) -> None:
+        """Return once every record queued so far is in the producer (what
+        Faust's commit flushes): acks of the messages that caused them may go."""
+        if self._gathering:
+            if self._scheduled is not None:
+                self._scheduled.cancel()
+            self._hand_over_all()
+        pending = [task for task in self._handing.values() if not task.done()]
+        if pending:
+            await asyncio.wait(pending)
+
+
+def _complete_when_all(sent: list[asyncio.Future[Any]], acked: asyncio.Future[None]) -> None:
+    remaining = [len(sent)]
+
+    def one_done(fut: asyncio.Future[Any]) -> None:
+        remaining[0] -= 1
+        if acked.done():
+            return
+        if fut.cancelled():
+            acked.set_exception(RuntimeError("the write was cancelled"))
+        elif fut.exception() is not None:
+            acked.set_exception(fut.exception())  # type: ignore[arg-type]
+        elif remaining[0] == 0:
+            acked.set_result(None)
+
+    for fut in sent:
+        fut.add_done_callback(one_done)

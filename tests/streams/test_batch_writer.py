@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from ctower.settings import Settings
-from ctower.streams.batch_writer import BatchedChangelog, BatchWriter
+from ctower.streams.batch_writer import AckedChangelog, BatchedChangelog, BatchWriter
 from ctower.topics import partition_for
 
 PARTITIONS = 3
@@ -136,3 +136,120 @@ def test_a_write_with_nothing_to_write_never_asks_for_the_producer() -> None:
         raise RuntimeError("the producer is not started")
 
     asyncio.run(BatchWriter(no_producer).write())
+
+
+class _Table:
+    """The part of a Faust table a changelog wrapper uses."""
+
+    def __init__(self, topic: str) -> None:
+        self.data: dict[bytes, bytes] = {}
+        name = topic
+
+        class Topic:
+            def get_topic_name(self) -> str:
+                return name
+
+        self.changelog_topic = Topic()
+
+
+def test_acked_records_arrive_in_order_and_their_futures_wait_for_kafka(
+    settings: Settings,
+) -> None:
+    """The coupon ledger's path: a turn's records share one future per
+    partition, done only once Kafka acknowledged them; turns stay in order."""
+    topic = _topic(settings, "acked-changelog")
+    value = b"v" * 5_000  # several batches per partition and turn
+
+    async def run() -> list[asyncio.Future[None]]:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5)
+        await producer.start()
+        changelog = AckedChangelog(_Table(topic), lambda: producer)
+        try:
+            first = [changelog.send_changelog(n % PARTITIONS, b"k%d" % n, value + b"%d" % n)
+                     for n in range(30)]
+            assert len({id(f) for f in first}) == PARTITIONS  # one per partition and turn
+            assert not any(f.done() for f in first)  # nothing handed over yet
+            await asyncio.sleep(0)
+            second = [changelog.send_changelog(n % PARTITIONS, b"k%d" % n, value + b"%d" % n)
+                      for n in range(30, 45)]
+            await changelog.handed_over()
+            await asyncio.wait_for(asyncio.gather(*first, *second), 10)
+        finally:
+            await producer.stop()
+        return first + second
+
+    futures = asyncio.run(run())
+    assert all(f.done() and f.exception() is None for f in futures)
+    got = asyncio.run(_read(settings, topic, 45))
+    assert sum(len(records) for records in got.values()) == 45
+    for partition, records in got.items():
+        numbers = [int(v[len(value):]) for _, v in records]
+        assert numbers == sorted(numbers), partition
+        assert all(n % PARTITIONS == partition for n in numbers)
+
+
+class _HeldProducer:
+    """aiokafka's send, where partition 0's records are held until released
+    (as a full batch waits for the one before it to leave)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.sent: list[tuple[int, bytes]] = []
+        self.acks: list[asyncio.Future[None]] = []
+        self.fail = False
+
+    async def send(self, topic: str, value: bytes, key: bytes, partition: int
+                   ) -> asyncio.Future[None]:
+        if self.fail:
+            raise RuntimeError("the producer is closed")
+        if partition == 0:
+            await self.release.wait()
+        self.sent.append((partition, key))
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.acks.append(ack)
+        return ack
+
+
+def test_a_partition_waiting_to_hand_over_holds_no_other() -> None:
+    """Through Faust's one send queue a partition's full batch held every
+    record behind it (a reservation's record waited up to a quarter of a
+    second); here partition 1 goes out while partition 0 still waits."""
+
+    async def run() -> None:
+        producer = _HeldProducer()
+        changelog = AckedChangelog(_Table("t"), lambda: producer)  # type: ignore[arg-type, return-value]
+        held = changelog.send_changelog(0, b"a", b"1")
+        free = changelog.send_changelog(1, b"b", b"2")
+        handed = asyncio.ensure_future(changelog.handed_over())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert producer.sent == [(1, b"b")]  # partition 1 went out, 0 waits
+        assert not handed.done()  # not everything is in the producer yet
+        producer.acks[0].set_result(None)
+        await asyncio.sleep(0)
+        assert free.done() and not held.done()
+        later = changelog.send_changelog(0, b"c", b"3")  # queued behind the held batch
+        producer.release.set()
+        await asyncio.wait_for(handed, 1)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert producer.sent == [(1, b"b"), (0, b"a"), (0, b"c")]  # in order on 0
+        for ack in producer.acks[1:]:
+            ack.set_result(None)
+        await asyncio.wait_for(asyncio.gather(held, later), 1)
+
+    asyncio.run(run())
+
+
+def test_a_batch_that_cannot_be_handed_over_fails_its_records() -> None:
+    """The ledger marks such records changed again, so a later flush resends them."""
+
+    async def run() -> None:
+        producer = _HeldProducer()
+        producer.fail = True
+        changelog = AckedChangelog(_Table("t"), lambda: producer)  # type: ignore[arg-type, return-value]
+        written = changelog.send_changelog(2, b"k", b"v")
+        await changelog.handed_over()
+        assert written.done() and isinstance(written.exception(), RuntimeError)
+
+    asyncio.run(run())
