@@ -142,10 +142,10 @@ class AckedChangelog:
     For the coupon ledger, whose reservations answer only once their records
     are acknowledged. Through Faust's ``send_soon`` every record waited in
     one queue that a single task hands to aiokafka a record at a time, and a
-    partition's full batch stopped that task until the batch left: in the
-    decisions bench, while the aggregation drained its backlog, records
-    waited there up to a quarter of a second (p99) with the event loop
-    itself never late by more than 20 ms. Here the records of one turn of
+    partition's full batch stopped that task until the batch left. Timed in
+    the coupon server during ``ctower bench decisions``, while the
+    aggregation drained its backlog, records waited there far longer than
+    the server's event loop was ever late. Here the records of one turn of
     the loop are handed over per partition, in order, and one partition
     waiting for room in its batch holds no other.
     """
