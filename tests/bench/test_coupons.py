@@ -6,24 +6,44 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from ctower.bench.coupons import _fire, reservation_buckets
+from ctower.bench.coupons import ReservationRun, _fire, reservation_buckets
 from ctower.metrics import exposition, latency_histogram
 from ctower.settings import Settings
 
 WARM_UP = 200
 """What ``_fire`` sends before its clock starts (not timed)."""
+RESERVE = "/coupons/{campaign}/reserve"
 
 
-def free_port() -> int:
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+async def fire_at_stub(
+    tmp_path: Path, routes: dict[tuple[str, str], Handler], campaigns: list[str],
+    seconds: float,
+) -> ReservationRun:
+    """The bench's client at 500 requests/s against a stub coupon server."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
-        return port
+    app = web.Application()
+    for (method, path), handler in routes.items():
+        app.router.add_route(method, path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        settings = Settings(data_dir=tmp_path, worker_web_host="127.0.0.1",
+                            worker_web_port=port, coupon_api_token="sesame")
+        return await _fire(settings, campaigns, rate=500, seconds=seconds)
+    finally:
+        await runner.cleanup()
 
 
 def test_the_handler_share_counts_the_timed_requests_only(tmp_path: Path) -> None:
@@ -43,28 +63,17 @@ def test_the_handler_share_counts_the_timed_requests_only(tmp_path: Path) -> Non
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=exposition(registry), content_type="text/plain")
 
-    async def scenario(port: int) -> None:
-        app = web.Application()
-        app.router.add_post("/coupons/{campaign}/reserve", reserve)
-        app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            settings = Settings(data_dir=tmp_path, worker_web_host="127.0.0.1",
-                                worker_web_port=port, coupon_api_token="sesame")
-            run = await _fire(settings, ["c1", "c2"], rate=500, seconds=0.4)
-        finally:
-            await runner.cleanup()
-        assert len(run.latencies_ms) == 200 and not run.failures
-        assert run.handler_buckets is not None
-        assert run.handler_buckets[math.inf] == 200  # the warm-up's 200 left out
-        assert run.handler_within(0.02) == 1.0
-        assert run.handler_p99_bound() == 0.005
-        whole = reservation_buckets(exposition(registry).decode())
-        assert whole[math.inf] == 400 and whole[0.02] == 200
-
-    asyncio.run(scenario(free_port()))
+    run = asyncio.run(fire_at_stub(
+        tmp_path, {("POST", RESERVE): reserve, ("GET", "/metrics"): metrics},
+        ["c1", "c2"], seconds=0.4,
+    ))
+    assert len(run.latencies_ms) == 200 and not run.failures
+    assert run.handler_buckets is not None
+    assert run.handler_buckets[math.inf] == 200  # the warm-up's 200 left out
+    assert run.handler_within(0.02) == 1.0
+    assert run.handler_p99_bound() == 0.005
+    whole = reservation_buckets(exposition(registry).decode())
+    assert whole[math.inf] == 400 and whole[0.02] == 200
     assert seen and set(seen) == {"Bearer sesame"}
 
 
@@ -76,20 +85,7 @@ def test_no_metrics_means_no_share(tmp_path: Path) -> None:
     async def reserve(request: web.Request) -> web.Response:
         return web.json_response({"granted": True})
 
-    async def scenario(port: int) -> None:
-        app = web.Application()
-        app.router.add_post("/coupons/{campaign}/reserve", reserve)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            settings = Settings(data_dir=tmp_path, worker_web_host="127.0.0.1",
-                                worker_web_port=port, coupon_api_token="sesame")
-            run = await _fire(settings, ["c1"], rate=500, seconds=0.1)
-        finally:
-            await runner.cleanup()
-        assert len(run.latencies_ms) == 50
-        assert run.handler_buckets is None
-        assert run.handler_within(0.02) is None and run.handler_p99_bound() is None
-
-    asyncio.run(scenario(free_port()))
+    run = asyncio.run(fire_at_stub(tmp_path, {("POST", RESERVE): reserve}, ["c1"], seconds=0.1))
+    assert len(run.latencies_ms) == 50
+    assert run.handler_buckets is None
+    assert run.handler_within(0.02) is None and run.handler_p99_bound() is None
