@@ -144,8 +144,8 @@ class AckedChangelog:
     one queue that a single task hands to aiokafka a record at a time, and a
     partition's full batch stopped that task until the batch left. Timed in
     the coupon server during ``ctower bench decisions``, while the
-    aggregation drained its backlog, records waited there far longer than
-    the server's event loop was ever late. Here the records of one turn of
+    aggregation drained its backlog, records waited there (the wait's p99)
+    longer than the server's event loop was ever late. Here the records of one turn of
     the loop are handed over per partition, in order, and one partition
     waiting for room in its batch holds no other.
     """
