@@ -65,7 +65,7 @@ from ctower.schemas.events import Coupon
 from ctower.schemas.master_data import MasterData, load_master_data
 from ctower.schemas.wire import reject
 from ctower.settings import Settings
-from ctower.streams.batch_writer import AckedChangelog, faust_producer
+from ctower.streams.batch_writer import AckedChangelog, complete_when_all, faust_producer
 from ctower.streams.faust_parts import raw_topic, tables_recovered
 from ctower.tables.coupon_ledger import CouponLedger
 
@@ -354,7 +354,6 @@ class CouponService:
         if not sent:
             batch.set_result(None)
             return
-        remaining = [len(sent)]
         loop = asyncio.get_running_loop()
 
         def time_out() -> None:
@@ -364,23 +363,8 @@ class CouponService:
                 ))
 
         timer = loop.call_later(DURABLE_TIMEOUT, time_out)
-
-        def one_done(fut: asyncio.Future[Any]) -> None:
-            remaining[0] -= 1
-            if batch.done():
-                return
-            if fut.cancelled() or fut.exception() is not None:
-                timer.cancel()
-                batch.set_exception(
-                    RuntimeError("the write was cancelled") if fut.cancelled()
-                    else fut.exception()  # type: ignore[arg-type]
-                )
-            elif remaining[0] == 0:
-                timer.cancel()
-                batch.set_result(None)
-
-        for fut in sent:
-            fut.add_done_callback(one_done)
+        batch.add_done_callback(lambda _: timer.cancel())
+        complete_when_all(sent, batch)
 
     # ------------------------------------------------------------------ HTTP
     def _auth_error(self, view: View, request: Request) -> Response | None:

@@ -202,7 +202,7 @@ class AckedChangelog:
             if not acked.done():
                 acked.set_exception(exc)
             return
-        _complete_when_all(sent, acked)
+        complete_when_all(sent, acked)
 
     async def handed_over(self) -> None:
         """Return once every record queued so far is in the producer (what
@@ -216,19 +216,21 @@ class AckedChangelog:
             await asyncio.wait(pending)
 
 
-def _complete_when_all(sent: list[asyncio.Future[Any]], acked: asyncio.Future[None]) -> None:
+def complete_when_all(sent: list[asyncio.Future[Any]], target: asyncio.Future[None]) -> None:
+    """Complete ``target`` once every future of ``sent`` is done, or fail it
+    with the first that fails (a write that did not reach Kafka)."""
     remaining = [len(sent)]
 
     def one_done(fut: asyncio.Future[Any]) -> None:
         remaining[0] -= 1
-        if acked.done():
+        if target.done():
             return
         if fut.cancelled():
-            acked.set_exception(RuntimeError("the write was cancelled"))
+            target.set_exception(RuntimeError("the write was cancelled"))
         elif fut.exception() is not None:
-            acked.set_exception(fut.exception())  # type: ignore[arg-type]
+            target.set_exception(fut.exception())  # type: ignore[arg-type]
         elif remaining[0] == 0:
-            acked.set_result(None)
+            target.set_result(None)
 
     for fut in sent:
         fut.add_done_callback(one_done)
