@@ -34,11 +34,11 @@ import urllib.request
 from dataclasses import dataclass, field
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
 from ctower.coupons.policy import publish_policy
 from ctower.errors import CtowerError
+from ctower.metrics import samples
 from ctower.schemas.control import ALL_STORES, CouponPolicy
 from ctower.settings import Settings
 
@@ -85,11 +85,9 @@ RESERVATION_HISTOGRAM = "ctower_reservation_seconds"
 def reservation_buckets(exposition: str) -> dict[float, float]:
     """Bucket bound (s) -> cumulative count of the reservation histogram in a
     Prometheus exposition (empty when it has none)."""
-    for family in text_string_to_metric_families(exposition):
-        if family.name == RESERVATION_HISTOGRAM:
-            return {float(sample.labels["le"]): sample.value for sample in family.samples
-                    if sample.name == f"{RESERVATION_HISTOGRAM}_bucket"}
-    return {}
+    bucket = f"{RESERVATION_HISTOGRAM}_bucket"
+    return {float(dict(labels)["le"]): value
+            for (name, labels), value in samples(exposition).items() if name == bucket}
 
 
 async def _scrape(session: aiohttp.ClientSession, url: str) -> dict[float, float] | None:

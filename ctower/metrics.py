@@ -373,10 +373,14 @@ def scrape(url: str, timeout: float = 5.0) -> dict[tuple[str, tuple[tuple[str, s
     commands read it)."""
     import urllib.request
 
+    with urllib.request.urlopen(url, timeout=timeout) as answer:
+        return samples(answer.read().decode())
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A Prometheus exposition as {(sample name, sorted labels): value}."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(url, timeout=timeout) as answer:
-        text = answer.read().decode()
     found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
