@@ -25,7 +25,8 @@ HTTP (JSON), on every worker:
   not, the reason, what remains, the reservation id to issue the coupon with.
 - ``GET /coupons/{campaign}/status?store=S``: policies, counts, state.
 - ``POST /coupons/{campaign}/policy``: set a policy (fields not given are kept).
-- ``GET /coupons/``: partitions owned here and counters.
+- ``GET /coupons/``: partitions assigned and owned here (and, while they differ,
+  the rebalance flags saying why), and counters.
 
 Reservations and policy changes need ``Authorization: Bearer <CTOWER_COUPON_API_TOKEN>``.
 """
@@ -66,7 +67,7 @@ from ctower.schemas.master_data import MasterData, load_master_data
 from ctower.schemas.wire import reject
 from ctower.settings import Settings
 from ctower.streams.batch_writer import AckedChangelog, complete_when_all, faust_producer
-from ctower.streams.faust_parts import raw_topic, tables_recovered
+from ctower.streams.faust_parts import raw_topic, rebalance_state, tables_recovered
 from ctower.tables.coupon_ledger import CouponLedger
 
 log = logging.getLogger(__name__)
@@ -528,6 +529,8 @@ class CouponService:
         return {
             "partitions": self.partitions,
             "owned_partitions": self.ledger.owned(),
+            "assigned_partitions": sorted(self._active_partitions()),
+            "rebalance": rebalance_state(self.app),
             "worker": str(self.app.conf.canonical_url),
             "stats": dict(self.ledger.stats),
             "layout_error": self.layout_error,

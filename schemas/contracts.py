@@ -185,6 +185,14 @@ def openapi() -> dict[str, Any]:
         "properties": {
             "partitions": {"type": "integer"},
             "owned_partitions": {"type": "array", "items": {"type": "integer"}},
+            "assigned_partitions": {
+                "type": "array", "items": {"type": "integer"},
+                "description": "Assigned here by the group; owned once recovered."},
+            "rebalance": {
+                "type": "object", "additionalProperties": {"type": "boolean"},
+                "description": "recovered, and the flags it is made of (rebalancing, "
+                               "in_recovery, recovery_completed): why assigned partitions "
+                               "are not owned yet."},
             "worker": {"type": "string"},
             "stats": {"type": "object", "additionalProperties": {"type": "integer"}},
             "layout_error": {"anyOf": [{"type": "string"}, {"type": "null"}]},

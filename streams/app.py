@@ -14,6 +14,8 @@ The install steps, in the order they run:
   coupon ledger and API), as the worker's role says;
 - ``streams/agents.py``: an agent per raw stream and per internal topic;
 - ``streams/upkeep.py``: the once-a-second task and the revocation handler;
+- ``streams/stall_report.py``: a rebalance lasting a minute logs where the
+  worker's tasks wait;
 - ``/stats/``, ``/metrics`` (``ctower/metrics.py``) and the system alerts'
   watch (``streams/watch.py``).
 """
@@ -31,6 +33,7 @@ from ctower.streams.agents import install_rule_agents, install_stream_agents
 from ctower.streams.batch_writer import BatchWriter, faust_producer
 from ctower.streams.decisions import DecisionLayer
 from ctower.streams.intake import Intake
+from ctower.streams.stall_report import install_stall_report
 from ctower.streams.tower import ControlTower
 from ctower.streams.upkeep import install_upkeep
 from ctower.streams.watch import install_worker_watch
@@ -96,6 +99,7 @@ def build_app(settings: Settings, replication: int = 1) -> ControlTower:
     install_stream_agents(tower, intake, ROLE_STREAMS[role])
     install_rule_agents(tower, intake)
     install_upkeep(tower)
+    install_stall_report(app)
 
     @app.page("/stats/")
     async def stats(web: Any, request: Any) -> Any:

@@ -32,6 +32,20 @@ def tables_recovered(app: faust.App) -> bool:
     return not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
 
 
+def rebalance_state(app: faust.App) -> dict[str, bool]:
+    """:func:`tables_recovered` and the three flags it is made of, for whoever
+    asks why a worker does not answer for its partitions."""
+    recovery = _recovery(app)
+    state = {
+        "rebalancing": bool(app.rebalancing),
+        "in_recovery": bool(recovery.in_recovery),
+        "recovery_completed": recovery.completed.is_set(),
+    }
+    recovered = (not state["rebalancing"] and not state["in_recovery"]
+                 and state["recovery_completed"])
+    return {"recovered": recovered, **state}
+
+
 def active_partitions(app: faust.App, table: TableT[Any, Any]) -> list[int]:
     """The partitions of ``table`` this worker holds as active (not standby):
     the ones whose state it adopts once :func:`tables_recovered`."""

@@ -152,6 +152,9 @@ class CtowerProcess:
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
+    def log_digest(self) -> str:
+        return log_digest(self.log_path)
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -199,6 +202,47 @@ def ctower_process(tmp_path: Path) -> Iterator[Callable[..., CtowerProcess]]:
     yield start
     for process in reversed(started):
         process.stop()
+
+
+def log_digest(path: Path, keep: int = 40) -> str:
+    """What a failed test should show of a process's log, however long it ran:
+    its last warnings and errors (a repeat of the line before counted, not
+    shown again) and every stall report of ``streams/stall_report.py`` whole.
+    A tail alone showed the last seconds of routine lines and cut the one
+    warning that said why."""
+    if not path.exists():
+        return "(no log)"
+    kept: list[str] = []
+    stalls: list[str] = []
+    in_stall = False
+    last_text, repeats = "", 0
+    for line in path.read_text(errors="replace").splitlines():
+        if in_stall and line.startswith("  "):
+            stalls.append(line)
+            continue
+        in_stall = "rebalance not done after" in line
+        if in_stall:
+            stalls.append(line)
+        if not any(level in line for level in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")):
+            continue
+        text = line.split(" ", 2)[-1]  # without the date and time
+        if text == last_text:
+            repeats += 1
+            continue
+        if repeats:
+            kept.append(f"    (the line above {repeats} more times)")
+        last_text, repeats = text, 0
+        kept.append(line)
+    if repeats:
+        kept.append(f"    (the line above {repeats} more times)")
+    digest = kept[-keep:]
+    return "\n".join(([*stalls, "-- warnings and errors:"] if stalls else []) + digest)
+
+
+@pytest.fixture(name="log_digest")
+def log_digest_fixture() -> Callable[[Path], str]:
+    """``log_digest`` for tests (conftest is not importable in importlib mode)."""
+    return log_digest
 
 
 def wait_until(

@@ -425,6 +425,7 @@ def _send_pickups(topology: Topology, store: str, orders: list[str]) -> None:
 @pytest.mark.slow
 def test_the_compose_topology_runs_every_feature(
     kafka_bootstrap: str, webhook_server: Any, tmp_path: Path, poll: Callable[..., Any],
+    log_digest: Callable[[Path], str],
 ) -> None:
     keys = {}
 
@@ -467,14 +468,22 @@ def test_the_compose_topology_runs_every_feature(
         # the two workers split the campaign partitions between them
         workers = [services["worker-1"], services["worker-2"]]
 
+        seen: list[Any] = []
+
         def split() -> list[set[int]] | None:
             procs.check()
-            owned = [set((_get(f"{w.url(6066)}/coupons/")[1] or {}).get("owned_partitions")
-                         or ()) for w in workers]
+            answers = [_get(f"{w.url(6066)}/coupons/") for w in workers]
+            seen[:] = answers
+            owned = [set((body or {}).get("owned_partitions") or ()) for _, body in answers]
             ok = all(owned) and not owned[0] & owned[1] and owned[0] | owned[1] == {0, 1, 2, 3}
             return owned if ok else None
 
-        owned = poll(split, 90, "the workers never split the partitions", every=0.5)
+        try:
+            owned = poll(split, 90, "the workers never split the partitions", every=0.5)
+        except AssertionError as exc:
+            digests = "\n".join(f"----- {w.name} -----\n{log_digest(logs / f'{w.name}.log')}"
+                              for w in workers)
+            raise AssertionError(f"{exc}; they answered {seen!r}\n{digests}") from None
         from ctower.coupons.policy import campaign_partition
 
         partition = campaign_partition(RUSH_CAMPAIGN, 4)

@@ -518,6 +518,10 @@ def test_the_coupon_role_serves_reservations_apart_from_the_aggregation(
         return code == 200 and len(body["owned_partitions"]) == 4
 
     poll(owned, 90, "the coupon server never owned its partitions", every=0.2)
+    overview = get_json(f"{base(coupons)}/coupons/")[1]  # alone in its group: settled
+    assert overview["assigned_partitions"] == [0, 1, 2, 3], overview
+    assert overview["rebalance"] == {"recovered": True, "rebalancing": False,
+                                     "in_recovery": False, "recovery_completed": True}
     publish_policy(settings, policy("ROLE-A", cap_per_window=10))
     poll(lambda: (status(coupons, "ROLE-A") or {}).get("policies"), 10, "no policy in force")
     answers = reserve_many(

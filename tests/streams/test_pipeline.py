@@ -109,7 +109,8 @@ def wait_for_truth(
         # a loss and a double count need different hunts
         off = {name: (last.get(name), want) for name, want in expected.items()
                if last.get(name) != want}
-        logs = "\n".join(f"--- {p.name}\n{p.log_tail(4000)}" for p in processes)
+        logs = "\n".join(f"--- {p.name}\n{p.log_digest()}\n--- {p.name}, its end\n"
+                         f"{p.log_tail(2000)}" for p in processes)
         raise AssertionError(f"{failure}; (got, want) {off}\n{logs}") from None
 
 
