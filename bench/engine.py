@@ -779,11 +779,20 @@ def decisions_settings(base: Settings, seed: int) -> tuple[Settings, dict[str, s
     return settings, env
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A port free right now on 127.0.0.1, for a bench's own servers."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free right now on 127.0.0.1, for a bench's own servers; never
+    one given out before (the kernel hands a closed port out again, and two
+    workers of one drain must not be given the same)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def start_worker(settings: Settings, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -40,19 +40,28 @@ from ctower.devstack.store_front.server import StoreHttpServer
 from ctower.settings import Settings, load_settings
 from ctower.store import open_store
 
+_HANDED_OUT: set[int] = set()
+"""Ports this process gave out: the kernel hands a closed port out again, and
+two settings of one test once got the same one (CI: "CTOWER_DASHBOARD_PORT
+and CTOWER_WORKER_WEB_PORT are both 47157")."""
+
 
 def free_port() -> int:
-    """A TCP port nobody listens on now (and its neighbour, for Kafka's controller)."""
+    """A TCP port nobody listens on now (and its neighbour, for Kafka's
+    controller), never one this process gave out before."""
     for _ in range(50):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
+        if port in _HANDED_OUT or port + 1 in _HANDED_OUT:
+            continue
         if port < 65000:
             with socket.socket() as sock:
                 try:
                     sock.bind(("127.0.0.1", port + 1))
                 except OSError:
                     continue
+            _HANDED_OUT.update((port, port + 1))
             return port
     raise RuntimeError("no free port pair found")
 

@@ -30,7 +30,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -118,13 +117,6 @@ def write_secrets(folder: Path, webhook_url: Callable[[str], str]) -> dict[str, 
 # --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class LocalService:
     name: str
@@ -148,13 +140,15 @@ class Topology:
 
 
 def local_services(
-    config: dict[str, Any], bootstrap: str, work: Path, prefix: str | None = None
+    config: dict[str, Any], bootstrap: str, work: Path, free_port: Callable[[], int],
+    prefix: str | None = None,
 ) -> Topology:
     """Each ctower service of ``config`` (those built from the Dockerfile) with
-    its command and environment translated to this host."""
+    its command and environment translated to this host, each on its own
+    ``free_port()`` (the conftest's: never one handed out before)."""
     prefix = prefix or f"t{uuid.uuid4().hex[:8]}."
     services = config["services"]
-    store_port = _free_port()
+    store_port = free_port()
     store_dsn = f"chdb://{work / 'store' / 'clickhouse'}"
     # every (hostname, container port) a service listens on -> a port here
     listen: dict[tuple[str, int], int] = {}
@@ -164,12 +158,12 @@ def local_services(
         if "build" not in svc:
             continue  # prometheus, grafana: not run here
         for port in svc.get("ports", []):
-            local = listen.setdefault((host, int(port["target"])), _free_port())
+            local = listen.setdefault((host, int(port["target"])), free_port())
             listen.setdefault((name, int(port["target"])), local)
             if port.get("published"):
                 published[int(port["published"])] = local
         for exposed in svc.get("expose", []):  # reached inside the network only (metrics)
-            local = listen.setdefault((host, int(exposed)), _free_port())
+            local = listen.setdefault((host, int(exposed)), free_port())
             listen.setdefault((name, int(exposed)), local)
 
     def translate(value: str, files: dict[str, str], host: str, key: str) -> str:
@@ -238,7 +232,9 @@ def environment(env: dict[str, str]) -> Iterator[None]:
 # --------------------------------------------------------------------------
 
 
-def test_every_feature_finds_its_settings_in_compose(tmp_path: Path) -> None:
+def test_every_feature_finds_its_settings_in_compose(
+    tmp_path: Path, free_port: Callable[[], int],
+) -> None:
     from ctower.rules.config import load_rules
     from ctower.schemas.master_data import load_master_data
     from ctower.settings import load_settings
@@ -249,7 +245,7 @@ def test_every_feature_finds_its_settings_in_compose(tmp_path: Path) -> None:
                            lambda robot: f"https://example.invalid/send?key={robot}-key-1234")
     config = resolved_compose(tmp_path / "secrets")
     raw = config["services"]
-    topology = local_services(config, "127.0.0.1:9092", tmp_path / "run")
+    topology = local_services(config, "127.0.0.1:9092", tmp_path / "run", free_port)
     services = topology.services
     assert set(services) == {"topics", "worker-1", "worker-2", "sink", "dashboard", "alerts",
                              "simulator", "warehouse"}
@@ -425,7 +421,7 @@ def _send_pickups(topology: Topology, store: str, orders: list[str]) -> None:
 @pytest.mark.slow
 def test_the_compose_topology_runs_every_feature(
     kafka_bootstrap: str, webhook_server: Any, tmp_path: Path, poll: Callable[..., Any],
-    log_digest: Callable[[Path], str],
+    log_digest: Callable[[Path], str], free_port: Callable[[], int],
 ) -> None:
     keys = {}
 
@@ -435,7 +431,7 @@ def test_the_compose_topology_runs_every_feature(
 
     tokens = write_secrets(tmp_path / "secrets", robot_url)
     config = resolved_compose(tmp_path / "secrets")
-    topology = local_services(config, kafka_bootstrap, tmp_path / "run")
+    topology = local_services(config, kafka_bootstrap, tmp_path / "run", free_port)
     services = topology.services
     for name in ("worker-1", "worker-2"):  # one dead letter in 5 s raises the system alert
         services[name].env.update({"CTOWER_SYSTEM_DEAD_LETTERS_PER_MINUTE": "1",

@@ -262,3 +262,10 @@ def test_the_drain_reports_the_cpu_a_process_spent_and_the_cores_it_kept_busy() 
     assert bench_module.cpu_line(with_broker) == (
         "4.0 CPU s per million events, 0.80 cores busy; the broker 1.5 CPU s per million"
     )
+
+
+def test_the_bench_never_gives_two_servers_the_same_port() -> None:
+    """The kernel hands a just-closed port out again (here 124 repeats in 2,000
+    binds to port 0): two workers of a drain once needed distinct ones."""
+    ports = [bench_module.free_port() for _ in range(2_000)]
+    assert len(set(ports)) == len(ports)

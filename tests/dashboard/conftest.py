@@ -8,7 +8,6 @@ builds its settings from the environment it sets.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,22 +35,18 @@ class DashStore:
         self.client.insert(table, [[r[c] for c in columns] for r in rows], column_names=columns)
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
-def dash_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DashStore]:
+def dash_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free_port: Callable[[], int],
+) -> Iterator[DashStore]:
     for name in ("CTOWER_STORE_DSN", "CTOWER_CONFIG", "CTOWER_OPERATOR_TOKEN",
                  "CTOWER_MASTER_DATA_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CTOWER_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("CTOWER_STORE_HTTP_PORT", str(_port()))
+    monkeypatch.setenv("CTOWER_STORE_HTTP_PORT", str(free_port()))
     monkeypatch.setenv("CTOWER_LANGUAGE", "en")
     # nobody's worker or broker: a test that wants one says so
-    monkeypatch.setenv("CTOWER_WORKER_WEB_PORT", str(_port()))
+    monkeypatch.setenv("CTOWER_WORKER_WEB_PORT", str(free_port()))
     monkeypatch.setenv("CTOWER_KAFKA_BOOTSTRAP", "127.0.0.1:9")
     settings = load_settings()
     client = open_store(settings, owner=True)
