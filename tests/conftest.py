@@ -40,28 +40,67 @@ from ctower.devstack.store_front.server import StoreHttpServer
 from ctower.settings import Settings, load_settings
 from ctower.store import open_store
 
-_HANDED_OUT: set[int] = set()
-"""Ports this process gave out: the kernel hands a closed port out again, and
-two settings of one test once got the same one (CI: "CTOWER_DASHBOARD_PORT
-and CTOWER_WORKER_WEB_PORT are both 47157")."""
+
+def _port_block() -> range:
+    """This pytest process's own ports: below the kernel's ephemeral range, one
+    block per xdist worker.
+
+    Ports from ``bind(0)`` came from the ephemeral range, which the kernel
+    hands out again once closed (124 repeats in 2,000 binds here) and gives
+    to every outgoing connection: two settings of one test once got the same
+    port (CI: "CTOWER_DASHBOARD_PORT and CTOWER_WORKER_WEB_PORT are both
+    47157"), and a port given to a worker could be taken by another test's
+    process, or by a client's connection, before the worker bound it. Below
+    the ephemeral range no connection takes a port, and a block per worker
+    keeps the other pytest process out.
+    """
+    try:
+        first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range")
+                              .read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first_ephemeral = 32768
+    low = 10_000
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(name[2:]) if name[2:].isdigit() else 0
+    size = (first_ephemeral - low) // workers
+    if size < 200:  # an unusual ephemeral range: no room below it
+        return range(0)
+    return range(low + index * size, low + (index + 1) * size - 1)
+
+
+_PORTS = _port_block()
+_next_port = [0]
 
 
 def free_port() -> int:
     """A TCP port nobody listens on now (and its neighbour, for Kafka's
-    controller), never one this process gave out before."""
+    controller): the next free pair of this process's block (``_port_block``),
+    so never one handed out before in this run."""
+    for _ in range(len(_PORTS) // 2):
+        port = _PORTS[_next_port[0] % len(_PORTS)]
+        _next_port[0] += 2
+        if _bindable(port) and _bindable(port + 1):
+            return port
+    return _ephemeral_pair()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_pair() -> int:
+    """The fallback when the block is spent or empty: a pair from the kernel."""
     for _ in range(50):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port in _HANDED_OUT or port + 1 in _HANDED_OUT:
-            continue
-        if port < 65000:
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            _HANDED_OUT.update((port, port + 1))
+            port: int = sock.getsockname()[1]
+        if port < 65000 and _bindable(port + 1):
             return port
     raise RuntimeError("no free port pair found")
 
