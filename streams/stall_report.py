@@ -4,8 +4,9 @@ Faust logs which changelog partitions a recovery still waits for, not why.
 A recovery that never completes leaves the worker up (its web server
 answers) but folding nothing and owning no coupon partition, and the cause
 is in what its tasks await: the fetch loop, an agent, a revocation handler.
-Once a rebalance has lasted ``STALL_SECONDS``, the worker logs (once per
-rebalance, WARNING) the await chain of every task, innermost call last.
+Once a rebalance (the first recovery at start-up included) has lasted
+``STALL_SECONDS``, the worker logs (once per rebalance, WARNING) the await
+chain of every task, innermost call last.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 import faust
+from mode import Service
 
 from ctower.streams.faust_parts import rebalance_state
 
@@ -29,13 +31,25 @@ CHECK_EVERY = 5.0
 
 
 def install_stall_report(app: faust.App, stall_seconds: float = STALL_SECONDS) -> None:
-    watch = StallWatch(lambda: rebalance_state(app), stall_seconds)
+    """A service of the app's own: it starts with the app, before the first
+    recovery. Not an ``@app.task``: Faust starts those only once the first
+    recovery has completed, and a first recovery that never completes is one
+    of the stalls to report."""
+    app.add_dependency(StallReporter(StallWatch(lambda: rebalance_state(app), stall_seconds)))
 
-    @app.task
-    async def report_stalls() -> None:
-        while not app.should_stop:
-            await asyncio.sleep(CHECK_EVERY)
-            watch.check()
+
+class StallReporter(Service):
+    """Checks the watch every ``CHECK_EVERY`` seconds while the app runs."""
+
+    def __init__(self, watch: StallWatch, **kwargs: Any) -> None:
+        self.watch = watch
+        super().__init__(**kwargs)
+
+    @Service.task
+    async def _check(self) -> None:
+        while not self.should_stop:
+            await self.sleep(CHECK_EVERY)
+            self.watch.check()
 
 
 class StallWatch:
