@@ -36,14 +36,12 @@ def rebalance_state(app: faust.App) -> dict[str, bool]:
     """:func:`tables_recovered` and the three flags it is made of, for whoever
     asks why a worker does not answer for its partitions."""
     recovery = _recovery(app)
-    state = {
+    return {
+        "recovered": tables_recovered(app),
         "rebalancing": bool(app.rebalancing),
         "in_recovery": bool(recovery.in_recovery),
         "recovery_completed": recovery.completed.is_set(),
     }
-    recovered = (not state["rebalancing"] and not state["in_recovery"]
-                 and state["recovery_completed"])
-    return {"recovered": recovered, **state}
 
 
 def active_partitions(app: faust.App, table: TableT[Any, Any]) -> list[int]:
