@@ -383,6 +383,16 @@ def test_a_broker_outage_under_a_worker_is_a_few_lines(
         worker.wait_http(stats)
         poll(lambda: "Worker]: Ready" in worker.log_tail(100_000), 120, "worker not ready")
         time.sleep(3)  # the consumer's first fetches
+
+        def outages_open() -> int:
+            text = worker.log_path.read_text(errors="replace")
+            return text.count("outage started") - text.count("outage ended")
+
+        # The group coordinator is often not ready while the worker starts: a short
+        # outage of its own, whose end comes up to 3 s (the settle time) after the
+        # coordinator is found, and can come after "Ready". Counted from before that
+        # end, the test would take it for the end of the outage below.
+        poll(lambda: outages_open() == 0, 60, "the start-up outage never ended")
         before = worker.log_path.stat().st_size
 
         def since() -> list[str]:
