@@ -45,9 +45,10 @@ class PendingAcks:
     when a rebalance came while it was full (seen here with two workers;
     robinhood/faust#262 and #678 report the same family of hangs).
 
-    A processor may say a flush left part of the batch unwritten (the rules
-    write about once a second): those messages are held, and acked by the
-    next flush that is complete or after the timer's write (``_persist_and_release``).
+    A processor may say a flush left part of the batch unwritten (the window
+    state and the rules are written about once a second): those messages are
+    held, and acked by the next flush that is complete or after the timer's
+    write (``persist_and_release``).
 
     The agent does not wait for a batch's write (``settle(wait=False)``): the
     write and the acks finish in a task, in settle order, while the agent
@@ -187,12 +188,14 @@ class PendingAcks:
 
 
 async def persist_and_release(tower: ControlTower) -> None:
-    """Write all the rule state, then ack every message held for it.
+    """Write all the window and rule state, then ack every message held for it.
 
     The held lists are taken before the first await: a batch settled while
     the write or the acks are under way is not covered by this write and
     must stay held.
     """
+    for processor in tower.processors.values():
+        processor.write_state()  # the windows of the batches held since their last write
     if tower.decisions is not None:
         tower.decisions.persist(force=True)
     released = [(pending, pending.take_held()) for pending in tower.pending.values()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import faust
 import pytest
@@ -99,6 +99,7 @@ def test_held_batches_are_acked_only_after_the_timer_has_written_the_state() -> 
     class Tower:
         decisions = Decisions()
         writer = decisions.writer
+        processors: ClassVar[dict[str, Any]] = {}
 
     Tower.pending = {"stock-moves": pending}
 
