@@ -105,6 +105,9 @@ class LaneRules(RuleFamily):
         self.book = book
         self.rules = rules
         self.tasks = tasks
+        self._swept: dict[str, int] = {}
+        """Lane -> the event minute its open shipments and members were last
+        swept for the forgotten (see :meth:`_trim`)."""
 
     def apply(self, partition: int, events: Iterable[LaneEvent]) -> None:
         """Apply one array of events (whole source messages, in source order)."""
@@ -209,6 +212,7 @@ class LaneRules(RuleFamily):
 
     def forget(self, partition: int) -> None:
         super().forget(partition)
+        self._swept.clear()  # only saves work: rebuilt as lanes are judged
         if self.tasks is not None:
             self.tasks.forget(partition)
 
@@ -230,7 +234,11 @@ class LaneRules(RuleFamily):
             return
         rules = self.rules().logistics
         carrier, region = key.split("|", 1)
-        if self._trim(lane, now, rules):
+        minute = now - now % MINUTE
+        sweep = self._swept.get(key) != minute
+        if sweep:
+            self._swept[key] = minute
+        if self._trim(lane, now, rules, sweep):
             self.state.touch(partition, key)
         scope = {"carrier": carrier, "region": region}
         base: dict[str, object] = {"carrier": carrier, "region": region}
@@ -292,7 +300,13 @@ class LaneRules(RuleFamily):
                 self.book.clear(partition, alert_key, now, {"failed": len(recent)})
 
     @staticmethod
-    def _trim(lane: Lane, now: int, rules: LogisticsRules) -> bool:
+    def _trim(lane: Lane, now: int, rules: LogisticsRules, sweep: bool = True) -> bool:
+        """Drop what no rule looks at any more; True if the lane changed.
+
+        The shipments forgotten after three days and the members told an hour
+        ago are found by a walk over all of the lane's open shipments and
+        members: only with ``sweep`` (the evaluation calls it once per minute
+        of event time per lane; a lane is judged several times a second)."""
         changed = False
         keep = now - int(max(rules.failed_window_minutes, rules.on_time_window_minutes) * MINUTE)
         if lane.finished and lane.finished[0][0] < keep:
@@ -303,6 +317,8 @@ class LaneRules(RuleFamily):
         old = [m for m in lane.progress if m < horizon]
         for minute in old:
             del lane.progress[minute]
+        if not sweep:
+            return changed or bool(old)
         forgotten = [s for s, (_, last, _) in lane.open.items() if last < now - _FORGET_MS]
         for sid in forgotten:
             del lane.open[sid]

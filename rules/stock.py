@@ -316,12 +316,21 @@ class StockRulesEngine(RuleFamily):
             now = self.state.now(partition)
             if not now:
                 continue
-            watch = self.due(partition, now)
+            due = self.due(partition, now)
+            watch: set[str] = set()
             for alert_key, entry in self.book.state.items(partition):
                 if entry.open is not None:  # "restock:loc|sku" and the like
                     watch.add(alert_key.split(":", 1)[1])
+            # What time alone changes in a judgement moves by the minute (the scan
+            # and sales buckets, the velocity's 5-minute hop): a key with an open
+            # alert or a paused campaign is judged again once per minute of event
+            # time, not at every tick (what moves touched is in ``due``).
+            minute = now - now % MINUTE
+            judged = self._trimmed
             for key, item in self.state.items(partition):
-                if item.low_cover or key in watch:
+                if key in due or (
+                    (item.low_cover or key in watch) and judged.get(key) != minute
+                ):
                     self.evaluate(partition, key, now)
             if self.actions is not None:
                 self.actions.tick(partition, now)
@@ -499,7 +508,9 @@ class StockRulesEngine(RuleFamily):
     def _trim(self, key: str, item: StockItem, now: int, scan_window: int) -> None:
         """Drop minutes and scan marks that no rule looks at any more: at most once
         per minute of event time per key (every reader filters by its window, so
-        trimming later changes no figure, only the work)."""
+        trimming later changes no figure, only the work). What it records, the
+        minute each key was last judged in, also spares :meth:`tick` judging a
+        key again within the minute."""
         minute = now - now % MINUTE
         if self._trimmed.get(key) == minute:
             return

@@ -351,8 +351,12 @@ class DecisionLayer:
         self.guides.apply(partition, events)
 
     def _evaluate_lanes(self) -> None:
-        self.lane_rules.evaluate_touched()
-        self.guides.evaluate_touched()
+        """After a lanes batch: nothing more than what ``apply`` judged as event
+        time passed. Lane and guide alerts are about minutes (silence, staleness,
+        late deliveries) and the tick judges every lane and store each second,
+        so judging the touched ones again at every batch (five a second on a
+        live stream, each a walk over the lane's open shipments) only cost: at
+        10,000 events/s it was a twentieth of the worker's time."""
 
     # -------------------------------------------------------------- outputs
     def _publish(self, topic: faust.TopicT, key: str, value: bytes) -> None:
