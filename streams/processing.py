@@ -154,12 +154,25 @@ class StreamProcessor:
         return self.state.position(partition)
 
     def flush(self) -> bool:
-        """After a batch: write the state when due (:meth:`write_state`), then run
-        ``after_flush``.
+        """After a batch: write the identities seen, the window state when due
+        (:meth:`write_state`), then run ``after_flush``.
 
         True when everything absorbed is in the changelog, so the batch may be
-        acked; False when the state's write is not due yet or ``after_flush``
-        holds part of it back (the rules write about once a second)."""
+        acked; False when the window state's write is not due yet or
+        ``after_flush`` holds part of it back (the rules write about once a
+        second).
+
+        The identities go at every batch: each write of them is a checkpoint
+        the forgetting goes by (what a replay would not read again), and with
+        one a second a draining worker held ten more minutes of event time of
+        identities (peak RSS 433 against 390 MB in a 1M-event drain). Written
+        ahead of the windows they are safe: a replayed message's events are
+        recognised as the first copies, not as re-sends.
+        """
+        if self.seen is not None:
+            for partition in self._touched:
+                if self.state.owns(partition):
+                    self.seen.flush(partition)
         written = self.write_state(force=False)
         if self.after_flush is not None:
             return self.after_flush() is not False and written

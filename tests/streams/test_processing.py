@@ -13,6 +13,7 @@ from ctower.streams.dead_letters import DeadLetterOutbox
 from ctower.streams.pending_acks import PendingAcks, persist_and_release
 from ctower.streams.processing import RawMessage, StreamProcessor
 from ctower.tables.aggregates import STORE_MINUTE
+from ctower.tables.dedup import SeenBudget, SeenEvents
 from ctower.tables.window_state import WindowState
 
 TS = 1_790_000_000_000 - 1_790_000_000_000 % 60_000
@@ -34,7 +35,7 @@ def scan(offset: int) -> RawMessage:
     ))
 
 
-def processor(table: Any, clock: Clock) -> StreamProcessor:
+def processor(table: Any, clock: Clock, seen: SeenEvents | None = None) -> StreamProcessor:
     state = WindowState(
         table=table, source_topic=TOPIC, specs=[STORE_MINUTE], grace_ms=600_000,
         idle_close_ms=600_000, publish_closed=lambda records, acked: None,
@@ -42,7 +43,7 @@ def processor(table: Any, clock: Clock) -> StreamProcessor:
     )
     return StreamProcessor(
         stream="scan", topic=TOPIC, decoder=EventDecoder.for_stream("scan", 10**9, 10**9),
-        state=state, publish_dead_letter=lambda record: None, clock=clock,
+        state=state, publish_dead_letter=lambda record: None, clock=clock, seen=seen,
     )
 
 
@@ -84,6 +85,22 @@ def test_a_forced_write_covers_everything_folded(memory_table: Any) -> None:
     assert restarted.position(0) == 1
     assert proc.write_state() is True  # nothing left: no write
     assert proc.stats()["state_writes"] == 2
+
+
+def test_the_identities_seen_are_written_at_every_batch(memory_table: Any) -> None:
+    """Each write of them is a checkpoint the forgetting goes by: held back with
+    the windows, a drain kept minutes more of them in memory."""
+    clock = Clock()
+    seen_table = type(memory_table)()  # a second table of the same kind
+    proc = processor(memory_table, clock, SeenEvents(seen_table, 600_000, SeenBudget(10_000)))
+    proc.absorb(scan(0))
+    assert proc.flush() is True
+    windows, identities = len(memory_table.changelog), len(seen_table.changelog)
+    clock.now += 0.2
+    proc.absorb(scan(1))
+    assert proc.flush() is False  # the windows wait for their write...
+    assert len(memory_table.changelog) == windows
+    assert len(seen_table.changelog) > identities  # ...the identities do not
 
 
 class Consumer:
