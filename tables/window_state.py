@@ -5,13 +5,14 @@ about 180 µs (one changelog record each), updates are refused inside
 ``stream.take()`` batches, and ``on_window_close`` fires once per window
 *time*, not per key, and never again after a restart (docs/domain.md, "Window families"). So the
 windows are kept here, in plain dicts, and mirrored to a plain Faust table
-(raw bytes, changelog-backed) once per batch, with the partition given
+(raw bytes, changelog-backed) at each :meth:`WindowState.flush` (the stream's
+processor calls it at most once a second), with the partition given
 explicitly.
 
 What is written is what the producer can afford: producing records is the
 worker's main cost, so the unit of persistence is a *shard* of a window
 (partition, aggregate, window start, one of ``SHARDS`` slices of the keys),
-rewritten once per batch when it changed, and a closed window leaves one
+rewritten at a flush when it changed, and a closed window leaves one
 marker, not one per key.
 
 Exactness under at-least-once delivery rests on these rules:
