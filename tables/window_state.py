@@ -6,7 +6,7 @@ about 180 µs (one changelog record each), updates are refused inside
 *time*, not per key, and never again after a restart (docs/domain.md, "Window families"). So the
 windows are kept here, in plain dicts, and mirrored to a plain Faust table
 (raw bytes, changelog-backed) at each :meth:`WindowState.flush` (the stream's
-processor calls it at most once a second), with the partition given
+processor calls it at most every half second), with the partition given
 explicitly.
 
 What is written is what the producer can afford: producing records is the
@@ -329,6 +329,18 @@ class WindowState:
             part.persisted_offset = part.last_offset
         self._purge_markers(partition, part)
         return closed
+
+    def close_due(self, partition: int) -> int:
+        """Close the windows the watermark has passed, between two flushes.
+
+        The processor writes the shards at most every half second, but a window
+        kept open until then holds its keys (and their shards in the table)
+        for that long: draining a backlog, half a second is minutes of event
+        time. Closing needs no shard written first: the closed records carry
+        what was folded, and the marker written once they are acknowledged
+        supersedes the window's shards. Returns the number of windows closed.
+        """
+        return self._close_due(partition, self.partition(partition))
 
     def _put(self, raw_key: bytes, raw_value: bytes | None, partition: int) -> None:
         if raw_value is None:

@@ -28,26 +28,32 @@ class Clock:
         return self.now
 
 
-def scan(offset: int) -> RawMessage:
+def scan(offset: int, ts: int | None = None) -> RawMessage:
     return RawMessage(0, offset, msgspec.json.encode(
-        {"scan_id": f"s{offset}", "ts": TS + offset, "store_id": "S1", "sku": "K1",
+        {"scan_id": f"s{offset}", "ts": ts or TS + offset, "store_id": "S1", "sku": "K1",
          "action": "view"}
     ))
 
 
-def processor(table: Any, clock: Clock, seen: SeenEvents | None = None) -> StreamProcessor:
+def processor(
+    table: Any, clock: Clock, seen: SeenEvents | None = None,
+    closed: list[Any] | None = None,
+) -> StreamProcessor:
     state = WindowState(
         table=table, source_topic=TOPIC, specs=[STORE_MINUTE], grace_ms=600_000,
-        idle_close_ms=600_000, publish_closed=lambda records, acked: None,
+        idle_close_ms=600_000,
+        publish_closed=lambda records, acked: (closed if closed is not None else []).extend(
+            records),
         publish_late=lambda record: None,
     )
     return StreamProcessor(
         stream="scan", topic=TOPIC, decoder=EventDecoder.for_stream("scan", 10**9, 10**9),
         state=state, publish_dead_letter=lambda record: None, clock=clock, seen=seen,
+        write_every_s=1.0,
     )
 
 
-def test_the_window_state_is_written_at_most_once_a_second(memory_table: Any) -> None:
+def test_the_window_state_is_written_at_most_once_per_interval(memory_table: Any) -> None:
     clock = Clock()
     proc = processor(memory_table, clock)
     proc.absorb(scan(0))
@@ -101,6 +107,20 @@ def test_the_identities_seen_are_written_at_every_batch(memory_table: Any) -> No
     assert proc.flush() is False  # the windows wait for their write...
     assert len(memory_table.changelog) == windows
     assert len(seen_table.changelog) > identities  # ...the identities do not
+
+
+def test_a_window_the_watermark_passed_closes_at_the_next_batch(memory_table: Any) -> None:
+    """Not at the next write: held open, a draining worker kept minutes of event
+    time of windows in memory."""
+    clock = Clock()
+    closed: list[Any] = []
+    proc = processor(memory_table, clock, closed=closed)
+    proc.absorb(scan(0))
+    proc.flush()
+    clock.now += 0.2
+    proc.absorb(scan(1, ts=TS + 11 * 60_000))  # past the first minute's end and the grace
+    assert proc.flush() is False  # the shards' write is not due...
+    assert [(r.window_start, r.values[0]) for r in closed] == [(TS, 1)]  # ...the close is
 
 
 class Consumer:
