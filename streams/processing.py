@@ -170,15 +170,20 @@ class StreamProcessor:
         one a second a draining worker held ten more minutes of event time of
         identities (peak RSS 433 against 390 MB in a 1M-event drain). Written
         ahead of the windows they are safe: a replayed message's events are
-        recognised as the first copies, not as re-sends. For the same reason
-        the windows the watermark passed close at every batch
-        (:meth:`WindowState.close_due`), as before the write was held back.
+        recognised as the first copies, not as re-sends.
+
+        Windows close only at a write, never between two: the watermark
+        record that closed a window must be in the changelog before its
+        marker. Closed ahead of it (tried), a worker killed after the marker
+        and before the watermark came back with an older watermark, folded a
+        late event of the closed window into a new one, and its partial row
+        replaced the window's row in the store (one order short in the
+        pipeline's kill test).
         """
-        for partition in self._touched:
-            if self.state.owns(partition):
-                if self.seen is not None:
+        if self.seen is not None:
+            for partition in self._touched:
+                if self.state.owns(partition):
                     self.seen.flush(partition)
-                self.state.close_due(partition)
         written = self.write_state(force=False)
         if self.after_flush is not None:
             return self.after_flush() is not False and written

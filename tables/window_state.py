@@ -330,18 +330,6 @@ class WindowState:
         self._purge_markers(partition, part)
         return closed
 
-    def close_due(self, partition: int) -> int:
-        """Close the windows the watermark has passed, between two flushes.
-
-        The processor writes the shards at most every half second, but a window
-        kept open until then holds its keys (and their shards in the table)
-        for that long: draining a backlog, half a second is minutes of event
-        time. Closing needs no shard written first: the closed records carry
-        what was folded, and the marker written once they are acknowledged
-        supersedes the window's shards. Returns the number of windows closed.
-        """
-        return self._close_due(partition, self.partition(partition))
-
     def _put(self, raw_key: bytes, raw_value: bytes | None, partition: int) -> None:
         if raw_value is None:
             self.table.data.pop(raw_key, None)

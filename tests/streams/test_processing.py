@@ -109,20 +109,6 @@ def test_the_identities_seen_are_written_at_every_batch(memory_table: Any) -> No
     assert len(seen_table.changelog) > identities  # ...the identities do not
 
 
-def test_a_window_the_watermark_passed_closes_at_the_next_batch(memory_table: Any) -> None:
-    """Not at the next write: held open, a draining worker kept minutes of event
-    time of windows in memory."""
-    clock = Clock()
-    closed: list[Any] = []
-    proc = processor(memory_table, clock, closed=closed)
-    proc.absorb(scan(0))
-    proc.flush()
-    clock.now += 0.2
-    proc.absorb(scan(1, ts=TS + 11 * 60_000))  # past the first minute's end and the grace
-    assert proc.flush() is False  # the shards' write is not due...
-    assert [(r.window_start, r.values[0]) for r in closed] == [(TS, 1)]  # ...the close is
-
-
 class Consumer:
     def __init__(self) -> None:
         self.acked: list[int] = []
