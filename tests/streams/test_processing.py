@@ -35,15 +35,10 @@ def scan(offset: int, ts: int | None = None) -> RawMessage:
     ))
 
 
-def processor(
-    table: Any, clock: Clock, seen: SeenEvents | None = None,
-    closed: list[Any] | None = None,
-) -> StreamProcessor:
+def processor(table: Any, clock: Clock, seen: SeenEvents | None = None) -> StreamProcessor:
     state = WindowState(
         table=table, source_topic=TOPIC, specs=[STORE_MINUTE], grace_ms=600_000,
-        idle_close_ms=600_000,
-        publish_closed=lambda records, acked: (closed if closed is not None else []).extend(
-            records),
+        idle_close_ms=600_000, publish_closed=lambda records, acked: None,
         publish_late=lambda record: None,
     )
     return StreamProcessor(
