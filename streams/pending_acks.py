@@ -46,9 +46,9 @@ class PendingAcks:
     robinhood/faust#262 and #678 report the same family of hangs).
 
     A processor may say a flush left part of the batch unwritten (the window
-    state is written every half second at most, the rules about once a second): those messages are
-    held, and acked by the next flush that is complete or after the timer's
-    write (``persist_and_release``).
+    state is written every half second at most, the rules about once a
+    second): those messages are held, and acked by the next flush that is
+    complete or after the timer's write (``persist_and_release``).
 
     The agent does not wait for a batch's write (``settle(wait=False)``): the
     write and the acks finish in a task, in settle order, while the agent

@@ -26,9 +26,9 @@ batch (five a second on a live stream) rewrote the same shards five times:
 at 10,000 events/s the shards' encoding was a tenth of the worker's time,
 and the bytes went through aiokafka and the broker as well. The batches in
 between are held, not acknowledged, until the write that covers them.
-Not a second: a 1M-event drain then peaked at 391-458 MB of RSS in seven
-runs, against 376-394 MB at half a second and 376-390 MB at every batch
-(the cause was not found; the identities held were the same)."""
+Not a second: 1M-event drains then went over the 400 MB RSS target in most
+runs, where half a second and every batch stayed under it (the cause was
+not found; the identities held were the same)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +166,9 @@ class StreamProcessor:
         second).
 
         The identities go at every batch: each write of them is a checkpoint
-        the forgetting goes by (what a replay would not read again), and with
-        one a second a draining worker held ten more minutes of event time of
-        identities (peak RSS 433 against 390 MB in a 1M-event drain). Written
+        the forgetting goes by (what a replay would not read again), and
+        written with the windows a draining worker held minutes more of event
+        time of identities, and went over the 400 MB RSS target. Written
         ahead of the windows they are safe: a replayed message's events are
         recognised as the first copies, not as re-sends.
 
