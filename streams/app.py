@@ -38,6 +38,18 @@ from ctower.streams.tower import ControlTower
 from ctower.streams.upkeep import install_upkeep
 from ctower.streams.watch import install_worker_watch
 
+PRODUCER_LINGER_S: dict[str, float] = {"all": 0.005, "aggregate": 0.005, "coupons": 0.0}
+"""How long the producer waits to fill a batch, per role. The aggregation's
+writes come in bursts after each batch and travel well in few requests. A
+reservation waits for its ledger write and the coupon role writes little:
+with no linger a write leaves at once, and those made while it is in flight
+go together in the next request. A quiet reservation so takes a median of
+about 1 ms instead of 6.5 ms (the README's "Speed" has the runs). At an
+earlier stop, when the aggregation's writes cost the shared broker about
+three times what they do now, no linger had queued reservations for seconds
+while it drained a backlog (the cause in aiokafka's sender was not traced);
+the decisions bench's runs made during a drain would show it again."""
+
 ROLE_STREAMS: dict[str, tuple[str, ...]] = {
     "all": STREAMS,
     "aggregate": tuple(stream for stream in STREAMS if stream != "coupon"),
@@ -78,12 +90,7 @@ def build_app(settings: Settings, replication: int = 1) -> ControlTower:
         # each standby applies another worker's every state write, message by
         # message on Faust's path (docs/operations.md, "Standby replicas")
         table_standby_replicas=settings.standby_replicas,
-        # A reservation waits for its ledger write, so the coupon role pays this
-        # too (most of a quiet reservation's 7 ms median). Shorter queued the
-        # reservations behind a busy broker: at 1 ms the decisions bench's
-        # reservations took a median 0.6-1.5 s while the aggregation drained its
-        # backlog, against 7-9 ms at 5 ms (no linger at all did the same).
-        producer_linger=0.005,
+        producer_linger=PRODUCER_LINGER_S[role],
     )
     tower = ControlTower(
         settings=settings, app=app, writer=BatchWriter(lambda: faust_producer(app))
