@@ -29,7 +29,8 @@ import heapq
 import math
 from bisect import insort
 from collections.abc import Callable, Iterable
-from operator import itemgetter
+from itertools import groupby, repeat
+from operator import attrgetter, itemgetter
 
 from msgspec import Struct
 
@@ -55,6 +56,9 @@ _FOLD_AGE_MS = _KEEP_MINUTES * MINUTE
 _MAX_SCAN_MARKS = 2_000
 
 _qty = itemgetter(1)
+_message_of = attrgetter("source", "offset")
+_ZEROS = repeat(0)
+"""The default of every ``dict.get`` in ``map(scans.get, minutes, _ZEROS)``."""
 
 INBOUND = frozenset({"receipt", "transfer_in", "adjustment"})
 OUTBOUND = frozenset({"transfer_out", "sale"})
@@ -202,32 +206,44 @@ class StockRulesEngine(RuleFamily):
         """
         state = self.state
         now = state.now(partition)
-
-        def after_message() -> None:
-            nonlocal now
+        part = state.part(partition)
+        entities, dirty = part.entities, part.dirty
+        min_scans = self.rules().demand.min_scans
+        units = self._units
+        move_into = self._move
+        push = heapq.heappush
+        # whole source messages at a time (what RuleState.fresh_items does for
+        # the other families), inlined: every move of the worker comes here
+        for (source, offset), group in groupby(moves, _message_of):
+            if not state.fresh(partition, source, offset):
+                continue
+            newest = 0
+            ahead = self._ahead.setdefault(partition, [])
+            for move in group:
+                ts, kind = move.ts, move.kind
+                if ts > newest:
+                    newest = ts
+                key = f"{move.location_id}|{move.sku}"
+                item = entities.get(key)
+                if item is None:
+                    item = StockItem(deltas=[], sales={}, scans={}, scan_marks=[])
+                    entities[key] = item
+                move_into(item, move)
+                if kind == "sale":
+                    cached = units.get(key)
+                    if cached is not None and ts - ts % MINUTE < cached[0]:
+                        del units[key]  # a late sale inside the velocity window
+                dirty.add(key)
+                if ts > now:
+                    push(ahead, (ts, key, kind == "scan"))
+                elif kind != "scan" or self._scan_matters(partition, key, item, now, min_scans):
+                    self.touch(partition, key)
+            state.applied(partition, source, offset, newest)
             now = self.evaluate_if_time_passed(partition)
 
-        for move in state.fresh_items(partition, moves, after_message):
-            key = f"{move.location_id}|{move.sku}"
-            item = state.get(partition, key) or StockItem(
-                deltas=[], sales={}, scans={}, scan_marks=[]
-            )
-            self._move(item, move)
-            if move.kind == "sale":
-                units = self._units.get(key)
-                if units is not None and move.ts - move.ts % MINUTE < units[0]:
-                    del self._units[key]  # a late sale inside the velocity window
-            state.put(partition, key, item)
-            # looked up each time: an evaluation between two messages takes the set away
-            if move.ts > now:
-                heapq.heappush(
-                    self._ahead.setdefault(partition, []), (move.ts, key, move.kind == "scan")
-                )
-            elif move.kind != "scan" or self._scan_matters(partition, key, item, now):
-                self.touch(partition, key)
-        self.evaluate_if_time_passed(partition)
-
-    def _scan_matters(self, partition: int, key: str, item: StockItem, now: int) -> bool:
+    def _scan_matters(
+        self, partition: int, key: str, item: StockItem, now: int, min_scans: int
+    ) -> bool:
         """Whether a scan can change what the rules say of a key.
 
         Scans are half the moves, and most change nothing: on hand and cover do
@@ -240,13 +256,9 @@ class StockRulesEngine(RuleFamily):
         if level == (-1, -1) or (item.known and level[0] <= 0):
             return True  # never judged yet, or the shelf was empty
         after = now - HOP - MINUTE
-        scans_of = item.scans.get
-        recent = sum(
-            scans_of(m, 0) for m in range(after - after % MINUTE + MINUTE, now + 1, MINUTE)
-        )
-        return recent >= self.rules().demand.min_scans or self.book.is_open(
-            partition, f"demand_spike:{key}"
-        )
+        recent = sum(map(item.scans.get, range(after - after % MINUTE + MINUTE, now + 1, MINUTE),
+                         _ZEROS))
+        return recent >= min_scans or self.book.is_open(partition, f"demand_spike:{key}")
 
     def due(self, partition: int, now: int) -> set[str]:
         """The keys touched, and those whose moves from ahead the clock has reached.
@@ -258,14 +270,19 @@ class StockRulesEngine(RuleFamily):
         moves of 300k events, against 300 for the keys touched on time."""
         keys = super().due(partition, now)
         ahead = self._ahead.get(partition)
+        if not ahead or ahead[0][0] > now:
+            return keys
         unmoved: set[str] = set()  # keys whose scans do not matter now: asked once
+        entities = self.state.part(partition).entities
+        min_scans = self.rules().demand.min_scans
+        pop = heapq.heappop
         while ahead and ahead[0][0] <= now:
-            _, key, scan = heapq.heappop(ahead)
+            _, key, scan = pop(ahead)
             if scan and key not in keys:
                 if key in unmoved:
                     continue
-                item = self.state.get(partition, key)
-                if item is None or not self._scan_matters(partition, key, item, now):
+                item = entities.get(key)
+                if item is None or not self._scan_matters(partition, key, item, now, min_scans):
                     unmoved.add(key)
                     continue
             keys.add(key)

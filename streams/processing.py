@@ -180,11 +180,11 @@ class StreamProcessor:
         replaced the window's row in the store (one order short in the
         pipeline's kill test).
         """
-        if self.seen is not None:
+        written = self.write_state(force=False)  # the identities first, when due
+        if not written and self.seen is not None:
             for partition in self._touched:
                 if self.state.owns(partition):
                     self.seen.flush(partition)
-        written = self.write_state(force=False)
         if self.after_flush is not None:
             return self.after_flush() is not False and written
         return written
