@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ctower.rules.config import Rules
-from ctower.rules.stock import StockItem, StockMove, StockRulesEngine
+from ctower.rules.stock import AheadOfClock, StockItem, StockMove, StockRulesEngine
 from ctower.schemas.master_data import CampaignInfo, MasterData, RegionInfo, StoreInfo
 
 T0 = 1_790_000_100_000
@@ -317,3 +317,20 @@ def test_scans_from_ahead_judge_their_key_only_when_they_matter(harness: Any) ->
     assert "S1|K1" not in judged  # a stocked shelf: its scans change nothing
     assert judged.count("S2|K1") == 10  # an empty shelf: each scan counts towards a stock-out
     assert feed.stock_outs() == [("open", T0 + 3 * MIN)]
+
+
+def test_moves_from_ahead_come_due_exactly_when_the_clock_reaches_them() -> None:
+    """Filed by the second they fall in, and taken by the millisecond: a move
+    is never taken before the clock reaches it, nor left once it has, wherever
+    the clock stops inside a second."""
+    ahead = AheadOfClock()
+    moves = [(T0 + ms, f"L{ms}|K1", ms % 2 == 0) for ms in (2_500, 0, 999, 1_000, 1_001, 7, 2_000)]
+    for ts, key, scan in moves:
+        ahead.add(ts, key, scan)
+    taken: list[tuple[int, str, bool]] = []
+    for now in (T0 - 1, T0 + 6, T0 + 7, T0 + 1_000, T0 + 1_000, T0 + 2_499, T0 + 9_999):
+        came = ahead.take(now)
+        assert all(ts <= now for ts, _, _ in came)
+        taken.extend(came)
+        assert sorted(taken) == sorted(move for move in moves if move[0] <= now)
+    assert ahead.take(T0 + 99_999) == []
