@@ -20,6 +20,7 @@ from ctower.bench.engine import (
     WorkerCounter,
     decisions_result,
     decisions_result_line,
+    live_cost,
     run_p99s,
 )
 from ctower.cli import cli
@@ -269,3 +270,9 @@ def test_the_bench_never_gives_two_servers_the_same_port() -> None:
     binds to port 0): two workers of a drain once needed distinct ones."""
     ports = [bench_module.free_port() for _ in range(2_000)]
     assert len(set(ports)) == len(ports)
+
+
+def test_the_live_cost_is_cpu_per_event_folded_and_says_when_it_has_no_count() -> None:
+    assert "12.5 CPU s per million events (400,000 events" in live_cost(5.0, 100_000, 500_000)
+    for before, after in ((None, 10), (10, None), (10, 10)):
+        assert live_cost(1.0, before, after).endswith("no count")
