@@ -77,6 +77,11 @@ class _Forward:
     def add(self, key: str, message: tuple[int, int], items: list[Any]) -> None:
         self._pending.extend(items)
 
+    def add_each(
+        self, message: tuple[int, int], items: list[Any], key_of: Callable[[Any], str]
+    ) -> None:
+        self._pending.extend(items)
+
     def flush(self) -> None:
         if self._pending:
             items, self._pending = self._pending, []

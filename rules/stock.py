@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import insort
+from bisect import bisect_right, insort
 from collections.abc import Callable, Iterable
-from itertools import groupby, repeat
+from itertools import groupby, islice, repeat
 from operator import attrgetter, itemgetter
 
 from msgspec import Struct
@@ -109,7 +109,8 @@ class StockItem(Struct, kw_only=True, array_like=True):
             return self.base
         if at is None or deltas[-1][0] <= at:  # sorted: none ahead of ``at`` (the usual case)
             return self.base + sum(map(_qty, deltas))
-        return self.base + sum(q for ts, q in deltas if ts <= at)
+        # draining a backlog, most keys hold movements from ahead of the clock
+        return self.base + sum(map(_qty, islice(deltas, bisect_right(deltas, (at, math.inf)))))
 
     def known_at(self, at: int) -> bool:
         return self.known and self.base_ts <= at

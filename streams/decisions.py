@@ -36,6 +36,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from operator import attrgetter
 from typing import Any
 
 import faust
@@ -86,6 +87,10 @@ log = logging.getLogger(__name__)
 _CHUNK = 4_000
 """Items per message on the internal topics (about 200 kB of msgpack)."""
 
+_KNOWN_KEYS = 1 << 16
+"""Keys whose partition a forwarder keeps at most (SKUs: a catalogue's worth)."""
+_sku_of = attrgetter("sku")
+
 _stock_moves = msgspec.msgpack.Decoder(list[StockMove])
 _lane_events = msgspec.msgpack.Decoder(list[LaneEvent])
 _shipping_events = msgspec.msgpack.Decoder(list[ShippingEvent])
@@ -112,10 +117,38 @@ class Forwarder:
         self.pending: dict[int, list[tuple[tuple[int, int], list[Any]]]] = defaultdict(list)
         self.sent = 0
         self.records = 0
+        self._partition_of: dict[str, int] = {}
+        """Key -> partition, for :meth:`add_each` (cleared past ``_KNOWN_KEYS``)."""
 
     def add(self, key: str, message: tuple[int, int], items: list[Any]) -> None:
         """Items of the source ``message`` (partition, offset) for ``key``'s partition."""
         self.pending[partition_for(key.encode(), self.partitions)].append((message, items))
+
+    def add_each(
+        self, message: tuple[int, int], items: list[Any], key_of: Callable[[Any], str]
+    ) -> None:
+        """Items of the source ``message``, each for its own key's partition.
+
+        One group per partition, not per key: a message of 100 scans holds about
+        80 SKUs, and grouping per SKU first cost a list, a partition lookup and
+        an entry per SKU. The items of one key stay in their order.
+        """
+        known = self._partition_of
+        groups: dict[int, list[Any]] = {}
+        for item in items:
+            key = key_of(item)
+            partition = known.get(key)
+            if partition is None:
+                if len(known) >= _KNOWN_KEYS:
+                    known.clear()
+                partition = known[key] = partition_for(key.encode(), self.partitions)
+            group = groups.get(partition)
+            if group is None:
+                groups[partition] = [item]
+            else:
+                group.append(item)
+        for partition, group in groups.items():
+            self.pending[partition].append((message, group))
 
     def flush(self) -> None:
         pending, self.pending = self.pending, defaultdict(list)
@@ -485,11 +518,9 @@ class DecisionLayer:
                 slot[0] += 1
                 if ts > slot[1]:
                     slot[1] = ts
-        by_sku: dict[str, list[StockMove]] = defaultdict(list)
-        for (store, sku, _), (n, ts) in counts.items():
-            by_sku[sku].append(StockMove(store, sku, "scan", n, ts, source, offset))
-        for sku, moves in by_sku.items():
-            self.stock_moves.add(sku, (partition, offset), moves)
+        moves = [StockMove(store, sku, "scan", n, ts, source, offset)
+                 for (store, sku, _), (n, ts) in counts.items()]
+        self.stock_moves.add_each((partition, offset), moves, _sku_of)
 
     def _flush_orders(self) -> None:
         self.stock_moves.flush()
@@ -501,7 +532,7 @@ class DecisionLayer:
 
     def _orders(self, partition: int, offset: int, events: list[Event]) -> None:
         source = f"order:{partition}"
-        by_sku: dict[str, list[StockMove]] = defaultdict(list)
+        moves: list[StockMove] = []
         by_order: dict[str, list[ShippingEvent]] = defaultdict(list)
         for ev in events:
             assert isinstance(ev, Order)
@@ -513,24 +544,23 @@ class DecisionLayer:
                 continue
             location = ev.stock_location
             for line in ev.lines:
-                by_sku[line.sku].append(
+                moves.append(
                     StockMove(location, line.sku, "sale", line.qty, ev.ts, source, offset)  # type: ignore[arg-type]
                 )
-        for sku, moves in by_sku.items():
-            self.stock_moves.add(sku, (partition, offset), moves)
+        if moves:
+            self.stock_moves.add_each((partition, offset), moves, _sku_of)
         for order_id, items in by_order.items():
             self.shipping.add(order_id, (partition, offset), items)
 
     def _inventory(self, partition: int, offset: int, events: list[Event]) -> None:
         source = f"inventory:{partition}"
-        by_sku: dict[str, list[StockMove]] = defaultdict(list)
+        moves: list[StockMove] = []
         for ev in events:
             assert isinstance(ev, Inventory)
-            by_sku[ev.sku].append(
+            moves.append(
                 StockMove(ev.location_id, ev.sku, ev.kind, ev.qty, ev.ts, source, offset)  # type: ignore[arg-type]
             )
-        for sku, moves in by_sku.items():
-            self.stock_moves.add(sku, (partition, offset), moves)
+        self.stock_moves.add_each((partition, offset), moves, _sku_of)
 
     def _logistics(self, partition: int, offset: int, events: list[Event]) -> None:
         source = f"logistics:{partition}"

@@ -334,3 +334,12 @@ def test_moves_from_ahead_come_due_exactly_when_the_clock_reaches_them() -> None
         taken.extend(came)
         assert sorted(taken) == sorted(move for move in moves if move[0] <= now)
     assert ahead.take(T0 + 99_999) == []
+
+
+def test_on_hand_as_of_a_time_counts_every_movement_of_that_millisecond_and_none_after() -> None:
+    item = StockItem(known=True, base=10, base_ts=T0,
+                     deltas=[(T0 + 5, -1), (T0 + 5, -2), (T0 + 9, 4), (T0 + 9, -1), (T0 + 20, 7)])
+    expected = {T0: 10, T0 + 4: 10, T0 + 5: 7, T0 + 8: 7, T0 + 9: 10, T0 + 19: 10, T0 + 20: 17}
+    for at, on_hand in expected.items():
+        assert item.on_hand(at) == on_hand, at
+    assert item.on_hand() == 17
