@@ -43,22 +43,22 @@ PRODUCER_LINGER_S: dict[str, float] = {"all": 0.005, "aggregate": 0.005, "coupon
 writes come in bursts after each batch and travel well in few requests. A
 reservation waits for its ledger write and the coupon role writes little:
 with no linger a write leaves at once, and those made while it is in flight
-go together in the next request. A quiet reservation so takes a median of
-about 1 ms instead of 6.5 ms (the README's "Speed" has the runs). At an
-earlier stop, when the aggregation's writes cost the shared broker about
-three times what they do now, no linger had queued reservations for seconds
-while it drained a backlog (the cause in aiokafka's sender was not traced);
-the decisions bench's runs made during a drain would show it again."""
+go together in the next request, so a quiet reservation no longer waits out
+the linger (the README's "Speed" has the figures). At an earlier stop, when
+the aggregation's writes cost the shared broker about three times what they
+do now, no linger had queued reservations for seconds while it drained a
+backlog (the cause in aiokafka's sender was not traced); the decisions
+bench's runs made during a drain would show it again."""
 
 COMMIT_INTERVAL_S = 1.0
 """How often the consumer commits what is acknowledged (Faust's default: 2.8 s).
 De-duplication forgets an identity only once the committed offset is past
 the horizon (``tables/dedup.py``): what a replay would read again must still
 find its first copies. So the identities held are the horizon plus however
-far the commit lags what is read, and draining a backlog at 40,000 events/s a
-2.8 s interval left 30 to 90 minutes of event time uncommitted on some
-streams. At 1 s a 1M-event drain peaked at 370-405 MB RSS in four runs,
-against 404-434 MB in six at 2.8 s; a commit is one request for all the
+far the commit lags what is read: draining a backlog, a 2.8 s interval left
+30 to 90 minutes of event time uncommitted on some streams, and the drain's
+peak RSS went over the 400 MB target once the worker drained faster (the
+README's "Speed" has the figures). A commit is one request for all the
 partitions."""
 
 ROLE_STREAMS: dict[str, tuple[str, ...]] = {
