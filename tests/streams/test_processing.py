@@ -28,9 +28,9 @@ class Clock:
         return self.now
 
 
-def scan(offset: int, ts: int | None = None) -> RawMessage:
+def scan(offset: int) -> RawMessage:
     return RawMessage(0, offset, msgspec.json.encode(
-        {"scan_id": f"s{offset}", "ts": ts or TS + offset, "store_id": "S1", "sku": "K1",
+        {"scan_id": f"s{offset}", "ts": TS + offset, "store_id": "S1", "sku": "K1",
          "action": "view"}
     ))
 
