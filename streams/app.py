@@ -37,6 +37,7 @@ from ctower.streams.stall_report import install_stall_report
 from ctower.streams.tower import ControlTower
 from ctower.streams.upkeep import install_upkeep
 from ctower.streams.watch import install_worker_watch
+from ctower.tables.memory_store import STORE_URL
 
 PRODUCER_LINGER_S: dict[str, float] = {"all": 0.005, "aggregate": 0.005, "coupons": 0.0}
 """How long the producer waits to fill a batch, per role. The aggregation's
@@ -60,6 +61,13 @@ far the commit lags what is read: draining a backlog, a 2.8 s interval left
 peak RSS went over the 400 MB target once the worker drained faster (the
 README's "Speed" has the figures). A commit is one request for all the
 partitions."""
+
+HEARTBEAT_INTERVAL_S = 1.0
+"""How often the consumer tells the group it is alive (Faust's default: 3 s).
+A worker learns from a heartbeat's answer that a rebalance has begun, and the
+group waits for every member to rejoin: with two workers started together,
+the second waited about four seconds for the first, which drained alone
+meanwhile. The session timeout (10 s) stays well above three heartbeats."""
 
 ROLE_STREAMS: dict[str, tuple[str, ...]] = {
     "all": STREAMS,
@@ -85,7 +93,7 @@ def build_app(settings: Settings, replication: int = 1) -> ControlTower:
     app = faust.App(
         app_id_for(settings),
         broker=[f"kafka://{server}" for server in settings.bootstrap.split(",")],
-        store="memory://",
+        store=STORE_URL,  # a kept partition is not read back after a rebalance
         datadir=str(settings.data_dir / "faust"),
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=replication,
@@ -99,6 +107,7 @@ def build_app(settings: Settings, replication: int = 1) -> ControlTower:
         stream_buffer_maxsize=max(4096, settings.batch_max_messages * 2),
         broker_commit_interval=COMMIT_INTERVAL_S,
         broker_session_timeout=10.0,  # a killed worker's partitions move on sooner
+        broker_heartbeat_interval=HEARTBEAT_INTERVAL_S,
         # each standby applies another worker's every state write, message by
         # message on Faust's path (docs/operations.md, "Standby replicas")
         table_standby_replicas=settings.standby_replicas,

@@ -24,13 +24,17 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from faust.types import TP
 
 from ctower.topics import partition_for
 
 Record = tuple[bytes | None, bytes | None]
+Acked = Callable[[int, int], None]
+"""Told (partition, offset of the batch's last record) once Kafka has a batch."""
 
 
 def faust_producer(app: Any) -> AIOKafkaProducer:
@@ -52,6 +56,11 @@ class BatchWriter:
         self._drain_task: asyncio.Future[None] | None = None
         self.records = 0
         self.batches = 0
+        self._acked: dict[str, Acked] = {}
+
+    def on_acked(self, topic: str, acked: Acked) -> None:
+        """Have ``acked`` told how far each partition of ``topic`` is written."""
+        self._acked[topic] = acked
 
     def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
         """Queue a record. It is written by the next :meth:`write`: the caller's,
@@ -99,19 +108,45 @@ class BatchWriter:
     async def _send(
         self, producer: AIOKafkaProducer, topic: str, partition: int, records: list[Record]
     ) -> None:
+        acked = self._acked.get(topic)
         batch: Any = producer.create_batch()
-        count = 0
+        in_batch = 0
         for key, value in records:
             if batch.append(key=key, value=value, timestamp=None) is None:
                 # full: send it and start the next (a first record always fits)
-                await producer.send_batch(batch, topic, partition=partition)
-                self.batches += 1
+                await self._send_batch(producer, batch, topic, partition, in_batch, acked)
                 batch = producer.create_batch()
                 batch.append(key=key, value=value, timestamp=None)
-            count += 1
-        await producer.send_batch(batch, topic, partition=partition)
+                in_batch = 0
+            in_batch += 1
+        await self._send_batch(producer, batch, topic, partition, in_batch, acked)
+        self.records += len(records)
+
+    async def _send_batch(
+        self, producer: AIOKafkaProducer, batch: Any, topic: str, partition: int,
+        count: int, acked: Acked | None,
+    ) -> None:
+        sent = await producer.send_batch(batch, topic, partition=partition)
         self.batches += 1
-        self.records += count
+        if acked is not None:
+            sent.add_done_callback(partial(_tell_acked, acked, partition, count))
+
+
+def _tell_acked(acked: Acked, partition: int, count: int, sent: asyncio.Future[Any]) -> None:
+    if not sent.cancelled() and sent.exception() is None:
+        acked(partition, sent.result().offset + count - 1)
+
+
+def persisted_offsets(table: Any) -> Acked:
+    """Tells a Faust table's store how far its changelog is written, as Faust's
+    own changelog path does (``tables/memory_store.py``: a partition kept
+    through a rebalance is then not read back)."""
+    topic = table.changelog_topic.get_topic_name()
+
+    def acked(partition: int, offset: int) -> None:
+        table.data.set_persisted_offset(TP(topic, partition), offset)
+
+    return acked
 
 
 class BatchedChangelog:
@@ -125,6 +160,7 @@ class BatchedChangelog:
         self.table = table
         self.writer = writer
         self.topic = table.changelog_topic.get_topic_name()
+        writer.on_acked(self.topic, persisted_offsets(table))
 
     @property
     def data(self) -> Any:
@@ -154,6 +190,7 @@ class AckedChangelog:
         self.table = table
         self._producer = producer
         self.topic = table.changelog_topic.get_topic_name()
+        self._acked = persisted_offsets(table)
         self._gathering: dict[int, tuple[list[Record], asyncio.Future[None]]] = {}
         self._handing: dict[int, asyncio.Task[None]] = {}
         """Per partition, the last hand-over to the producer: the next one waits for it."""
@@ -203,6 +240,11 @@ class AckedChangelog:
                 acked.set_exception(exc)
             return
         complete_when_all(sent, acked)
+        sent[-1].add_done_callback(partial(self._note_written, partition))
+
+    def _note_written(self, partition: int, last: asyncio.Future[Any]) -> None:
+        if not last.cancelled() and last.exception() is None:
+            self._acked(partition, last.result().offset)
 
     async def handed_over(self) -> None:
         """Return once every record queued so far is in the producer (what

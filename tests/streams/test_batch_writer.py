@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from types import SimpleNamespace
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from faust.types import TP
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from ctower.settings import Settings
@@ -53,10 +56,13 @@ def test_writes_arrive_whole_and_in_order_per_partition_across_batches(
     topic = _topic(settings, "batch-writer")
     value = b"v" * 5_000  # about 3 records per 16 kB batch: many batches per partition
 
+    written: dict[int, list[int]] = defaultdict(list)
+
     async def run() -> tuple[BatchWriter, dict[int, list[tuple[bytes, bytes]]]]:
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
         await producer.start()
         writer = BatchWriter(lambda: producer)
+        writer.on_acked(topic, lambda partition, offset: written[partition].append(offset))
         try:
             # two writes racing: the second's records must all come after the first's
             for n in range(60):
@@ -84,6 +90,9 @@ def test_writes_arrive_whole_and_in_order_per_partition_across_batches(
                 assert partition == partition_for(key, PARTITIONS)
             else:
                 assert partition == n % PARTITIONS
+        # told, batch by batch, the offset of each one's last record
+        assert len(written[partition]) > 1
+        assert max(written[partition]) == len(records) - 1
 
 
 def test_a_batched_changelog_writes_to_the_tables_changelog_topic(settings: Settings) -> None:
@@ -138,11 +147,22 @@ def test_a_write_with_nothing_to_write_never_asks_for_the_producer() -> None:
     asyncio.run(BatchWriter(no_producer).write())
 
 
+class _Data(dict[bytes, bytes]):
+    """A table's store: its data, and how far each changelog partition is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: dict[TP, int] = {}
+
+    def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        self.written[tp] = max(offset, self.written.get(tp, -1))
+
+
 class _Table:
     """The part of a Faust table a changelog wrapper uses."""
 
     def __init__(self, topic: str) -> None:
-        self.data: dict[bytes, bytes] = {}
+        self.data = _Data()
         name = topic
 
         class Topic:
@@ -160,10 +180,12 @@ def test_acked_records_arrive_in_order_and_their_futures_wait_for_kafka(
     topic = _topic(settings, "acked-changelog")
     value = b"v" * 5_000  # several batches per partition and turn
 
+    table = _Table(topic)
+
     async def run() -> list[asyncio.Future[None]]:
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=5)
         await producer.start()
-        changelog = AckedChangelog(_Table(topic), lambda: producer)
+        changelog = AckedChangelog(table, lambda: producer)
         try:
             first = [changelog.send_changelog(n % PARTITIONS, b"k%d" % n, value + b"%d" % n)
                      for n in range(30)]
@@ -186,6 +208,8 @@ def test_acked_records_arrive_in_order_and_their_futures_wait_for_kafka(
         numbers = [int(v[len(value):]) for _, v in records]
         assert numbers == sorted(numbers), partition
         assert all(n % PARTITIONS == partition for n in numbers)
+        # the store knows how far the partition is written (kept through a rebalance)
+        assert table.data.written[TP(topic, partition)] == len(records) - 1
 
 
 class _HeldProducer:
@@ -195,19 +219,25 @@ class _HeldProducer:
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.sent: list[tuple[int, bytes]] = []
-        self.acks: list[asyncio.Future[None]] = []
+        self.acks: list[asyncio.Future[Any]] = []
         self.fail = False
 
     async def send(self, topic: str, value: bytes, key: bytes, partition: int
-                   ) -> asyncio.Future[None]:
+                   ) -> asyncio.Future[Any]:
         if self.fail:
             raise RuntimeError("the producer is closed")
         if partition == 0:
             await self.release.wait()
         self.sent.append((partition, key))
-        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.acks.append(ack)
         return ack
+
+    def acknowledge(self, n: int) -> None:
+        """Kafka's answer to the n-th record sent (offsets as on a fresh topic)."""
+        partition = self.sent[n][0]
+        offset = sum(1 for p, _ in self.sent[:n] if p == partition)
+        self.acks[n].set_result(SimpleNamespace(offset=offset))
 
 
 def test_a_partition_waiting_to_hand_over_holds_no_other() -> None:
@@ -217,7 +247,8 @@ def test_a_partition_waiting_to_hand_over_holds_no_other() -> None:
 
     async def run() -> None:
         producer = _HeldProducer()
-        changelog = AckedChangelog(_Table("t"), lambda: producer)  # type: ignore[arg-type, return-value]
+        table = _Table("t")
+        changelog = AckedChangelog(table, lambda: producer)  # type: ignore[arg-type, return-value]
         held = changelog.send_changelog(0, b"a", b"1")
         free = changelog.send_changelog(1, b"b", b"2")
         handed = asyncio.ensure_future(changelog.handed_over())
@@ -225,7 +256,7 @@ def test_a_partition_waiting_to_hand_over_holds_no_other() -> None:
             await asyncio.sleep(0)
         assert producer.sent == [(1, b"b")]  # partition 1 went out, 0 waits
         assert not handed.done()  # not everything is in the producer yet
-        producer.acks[0].set_result(None)
+        producer.acknowledge(0)
         await asyncio.sleep(0)
         assert free.done() and not held.done()
         later = changelog.send_changelog(0, b"c", b"3")  # queued behind the held batch
@@ -234,9 +265,10 @@ def test_a_partition_waiting_to_hand_over_holds_no_other() -> None:
         for _ in range(10):
             await asyncio.sleep(0)
         assert producer.sent == [(1, b"b"), (0, b"a"), (0, b"c")]  # in order on 0
-        for ack in producer.acks[1:]:
-            ack.set_result(None)
+        for n in range(1, len(producer.acks)):
+            producer.acknowledge(n)
         await asyncio.wait_for(asyncio.gather(held, later), 1)
+        assert table.data.written == {TP("t", 1): 0, TP("t", 0): 1}
 
     asyncio.run(run())
 
