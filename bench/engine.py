@@ -69,6 +69,9 @@ class Drain:
     heaviest_share: float | None = None
     """Several workers: the largest share of the backlog's messages in the
     partitions one worker held at the end (a half each is balanced)."""
+    join_seconds: float | None = None
+    """Several workers: from the first folding to all of them folding
+    (:meth:`WorkerCounter.join_seconds`)."""
 
     @property
     def events_per_s(self) -> float:
@@ -329,6 +332,15 @@ class WorkerCounter:
         seconds = end - began
         return (folded_at_end - folded_then) / seconds if seconds >= 1.0 else None
 
+    def join_seconds(self) -> float | None:
+        """From the first count at which a worker had folded events to the first
+        at which every one had: the workers' start-up skew and the rebalance
+        that shares the partitions out, while the first drains alone."""
+        history = self.history
+        first = next((at for at, each, _ in history if any(each)), None)
+        every = next((at for at, each, _ in history if all(each)), None)
+        return None if first is None or every is None else every - first
+
     def heaviest_share(self) -> float | None:
         """The largest share of the backlog's messages in the partitions one
         worker held at the end: how evenly the keys' hashes split the work."""
@@ -513,6 +525,9 @@ def measure_case(
                        f"{scaled.all_working_per_s / worker.events_per_s:.2f}x one worker "
                        f"(one worker's partitions held "
                        f"{scaled.heaviest_share or 0:.0%} of the backlog)")
+        if scaled.join_seconds is not None:
+            click.echo(f"  {workers} workers all folding {scaled.join_seconds:.1f} s after "
+                       "the first began (start-up and the rebalance that shares the partitions)")
     sink = None
     if with_sink:
         sink = drain(settings, "sink", store_counter(settings), sent,
@@ -559,6 +574,7 @@ def scale_out(settings: Settings, workers: int, sent: int) -> Drain:
         click.echo(f"  partitions sought back after standing still: {unstuck}")
     drained.all_working_per_s = counter.all_working_rate()
     drained.heaviest_share = counter.heaviest_share()
+    drained.join_seconds = counter.join_seconds()
     return drained
 
 

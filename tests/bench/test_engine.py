@@ -185,6 +185,7 @@ def test_the_group_s_rate_is_measured_while_every_worker_folds_from_the_furthest
     # events), 0-9 and 0-6 when worker 0 stops (17 of 20: 170 events), 4 s apart
     assert counter.all_working_rate() == pytest.approx((170 - 100) / 4)
     assert counter.heaviest_share() == pytest.approx(0.5)  # 10 messages each
+    assert counter.join_seconds() == pytest.approx(10.0)  # worker 1 in at the second count
 
 
 def test_the_heaviest_share_is_the_backlog_in_the_partitions_one_worker_holds(
