@@ -9,14 +9,20 @@ back took it about four seconds, in which it folded nothing (``ctower bench``
 with two workers, the first worker's log at INFO).
 
 This store keeps, per changelog partition, the newest offset Kafka
-acknowledged for a write (Faust reports every acknowledged changelog write
-through :meth:`set_persisted_offset`) or that a recovery applied. A kept
+acknowledged for a write (:meth:`set_persisted_offset`: Faust's own
+changelog path reports every acknowledged write, and so do our batch
+writers, ``streams/batch_writer.py``) or that a recovery applied. A kept
 partition is then recovered from there: the data in memory already holds
-everything up to it. Faust's memory store deletes a partition's recovered
-keys once the partition is neither active nor standby here; the offset is
-forgotten at the same moment, so a partition gained back later is read from
-its start as before. Our own code only removes a key from the data when it
+everything up to it. Our own code only removes a key from the data when it
 writes that key's tombstone, so the data never falls behind the offset.
+
+Faust's memory store deletes a partition's recovered keys once a recovery
+completes without the partition active here (a standby's too); its offset
+is forgotten at the same moment, and an acknowledgement for it that comes
+later is ignored, so a partition gained back is read from its start as
+before. (The keys our writers put in the data themselves stay: the base
+store knows the partition only of the keys a recovery read. Reading the
+partition from its start again overwrites them.)
 """
 
 from __future__ import annotations
@@ -38,11 +44,18 @@ class MemoryStore(Store[bytes, bytes]):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._offsets: dict[TP, int] = {}
+        self._active: set[int] | None = None
+        """The partitions active here as of the last completed recovery (None: none yet)."""
 
     def persisted_offset(self, tp: TP) -> int | None:
         return self._offsets.get(tp)
 
     def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        if self._active is not None and tp.partition not in self._active:
+            return  # a write acknowledged after its partition left: its keys may be gone
+        self._advance(tp, offset)
+
+    def _advance(self, tp: TP, offset: int) -> None:
         # acknowledgements can come back out of order across batches
         if offset > self._offsets.get(tp, -1):
             self._offsets[tp] = offset
@@ -55,14 +68,14 @@ class MemoryStore(Store[bytes, bytes]):
     ) -> None:
         events = list(batch)
         super().apply_changelog_batch(events, to_key, to_value)
-        for event in events:
+        for event in events:  # a partition being recovered here need not be active yet
             message = event.message
-            self.set_persisted_offset(message.tp, message.offset)
+            self._advance(message.tp, message.offset)
 
     async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
         # the base store just dropped the keys of every partition not active here
-        active = {tp.partition for tp in active_tps}
+        active = self._active = {tp.partition for tp in active_tps}
         for tp in [tp for tp in self._offsets if tp.partition not in active]:
             del self._offsets[tp]
 

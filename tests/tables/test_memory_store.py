@@ -72,3 +72,10 @@ def test_a_partition_no_longer_active_is_forgotten_with_its_keys() -> None:
     assert store.persisted_offset(TP(TOPIC, 0)) == 1
     assert store.persisted_offset(TP(TOPIC, 1)) is None
     assert store.persisted_offset(TP(TOPIC, 3)) is None
+    # a write acknowledged after its partition left, then the partition gained back
+    store.set_persisted_offset(TP(TOPIC, 3), 12)
+    store.set_persisted_offset(TP(TOPIC, 0), 4)
+    assert store.persisted_offset(TP(TOPIC, 3)) is None  # read from its start again
+    assert store.persisted_offset(TP(TOPIC, 0)) == 4
+    store.apply_changelog_batch([_record(3, 15, b"lost", b"4")], _same, _same)
+    assert store.persisted_offset(TP(TOPIC, 3)) == 15  # what the recovery applied counts
