@@ -133,6 +133,7 @@ class BatchWriter:
 
 
 def _tell_acked(acked: Acked, partition: int, count: int, sent: asyncio.Future[Any]) -> None:
+    """``sent`` resolves to the offset of the first of its ``count`` records."""
     if not sent.cancelled() and sent.exception() is None:
         acked(partition, sent.result().offset + count - 1)
 
@@ -240,11 +241,8 @@ class AckedChangelog:
                 acked.set_exception(exc)
             return
         complete_when_all(sent, acked)
-        sent[-1].add_done_callback(partial(self._note_written, partition))
-
-    def _note_written(self, partition: int, last: asyncio.Future[Any]) -> None:
-        if not last.cancelled() and last.exception() is None:
-            self._acked(partition, last.result().offset)
+        # each record has its own future: the last one's offset is the partition's
+        sent[-1].add_done_callback(partial(_tell_acked, self._acked, partition, 1))
 
     async def handed_over(self) -> None:
         """Return once every record queued so far is in the producer (what
