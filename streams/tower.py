@@ -17,6 +17,7 @@ from ctower.streams.decisions import DecisionLayer
 from ctower.streams.offset_order import OffsetOrder
 from ctower.streams.pending_acks import PendingAcks
 from ctower.streams.processing import StreamProcessor
+from ctower.tables.memory_store import MemoryStore
 
 
 @dataclass
@@ -53,5 +54,9 @@ class ControlTower:
             name: outbox.stats() for name, outbox in self.outboxes.items()
         }
         stats["settle"] = {name: pending.stats() for name, pending in self.pending.items()}
+        stats["recovered_records"] = {
+            name: table.data.recovered for name, table in self.app.tables.items()
+            if isinstance(table.data, MemoryStore)
+        }
         stats["gc"] = gc_stats()
         return stats

@@ -46,6 +46,9 @@ class MemoryStore(Store[bytes, bytes]):
         self._offsets: dict[TP, int] = {}
         self._active: set[int] | None = None
         """The partitions active here as of the last completed recovery (None: none yet)."""
+        self.recovered = 0
+        """Changelog records the recoveries applied here since start: what the
+        restart and the rebalances read (``/stats/`` ``recovered_records``)."""
 
     def persisted_offset(self, tp: TP) -> int | None:
         return self._offsets.get(tp)
@@ -68,6 +71,7 @@ class MemoryStore(Store[bytes, bytes]):
     ) -> None:
         events = list(batch)
         super().apply_changelog_batch(events, to_key, to_value)
+        self.recovered += len(events)
         for event in events:  # a partition being recovered here need not be active yet
             message = event.message
             self._advance(message.tp, message.offset)

@@ -61,6 +61,12 @@ def events_seen(port: int) -> int:
         return 0
 
 
+def worker_stats(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats/", timeout=5) as answer:
+        stats: dict[str, Any] = json.load(answer)
+    return stats
+
+
 def store_rows(settings: Settings) -> dict[tuple[str, int], dict[str, int]]:
     return family_rows(settings, "store_minute")  # type: ignore[return-value]
 
@@ -204,6 +210,14 @@ def test_a_second_worker_joining_mid_stream_shares_the_partitions_exactly(
     rows = wait_for_truth(settings, expected, poll, [sink, first, second])
     assert rows == expected
     assert events_seen(second_settings.worker_web_port) > 0  # it did take partitions
+    # The first worker kept the partitions it did not give up, and its
+    # rebalance read (next to) nothing of their changelogs back; Faust's memory
+    # store read them from their start, as much as the second worker reads of
+    # the partitions it gained.
+    kept = worker_stats(settings.worker_web_port)["recovered_records"]
+    gained = worker_stats(second_settings.worker_web_port)["recovered_records"]
+    assert sum(gained.values()) > 1000, gained
+    assert sum(kept.values()) * 4 < sum(gained.values()), (kept, gained)
 
 
 def family_rows(settings: Settings, aggregate: str) -> dict[tuple[Any, ...], dict[str, int]]:

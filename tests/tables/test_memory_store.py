@@ -54,6 +54,7 @@ def test_a_recovery_moves_the_offsets_to_what_it_applied() -> None:
     assert store.data == {b"b": b"2", b"c": b"3"}  # the tombstone deleted a
     assert store.persisted_offset(TP(TOPIC, 0)) == 7
     assert store.persisted_offset(TP(TOPIC, 2)) == 3
+    assert store.recovered == 4  # what /stats/ reports the rebalances read
 
 
 def test_a_partition_no_longer_active_is_forgotten_with_its_keys() -> None:
