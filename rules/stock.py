@@ -55,6 +55,24 @@ _FOLD_AGE_MS = _KEEP_MINUTES * MINUTE
 """Only movements this far behind the clock are folded: the clock never goes back that far."""
 _MAX_SCAN_MARKS = 2_000
 
+_MINUTES: dict[int, int] = {}
+"""One int object per minute of event time, shared by every key's buckets. Each
+move computed its own, and the scans and sales dicts of a 1M-event drain held
+about 210,000 equal ints (6.7 MB, by tracemalloc in an in-process replay)."""
+_MINUTES_KEPT = 100_000
+"""Past this many minutes (about 70 days) the table starts again."""
+
+
+def _minute_of(ts: int) -> int:
+    minute = ts - ts % MINUTE
+    shared = _MINUTES.get(minute)
+    if shared is None:
+        if len(_MINUTES) >= _MINUTES_KEPT:
+            _MINUTES.clear()
+        shared = _MINUTES[minute] = minute
+    return shared
+
+
 _qty = itemgetter(1)
 _message_of = attrgetter("source", "offset")
 _ZEROS = repeat(0)
@@ -349,7 +367,7 @@ class StockRulesEngine(RuleFamily):
     @staticmethod
     def _move(item: StockItem, move: StockMove) -> None:
         kind, ts, qty = move.kind, move.ts, move.qty
-        minute = ts - ts % MINUTE
+        minute = _minute_of(ts)
         if kind == "scan":
             item.scans[minute] = item.scans.get(minute, 0) + qty
             item.scan_marks.append((ts, qty))
@@ -575,7 +593,7 @@ class StockRulesEngine(RuleFamily):
         trimming later changes no figure, only the work). What it records, the
         minute each key was last judged in, also spares :meth:`tick` judging a
         key again within the minute."""
-        minute = now - now % MINUTE
+        minute = _minute_of(now)
         if self._trimmed.get(key) == minute:
             return
         self._trimmed[key] = minute
