@@ -9,7 +9,9 @@ it). One keep-alive connection pool, as a coupon service would hold.
 The client is a Python process too: when it is itself late to send (its
 core busy elsewhere), that delay is in the latency as well, and
 :attr:`ReservationRun.client_late_ms` says how much of it there was, so a
-tail can be told apart from the worker's.
+tail can be told apart from the worker's. Its own garbage collector is
+paused while it times (``client_gc.py``): its full collections were most of
+a first run's tail.
 
 The server's own share is read from its ``/metrics`` before and after the
 timed requests (the ``ctower_reservation_seconds`` histogram: from the
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from tqdm import tqdm
 
+from ctower.bench.client_gc import collector_paused
 from ctower.coupons.policy import publish_policy
 from ctower.errors import CtowerError
 from ctower.metrics import samples
@@ -221,7 +224,8 @@ def run_reservations(
         raise BenchError("the coupon API needs CTOWER_COUPON_API_TOKEN (the worker's token)")
     names = bench_campaigns(campaigns)
     prepare_campaigns(settings, names)
-    run = asyncio.run(_fire(settings, names, rate, seconds))
+    with collector_paused():  # the client's own pauses are not the server's latency
+        run = asyncio.run(_fire(settings, names, rate, seconds))
     failed = sum(run.failures.values())
     answered = len(run.latencies_ms)
     if failed > 0.01 * (answered + failed):

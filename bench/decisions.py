@@ -49,6 +49,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tqdm import tqdm
 
+from ctower.bench.client_gc import collector_paused
 from ctower.bench.coupons import BenchError
 from ctower.schemas.control import Alert
 from ctower.schemas.events import Pickup, encoder
@@ -441,8 +442,9 @@ def bench_alert_latency(
         raise BenchError("rate, seconds and probes must be positive")
     if settings.master_data_file is None:
         raise BenchError("the probes need the worker's CTOWER_MASTER_DATA_FILE (store capacities)")
-    return asyncio.run(_run(settings, rate, seconds, probes, seed, batch, warmup, alert_timeout,
-                            also_counted or []))
+    with collector_paused():  # the reader's own pauses are not the pipeline's latency
+        return asyncio.run(_run(settings, rate, seconds, probes, seed, batch, warmup,
+                                alert_timeout, also_counted or []))
 
 
 def summary(run: AlertRun) -> str:
