@@ -778,13 +778,15 @@ def decisions_result_line(figures: tuple[float, float, float, float]) -> str:
     )
 
 
-def decisions_settings(base: Settings, seed: int) -> tuple[Settings, dict[str, str]]:
+def decisions_settings(
+    base: Settings, seed: int, name: str = "decisions"
+) -> tuple[Settings, dict[str, str]]:
     """A fresh world for one run: own topics, app id, data folder, web port and
     master data (the simulator's chain of ``seed``), a coupon token; and the
     worker's environment."""
     from ctower.simulator.generator import SimConfig, Simulator
 
-    settings = run_settings(base, "decisions").model_copy(update={
+    settings = run_settings(base, name).model_copy(update={
         "coupon_api_token": base.coupon_api_token or SecretStr(secrets.token_urlsafe(24)),
     })
     chain = Simulator(SimConfig(seed=seed, events=1)).chain.write(settings.data_dir / "chain.json")
@@ -893,23 +895,28 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 @click.option("--keep-topics", is_flag=True, help="Leave the run's topics on the broker.")
 @click.option("--no-busy", is_flag=True,
               help="Skip the second pass with one core kept busy by another process.")
-@click.option("--backlog", default=300_000, show_default=True,
+@click.option("--backlog", default=1_600_000, show_default=True,
               help="Events waiting for the aggregation when the reservation runs start, so "
               "they run while it is saturated (0: an idle aggregation).")
+@click.option("--alert-backlog", default=300_000, show_default=True,
+              help="Events the aggregation of the alert part drains before the probes "
+              "start: the state a live worker has built.")
 def decisions(
     reserve_rate: int, reserve_seconds: float, reserve_runs: int, campaigns: int,
     event_rate: int, seconds: float, probes: int, batch: int, alert_timeout: float, seed: int,
-    keep_topics: bool, no_busy: bool, backlog: int,
+    keep_topics: bool, no_busy: bool, backlog: int, alert_backlog: int,
 ) -> None:
     """Reservation latency at 1,000 req/s and event-to-alert latency at 10,000 events/s.
 
-    Fresh processes per pass, as in production: ``ctower worker`` with role
+    Fresh processes per part, as in production: ``ctower worker`` with role
     aggregate and ``ctower coupons serve``. First the reservation runs on the
     coupon server (open loop, every request a durable grant) while the
-    aggregation drains a backlog (--backlog), then, with a paced producer
-    feeding the simulator's streams, pickup queues pushed over capacity and
-    timed until their alert is on ct.alerts. --reserve-runs 0 or --probes 0
-    skips a part.
+    aggregation drains a backlog large enough to keep it saturated through
+    every run (--backlog; each run's line says what it folded meanwhile),
+    then, in a world of its own whose aggregation first drains a smaller
+    backlog (--alert-backlog), with a paced producer feeding the simulator's
+    streams, pickup queues pushed over capacity and timed until their alert is
+    on ct.alerts. --reserve-runs 0 or --probes 0 skips a part.
     The whole is done twice: on a quiet machine, then with one core kept busy
     by a separate process (what a neighbour on a shared host does); the RESULT
     line carries the worse of the two for every figure.
@@ -926,6 +933,7 @@ def decisions(
                 results.append(_decisions_pass(
                     base, reserve_rate, reserve_seconds, reserve_runs, campaigns, event_rate,
                     seconds, probes, batch, alert_timeout, seed, keep_topics, backlog,
+                    alert_backlog,
                 ))
     worst = tuple(max(figures[i] for figures in results) for i in range(4))
     if len(results) > 1:
@@ -944,33 +952,46 @@ def busy_core() -> Iterator[None]:
         spinner.wait(timeout=10)
 
 
-def backlog_left(settings: Settings, coupon_settings: Settings, sent: int) -> None:
-    """Say how much of the backlog was still to drain after the reservation runs,
-    and wait for the rest (the alert probes need a worker that keeps up)."""
+def aggregation_meanwhile(
+    folded_from: int, folded_to: int, started: float, everyone: Callable[[], int | None],
+    sent: int,
+) -> str:
+    """What the aggregation folded while a reservation run lasted (its warm-up
+    included): a run is timed against a saturated aggregation only while
+    there is backlog left, and this says whether there was."""
+    seconds = max(time.monotonic() - started, 1e-9)
+    folded = folded_to - folded_from
+    line = f"the aggregation folded {folded:,} events meanwhile ({folded / seconds:,.0f}/s)"
+    if sent and (everyone() or 0) >= sent:
+        line += ", and the backlog was gone by the run's end: not saturated throughout"
+    return line
+
+
+def backlog_drained(settings: Settings, coupon_settings: Settings, sent: int) -> None:
+    """Wait until the backlog is folded (the alert probes need a worker that
+    keeps up), and say how long it took."""
     counter = WorkerCounter([settings, coupon_settings])
+    started = time.monotonic()
+    deadline = started + 600
     folded = counter() or 0
-    click.echo(f"  the backlog after the reservation runs: {folded:,} of {sent:,} events "
-               f"folded{'' if folded < sent else ' (drained during the runs)'}")
-    deadline = time.monotonic() + 600
     while folded < sent and time.monotonic() < deadline:
         time.sleep(0.5)
         folded = counter() or folded
+    click.echo(f"  the backlog before the probes: {folded:,} of {sent:,} events folded, "
+               f"{time.monotonic() - started:.0f} s after the workers answered")
 
 
-def _decisions_pass(
-    base: Settings, reserve_rate: int, reserve_seconds: float, reserve_runs: int,
-    campaigns: int, event_rate: int, seconds: float, probes: int, batch: int,
-    alert_timeout: float, seed: int, keep_topics: bool, backlog: int,
-) -> tuple[float, float, float, float]:
-    """One pass of the decisions bench: the aggregation and the coupon API as
-    two processes, as in production; its four figures."""
-    from ctower.bench.coupons import BenchError, run_reservations
-    from ctower.bench.decisions import bench_alert_latency, dump, percentile, summary
+@contextlib.contextmanager
+def production_split(
+    base: Settings, seed: int, backlog: int, batch: int, keep_topics: bool, name: str,
+) -> Iterator[SplitWorld]:
+    """A fresh world of the production split: its own topics with ``backlog``
+    events waiting (no pickups), ``ctower worker`` of role aggregate and
+    ``ctower coupons serve`` started on them; stopped and dropped after."""
+    from ctower.bench.coupons import BenchError
     from ctower.topics import ensure_topics
 
-    reserve: list[list[float]] = []
-    run = None
-    settings, env = decisions_settings(base, seed)
+    settings, env = decisions_settings(base, seed, name)
     settings = settings.model_copy(update={"worker_role": "aggregate"})
     env["CTOWER_WORKER_ROLE"] = "aggregate"
     coupon_settings = settings.model_copy(update={
@@ -986,44 +1007,90 @@ def _decisions_pass(
     coupon_log = settings.data_dir / "coupons.log"
     click.echo(f"topics {settings.topic_prefix}*, logs {log} and {coupon_log}")
     worker = start_worker(settings, env, log)
-    coupon_server = start_worker(coupon_settings, coupon_env, coupon_log)
     try:
-        if reserve_runs:
+        coupon_server = start_worker(coupon_settings, coupon_env, coupon_log)
+        try:
+            yield SplitWorld(settings, coupon_settings, worker, sent)
+        except BenchError as exc:
+            raise click.ClickException(f"{exc}\n(worker log: {log})") from None
+        finally:
+            stop(coupon_server)
+    finally:
+        stop(worker)
+        if not keep_topics:
+            drop_run_topics(settings)
+
+
+@dataclass
+class SplitWorld:
+    settings: Settings
+    """The aggregate worker's."""
+    coupon_settings: Settings
+    worker: subprocess.Popen[bytes]
+    """The aggregate worker."""
+    sent: int
+    """The backlog's events."""
+
+
+def _decisions_pass(
+    base: Settings, reserve_rate: int, reserve_seconds: float, reserve_runs: int,
+    campaigns: int, event_rate: int, seconds: float, probes: int, batch: int,
+    alert_timeout: float, seed: int, keep_topics: bool, backlog: int, alert_backlog: int,
+) -> tuple[float, float, float, float]:
+    """One pass of the decisions bench: the aggregation and the coupon API as
+    two processes, as in production; its four figures. The reservations and
+    the alert probes each get a world of their own: the first a backlog large
+    enough to keep the aggregation saturated through every run, the second the
+    state of a smaller one (a worker that drained 1.6M events folds live
+    traffic slower than one that drained 300k, and the alert figure would
+    measure the backlog's size)."""
+    from ctower.bench.coupons import run_reservations
+    from ctower.bench.decisions import bench_alert_latency, dump, percentile, summary
+
+    reserve: list[list[float]] = []
+    run = None
+    folders: list[Path] = []
+    if reserve_runs:
+        with production_split(base, seed, backlog, batch, keep_topics, "reservations") as world:
+            settings, coupon_settings, sent = world.settings, world.coupon_settings, world.sent
+            folders.append(settings.data_dir)
             click.echo(f"\n[reservations] {reserve_runs} x {reserve_seconds:g} s at "
                        f"{reserve_rate:,}/s over {campaigns} campaigns, to `ctower coupons "
                        f"serve`, while `ctower worker` (role aggregate) drains a backlog of "
                        f"{sent:,} events")
-        for n in range(reserve_runs):
-            answered = run_reservations(coupon_settings, reserve_rate, reserve_seconds, campaigns)
-            latencies, late = answered.latencies_ms, answered.client_late_ms
-            reserve.append(latencies)
-            click.echo(f"  run {n + 1}: {len(latencies):,} granted, p50 "
-                       f"{percentile(latencies, 50):.1f} ms, p99 "
-                       f"{percentile(latencies, 99):.1f} ms, max {max(latencies):.1f} ms "
-                       f"(the client itself late to send: p50 {percentile(late, 50):.1f}, "
-                       f"p99 {percentile(late, 99):.1f} ms); {handler_share(answered)}; "
-                       f"{worker_gc(coupon_settings)}")
-        if sent:
-            backlog_left(settings, coupon_settings, sent)
-        if probes:
+            aggregation = WorkerCounter(settings)
+            everyone = WorkerCounter([settings, coupon_settings])
+            for n in range(reserve_runs):
+                folded_from, started = aggregation() or 0, time.monotonic()
+                answered = run_reservations(coupon_settings, reserve_rate, reserve_seconds,
+                                            campaigns)
+                latencies, late = answered.latencies_ms, answered.client_late_ms
+                reserve.append(latencies)
+                meanwhile = aggregation_meanwhile(folded_from, aggregation() or 0, started,
+                                                  everyone, sent)
+                click.echo(f"  run {n + 1}: {len(latencies):,} granted, p50 "
+                           f"{percentile(latencies, 50):.1f} ms, p99 "
+                           f"{percentile(latencies, 99):.1f} ms, max {max(latencies):.1f} ms "
+                           f"(the client itself late to send: p50 {percentile(late, 50):.1f}, "
+                           f"p99 {percentile(late, 99):.1f} ms); {handler_share(answered)}; "
+                           f"{worker_gc(coupon_settings)}; {meanwhile}")
+    if probes:
+        with production_split(base, seed, alert_backlog, batch, keep_topics, "alerts") as world:
+            settings, coupon_settings, sent = world.settings, world.coupon_settings, world.sent
+            folders.append(settings.data_dir)
+            if sent:
+                backlog_drained(settings, coupon_settings, sent)
             click.echo(f"\n[event to alert] {probes} probes over {seconds:g} s, background "
                        f"{event_rate:,} events/s ({batch} per message)")
             folded = WorkerCounter(settings)
-            cpu_from, folded_from = cpu_seconds(worker.pid), folded()
+            cpu_from, live_from = cpu_seconds(world.worker.pid), folded()
             run = bench_alert_latency(settings, event_rate, seconds, probes, seed, batch,
                                       alert_timeout=alert_timeout,
                                       also_counted=[coupon_settings])
-            click.echo(f"  {live_cost(cpu_seconds(worker.pid) - cpu_from, folded_from, folded())}"
-                       f"; {worker_gc(settings)}")
-    except BenchError as exc:
-        raise click.ClickException(f"{exc}\n(worker log: {log})") from None
-    finally:
-        stop(worker)
-        stop(coupon_server)
-        if not keep_topics:
-            drop_run_topics(settings)
+            cost = live_cost(cpu_seconds(world.worker.pid) - cpu_from, live_from, folded())
+            click.echo(f"  {cost}; {worker_gc(settings)}")
     if run is not None:
-        dump(run, settings.data_dir / "probes.json")
+        dump(run, folders[-1] / "probes.json")
         click.echo(summary(run))
     figures = decisions_result(reserve, run.with_misses() if run is not None else [])
     reserve_p50, reserve_p99, alert_p50, alert_p99 = figures
@@ -1042,6 +1109,7 @@ def _decisions_pass(
         if run.missed or run.skipped:
             click.echo(f"WARNING: {len(run.missed)} probes got no alert within "
                        f"{alert_timeout:g} s and {run.skipped} could not start (counted as inf)")
-    click.echo(f"{load_average()}; worker log and probes in {settings.data_dir}")
+    click.echo(f"{load_average()}; worker logs and probes in "
+               f"{' and '.join(str(folder) for folder in folders) or 'none'}")
     click.echo(decisions_result_line(figures).replace("RESULT", "this pass:", 1))
     return figures

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +278,14 @@ def test_the_live_cost_is_cpu_per_event_folded_and_says_when_it_has_no_count() -
     assert "12.5 CPU s per million events (400,000 events" in live_cost(5.0, 100_000, 500_000)
     for before, after in ((None, 10), (10, None), (10, 10)):
         assert live_cost(1.0, before, after).endswith("no count")
+
+
+def test_a_reservation_run_says_what_the_aggregation_folded_and_whether_backlog_was_left() -> None:
+    started = time.monotonic() - 2.0
+    busy = bench_module.aggregation_meanwhile(1_000, 61_000, started, lambda: 700_000, 1_000_000)
+    assert "60,000 events meanwhile" in busy
+    assert int(busy.split("(")[1].split("/s")[0].replace(",", "")) in range(20_000, 30_001)
+    assert "not saturated" not in busy
+    drained = bench_module.aggregation_meanwhile(0, 5, started, lambda: 1_000_000, 1_000_000)
+    assert "the backlog was gone by the run's end: not saturated throughout" in drained
+    assert "not saturated" not in bench_module.aggregation_meanwhile(0, 0, started, lambda: 0, 0)
