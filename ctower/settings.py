@@ -166,6 +166,13 @@ class Settings(BaseSettings):
         "<app_id>-coupons; what `ctower coupons serve` runs). Run aggregate and coupons "
         "side by side to keep reservations fast while the aggregation is saturated.",
     )
+    aggregate_nice: int = Field(
+        5, ge=0, le=19,
+        description="CPU niceness a worker of role aggregate takes at start (never a higher "
+        "priority than it was started with): where cores are short, the coupon server and "
+        "the broker run before the aggregation's catch-up work, which waits a little "
+        "longer instead. 0 = the same priority as every other process.",
+    )
     worker_web_bind: str | None = Field(
         None,
         description="Address the worker web server listens on (0.0.0.0 in a container); "

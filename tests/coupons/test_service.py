@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -542,3 +543,9 @@ def test_the_coupon_role_serves_reservations_apart_from_the_aggregation(
     except urllib.error.HTTPError as exc:
         assert exc.code == 404
     assert aggregation.alive(), aggregation.log_tail()
+    # the aggregation yields the cores to the coupon server (CTOWER_AGGREGATE_NICE)
+    assert aggregation.proc is not None and server.proc is not None
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, aggregation.proc.pid) == max(
+        ours, aggregate.aggregate_nice), aggregation.log_tail()
+    assert os.getpriority(os.PRIO_PROCESS, server.proc.pid) == ours
