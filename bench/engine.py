@@ -778,9 +778,7 @@ def decisions_result_line(figures: tuple[float, float, float, float]) -> str:
     )
 
 
-def decisions_settings(
-    base: Settings, seed: int, name: str = "decisions"
-) -> tuple[Settings, dict[str, str]]:
+def decisions_settings(base: Settings, seed: int, name: str) -> tuple[Settings, dict[str, str]]:
     """A fresh world for one run: own topics, app id, data folder, web port and
     master data (the simulator's chain of ``seed``), a coupon token; and the
     worker's environment."""
