@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     )
     kafka_port: int = Field(9092, ge=1024, le=65534, description="Port of the local broker.")
     kafka_version: str = Field("4.1.1", description="Apache Kafka version fetched from Maven.")
+    kafka_initial_rebalance_delay_ms: int = Field(
+        3000, ge=0, le=300_000,
+        description="The local broker's group.initial.rebalance.delay.ms: how long a new "
+        "consumer group waits for more members before sharing the partitions out.",
+    )
     topic_prefix: str = Field("ct.", description="Prefix of every topic name.")
     topic_partitions: int = Field(4, ge=1, le=256, description="Partitions of new topics.")
 

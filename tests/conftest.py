@@ -115,7 +115,10 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from ctower.devstack.broker.local import LocalKafka
 
     data_dir = tmp_path_factory.mktemp("kafka")
-    broker_settings = load_settings(data_dir=data_dir, kafka_port=free_port())
+    # the suite's consumer groups have one member each: none waits for another
+    broker_settings = load_settings(
+        data_dir=data_dir, kafka_port=free_port(), kafka_initial_rebalance_delay_ms=0
+    )
     broker = LocalKafka(broker_settings)
     bootstrap = broker.up(timeout=180)
     try:

@@ -93,6 +93,8 @@ def test_services_and_profile(config: dict[str, Any]) -> None:
 def test_images_commands_and_replicas(config: dict[str, Any]) -> None:
     services = config["services"]
     assert services["kafka"]["image"] == "apache/kafka:4.1.1"
+    # worker-1 and worker-2 start together: the group waits for both (Kafka's default)
+    assert services["kafka"]["environment"]["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] == "3000"
     assert re.fullmatch(r"clickhouse/clickhouse-server:\d+\.\d+\.\d+\.\d+",
                         services["clickhouse"]["image"])
     assert any(v.endswith(":/var/lib/clickhouse:rw") or v.endswith(":/var/lib/clickhouse")

@@ -472,6 +472,7 @@ class LocalKafka:
             controller_port=self.controller_port,
             log_dirs=self.log_dirs,
             partitions=self.settings.topic_partitions,
+            initial_rebalance_delay_ms=self.settings.kafka_initial_rebalance_delay_ms,
         )
         tmp = self.config_file.with_suffix(".tmp")
         tmp.write_text(text)

@@ -86,7 +86,10 @@ def test_lifecycle_keeps_data_across_restarts(broker: LocalKafka) -> None:
     assert status.version == broker.settings.kafka_version
     assert status.data_dir == broker.settings.data_dir / "kafka"
     assert status.log_file is not None and status.log_file.stat().st_size > 0
-    assert "Kafka Server started" in status.log_file.read_text()  # the log is not silent
+    log = status.log_file.read_text()
+    assert "Kafka Server started" in log  # the log is not silent
+    # a new group waits for more members (Kafka's default, not the tests' 0)
+    assert "group.initial.rebalance.delay.ms = 3000" in log
 
     # Idempotent: a second up() finds it running and starts nothing.
     assert broker.up(timeout=30) == bootstrap
