@@ -864,6 +864,16 @@ def worker_gc(settings: Settings) -> str:
             f"generation {' / '.join(f'{ms:.0f}' for ms in longest)} ms")
 
 
+def niceness(pid: int) -> str:
+    """A process's CPU niceness as a run's header gives it: the aggregation's
+    decides how it shares the cores with the coupon server and a neighbour
+    (``CTOWER_AGGREGATE_NICE``), so a run's figures say which it had."""
+    try:
+        return f"niceness {os.getpriority(os.PRIO_PROCESS, pid)}"
+    except OSError:  # the process is gone
+        return "niceness unknown"
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -1054,7 +1064,8 @@ def _decisions_pass(
             folders.append(settings.data_dir)
             click.echo(f"\n[reservations] {reserve_runs} x {reserve_seconds:g} s at "
                        f"{reserve_rate:,}/s over {campaigns} campaigns, to `ctower coupons "
-                       f"serve`, while `ctower worker` (role aggregate) drains a backlog of "
+                       f"serve`, while `ctower worker` (role aggregate, "
+                       f"{niceness(world.worker.pid)}) drains a backlog of "
                        f"{sent:,} events")
             aggregation = WorkerCounter(settings)
             everyone = WorkerCounter([settings, coupon_settings])
@@ -1079,7 +1090,8 @@ def _decisions_pass(
             if sent:
                 backlog_drained(settings, coupon_settings, sent)
             click.echo(f"\n[event to alert] {probes} probes over {seconds:g} s, background "
-                       f"{event_rate:,} events/s ({batch} per message)")
+                       f"{event_rate:,} events/s ({batch} per message), the aggregation at "
+                       f"{niceness(world.worker.pid)}")
             folded = WorkerCounter(settings)
             cpu_from, live_from = cpu_seconds(world.worker.pid), folded()
             run = bench_alert_latency(settings, event_rate, seconds, probes, seed, batch,

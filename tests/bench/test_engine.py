@@ -8,6 +8,8 @@ import io
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -289,3 +291,19 @@ def test_a_reservation_run_says_what_the_aggregation_folded_and_whether_backlog_
     drained = bench_module.aggregation_meanwhile(0, 5, started, lambda: 1_000_000, 1_000_000)
     assert "the backlog was gone by the run's end: not saturated throughout" in drained
     assert "not saturated" not in bench_module.aggregation_meanwhile(0, 0, started, lambda: 0, 0)
+
+
+def test_a_run_header_gives_the_niceness_the_process_runs_at() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import os, time; os.nice(3); print('niced', flush=True); "
+         "time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "niced"
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert bench_module.niceness(child.pid) == f"niceness {min(base + 3, 19)}"
+    finally:
+        child.kill()
+        child.wait()
+    assert bench_module.niceness(child.pid) == "niceness unknown"  # reaped: no such process
