@@ -3,6 +3,7 @@ horizon of event time and a bound on memory."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ctower.schemas.events import Scan
@@ -110,6 +111,22 @@ def test_memory_is_bounded_by_forgetting_the_oldest_minutes_first(memory_table) 
     assert stats["forgotten_early"] == 5 * 400 - stats["identities"]
     assert ids(seen.filter(0, 9, [scan("4-1", ts=T0 + 4 * BUCKET_MS)])[0]) == []  # newest kept
     assert ids(seen.filter(0, 9, [scan("0-1", ts=T0)])[0]) == ["0-1"]  # oldest forgotten
+
+
+def test_a_partition_that_forgot_most_of_its_identities_gives_back_its_table(
+    memory_table,
+) -> None:
+    seen = SeenEvents(memory_table, horizon_ms=5 * BUCKET_MS, budget=SeenBudget(1_000_000))
+    seen.filter(0, 1, [scan(f"old-{i}", ts=T0) for i in range(50_000)])
+    seen.flush(0)
+    seen.filter(0, 2, [scan(f"new-{i}", ts=T0 + 6 * BUCKET_MS) for i in range(1_000)])
+    full = sys.getsizeof(seen._parts[0].first)
+    seen.flush(0)  # the old minute is past the horizon now
+    assert seen.size == 1_000
+    assert sys.getsizeof(seen._parts[0].first) * 10 < full
+    kept, resent = seen.filter(0, 3, [scan("new-7", ts=T0 + 6 * BUCKET_MS), scan("old-7", ts=T0)])
+    assert ids(kept) == ["old-7"]  # forgotten: counts again
+    assert [(r.event.scan_id, r.first_offset, r.first_index) for r in resent] == [("new-7", 2, 7)]
 
 
 def test_many_identities_are_written_in_records_under_a_megabyte(memory_table) -> None:
