@@ -313,8 +313,9 @@ class SeenEvents:
         A dict never gives back its table when entries are popped: the table
         sized for the most identities ever held stays, 21 MB for 468,000 in a
         fast 1M-event drain that then held 70,000-100,000 to its end, when the
-        worker's RSS peaks. So once a partition holds a quarter of its most,
-        its dict is copied, which sizes the copy to what it holds."""
+        worker's RSS peaks. So once a partition holds half its most, its dict
+        is copied, which sizes the copy to what it holds (each copy follows as
+        many insertions as it copies: linear overall)."""
         first = part.first
         part.most = max(part.most, len(first))
         forgotten = 0
@@ -322,7 +323,7 @@ class SeenEvents:
             for key in part.minutes.pop(minute):
                 first.pop(key, None)
                 forgotten += 1
-        if forgotten and len(first) * 4 < part.most:
+        if forgotten and len(first) * 2 < part.most:
             part.first = dict(first)
             part.most = len(first)
         for number in [n for n, newest in part.records.items() if newest + BUCKET_MS <= cut]:
