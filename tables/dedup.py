@@ -314,8 +314,8 @@ class SeenEvents:
         sized for the most identities ever held stays, 21 MB for 468,000 in a
         fast 1M-event drain that then held 70,000-100,000 to its end, when the
         worker's RSS peaks. So once a partition holds half its most, its dict
-        is copied, which sizes the copy to what it holds (each copy follows as
-        many insertions as it copies: linear overall)."""
+        is copied, which sizes the copy to what it holds (each copy follows more
+        removals than it copies: linear overall)."""
         first = part.first
         part.most = max(part.most, len(first))
         forgotten = 0
