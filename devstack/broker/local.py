@@ -41,6 +41,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO
 
+from ctower.cpu_slice import slice_for_children
 from ctower.errors import CtowerError
 from ctower.settings import Settings
 
@@ -529,10 +530,13 @@ class LocalKafka:
             )
             log.flush()
             try:
-                proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=self.home, start_new_session=True, close_fds=True,
-                )
+                # every reservation waits for the broker's ack: its threads take a
+                # core as they wake (CTOWER_LATENCY_SLICE_MS, ctower/cpu_slice.py)
+                with slice_for_children(self.settings.latency_slice_ms):
+                    proc = subprocess.Popen(
+                        cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                        cwd=self.home, start_new_session=True, close_fds=True,
+                    )
             except OSError as exc:
                 raise BrokerError(f"could not start the Kafka broker ({java}): {exc}") from exc
         _CHILDREN[proc.pid] = proc

@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from ctower.coupons.policy import campaign_partition, publish_policy
 from ctower.coupons.service import CouponService
+from ctower.cpu_slice import slice_ms
 from ctower.schemas.control import CouponPolicy, CouponSignal
 from ctower.schemas.control import encoder as control_encoder
 from ctower.settings import Settings
@@ -549,3 +550,8 @@ def test_the_coupon_role_serves_reservations_apart_from_the_aggregation(
     assert os.getpriority(os.PRIO_PROCESS, aggregation.proc.pid) == max(
         ours, aggregate.aggregate_nice), aggregation.log_tail()
     assert os.getpriority(os.PRIO_PROCESS, server.proc.pid) == ours
+    # and the coupon server takes a core as it wakes (CTOWER_LATENCY_SLICE_MS)
+    if slice_ms() is not None:  # a kernel that keeps a slice per thread (Linux 6.12+)
+        assert slice_ms(server.proc.pid) == coupons.latency_slice_ms != slice_ms(
+            aggregation.proc.pid), server.log_tail()
+        assert "CPU time slice 0.3 ms (role coupons)" in server.log_tail(10**7)

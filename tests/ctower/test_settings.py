@@ -53,6 +53,9 @@ def test_kafka_bootstrap_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         ("CTOWER_SYSTEM_DEAD_LETTER_WINDOW_SECONDS", "0",
          "CTOWER_SYSTEM_DEAD_LETTER_WINDOW_SECONDS"),
         ("CTOWER_SYSTEM_LAG_MIN_GROWTH", "lots", "CTOWER_SYSTEM_LAG_MIN_GROWTH"),
+        ("CTOWER_LATENCY_SLICE_MS", "0.05", "CTOWER_LATENCY_SLICE_MS"),
+        ("CTOWER_LATENCY_SLICE_MS", "500", "CTOWER_LATENCY_SLICE_MS"),
+        ("CTOWER_LATENCY_SLICE_MS", "0", None),  # the kernel's default
         ("CTOWER_NO_SUCH_SETTING", "1", None),
     ],
 )

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from ctower.cpu_slice import slice_ms
 from ctower.devstack.broker.local import BrokerError, LocalKafka, fetch_jars, jars_dir
 from ctower.settings import load_settings
 
@@ -90,6 +91,11 @@ def test_lifecycle_keeps_data_across_restarts(broker: LocalKafka) -> None:
     assert "Kafka Server started" in log  # the log is not silent
     # a new group waits for more members (Kafka's default, not the tests' 0)
     assert "group.initial.rebalance.delay.ms = 3000" in log
+    # every thread of the broker takes a core as it wakes (CTOWER_LATENCY_SLICE_MS)
+    if slice_ms() is not None:  # a kernel that keeps a slice per thread (Linux 6.12+)
+        threads = [int(tid) for tid in os.listdir(f"/proc/{status.pid}/task")]
+        assert len(threads) > 10 and {slice_ms(tid) for tid in threads} == {
+            broker.settings.latency_slice_ms}
 
     # Idempotent: a second up() finds it running and starts nothing.
     assert broker.up(timeout=30) == bootstrap
@@ -110,6 +116,8 @@ def test_lifecycle_keeps_data_across_restarts(broker: LocalKafka) -> None:
     assert broker.up(timeout=120) == bootstrap
     restarted = broker.status()
     assert restarted.running and restarted.pid != status.pid
+    if slice_ms() is not None:  # started from this process, which keeps the default
+        assert slice_ms(restarted.pid) == broker.settings.latency_slice_ms != slice_ms()
     assert _consume_all(bootstrap, "lifecycle", expect=1) == [b"kept across restarts"]
 
 
